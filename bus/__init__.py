@@ -1,0 +1,1 @@
+"""The only package that knows AMQP: envelope, catalogue, topology, publishing, consuming."""

@@ -1,0 +1,71 @@
+"""What a handler sees: the incoming event, and an emitter for the events it causes.
+
+Handlers are plain ``async def handle(msg: Incoming[SomeEvent], emit: Emitter, …deps)``
+functions; a consumer's composition root binds their dependencies and registers one
+handler per event type with :class:`bus.consumer.ConsumerService`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from bus.envelope import Envelope, derived_event_id
+from bus.events import Event
+from bus.registry import event_data, schema_uri
+
+E_co = TypeVar("E_co", bound=Event, covariant=True)
+
+
+@dataclass(frozen=True)
+class Incoming(Generic[E_co]):
+    """A delivered event: its envelope as received and its payload upcast to the newest model."""
+
+    envelope: Envelope
+    event: E_co
+    redelivered: bool = False
+    replayed: bool = False
+
+
+class Emitter(Protocol):
+    """Publishes events caused by the one being handled, with confirms, before the handler returns."""
+
+    async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
+        """Publish ``event``; ``key`` tells apart several events of one type (an IP, a CDN dir)."""
+        ...
+
+
+Handler = Callable[[Incoming[Event], Emitter], Awaitable[None]]
+
+
+def child_envelope(
+    parent: Envelope,
+    event: Event,
+    *,
+    source: str,
+    offset: int,
+    key: str = "",
+    subject: str | None = None,
+) -> Envelope:
+    """The envelope of an event caused by ``parent``.
+
+    Its id is derived from the parent's id, the type and ``key``, so re-handling a
+    redelivered parent re-emits events with the same ids, which downstream dedupes.
+    ``sequence`` continues the parent's, ordering an update's events causally.
+    """
+    event_type = event.type_name()
+    return Envelope(
+        id=derived_event_id(parent.id, event_type, key),
+        source=source,
+        type=event_type,
+        subject=subject if subject is not None else parent.subject,
+        dataschema=schema_uri(event_type),
+        updateid=parent.updateid,
+        project=parent.project,
+        area=parent.area,
+        sequence=parent.sequence + offset,
+        correlationid=parent.correlationid,
+        causationid=parent.id,
+        data=event_data(event),
+    )

@@ -1,0 +1,140 @@
+"""Type → model lookup, upcasting to the newest version, and building envelopes.
+
+Upcasting lives here and only here: a consumer always receives the newest model
+of an event, whatever version its producer still speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from bus.envelope import Envelope, EnvelopeError, split_type
+from bus.events import CATALOGUE, Event
+
+E = TypeVar("E", bound=Event)
+
+
+class UnknownEventType(EnvelopeError):
+    """The envelope's type or version is not in the catalogue."""
+
+
+class InvalidEventData(EnvelopeError):
+    """The envelope is fine but its ``data`` does not validate against its model."""
+
+
+@dataclass(frozen=True)
+class Registry:
+    """All known (event name, version) pairs; each name's versions must run 1..N with no gap."""
+
+    models: dict[tuple[str, int], type[Event]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, models: Iterable[type[Event]]) -> Registry:
+        table: dict[tuple[str, int], type[Event]] = {}
+        for model in models:
+            key = (model.event_name, model.event_version)
+            if key in table:
+                raise ValueError(f"{model.type_name()} is registered twice")
+            table[key] = model
+        for name, version in table:
+            for older in range(1, version):
+                if (name, older) not in table:
+                    raise ValueError(f"hotupdate.{name}.v{version} has no v{older} to upcast from")
+        return cls(table)
+
+    def latest(self, name: str) -> type[Event]:
+        versions = [v for (n, v) in self.models if n == name]
+        if not versions:
+            raise UnknownEventType(f"unknown event 'hotupdate.{name}'")
+        return self.models[(name, max(versions))]
+
+    def model_for(self, event_type: str) -> type[Event]:
+        name, version = split_type(event_type)
+        model = self.models.get((name, version))
+        if model is None:
+            known = sorted(f"v{v}" for (n, v) in self.models if n == name)
+            if known:
+                raise UnknownEventType(f"{event_type}: unknown version (known: {', '.join(known)})")
+            raise UnknownEventType(f"{event_type}: unknown event type")
+        return model
+
+    def decode(self, envelope: Envelope) -> Event:
+        """Validate ``envelope.data`` against its model, then upcast it to the newest version."""
+        model = self.model_for(envelope.type)
+        try:
+            event: Event = model.model_validate(envelope.data)
+        except ValidationError as exc:
+            raise InvalidEventData(f"{envelope.type}: {_describe(exc)}") from None
+        latest = self.latest(model.event_name)
+        if latest is model:
+            return event
+        data: dict[str, Any] = event.model_dump(mode="json")
+        for version in range(model.event_version + 1, latest.event_version + 1):
+            data = self.models[(model.event_name, version)].upcast(data)
+        try:
+            return latest.model_validate(data)
+        except ValidationError as exc:  # an upcaster bug, not the sender's: say so
+            raise InvalidEventData(f"upcasting {envelope.type} failed: {_describe(exc)}") from None
+
+    def all_types(self) -> list[str]:
+        return sorted(model.type_name() for model in self.models.values())
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        where = ".".join(str(p) for p in err["loc"]) or "data"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - 10
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+DEFAULT_REGISTRY = Registry.of(CATALOGUE)
+
+
+def event_data(event: Event) -> dict[str, Any]:
+    """The JSON-ready payload of an event, as it goes into ``Envelope.data``."""
+    return event.model_dump(mode="json", exclude_none=True)
+
+
+def make_envelope(
+    event: Event,
+    *,
+    source: str,
+    updateid: str,
+    project: str,
+    area: str,
+    sequence: int = 0,
+    correlationid: str | None = None,
+    causationid: str | None = None,
+    subject: str | None = None,
+    event_id: str | None = None,
+) -> Envelope:
+    """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own)."""
+    extra: dict[str, Any] = {}
+    if event_id is not None:
+        extra["id"] = event_id
+    env = Envelope(
+        source=source,
+        type=event.type_name(),
+        subject=subject,
+        dataschema=schema_uri(event.type_name()),
+        updateid=updateid,
+        project=project,
+        area=area,
+        sequence=sequence,
+        correlationid=correlationid or updateid,
+        causationid=causationid,
+        data=event_data(event),
+        **extra,
+    )
+    return env
+
+
+def schema_uri(event_type: str) -> str:
+    """Where the JSON Schema of a type lives in this repository (``schemas/<type>.json``)."""
+    return f"urn:hotupdate:schema:{event_type}"

@@ -1,0 +1,150 @@
+"""Exchange and queue names, by convention, and their idempotent declaration.
+
+Names derive from a namespace (default ``hotupdate``) and the consuming service, so a
+queue's name says who consumes it (see events.md, "Topology"):
+
+- ``<ns>.events``              topic exchange, durable; routing key ``<project>.<area>.<event>.v<N>``
+- ``<ns>.unroutable``          fanout exchange + quorum queue: the events exchange's alternate exchange
+- ``<ns>.dlx``                 direct exchange: dead letters from services' queues
+- ``<ns>.<service>``           a service's quorum queue, bound by routing-key patterns
+- ``<ns>.<service>.retry.<ms>ms``  delay tier: messages wait ``ms`` then go back to the service queue
+- ``<ns>.<service>.parked``    parking queue: malformed messages and those out of tries, with the reason
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+
+from bus.events import Event
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = "hotupdate"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def unroutable_exchange(self) -> str:
+        return f"{self.namespace}.unroutable"
+
+    @property
+    def unroutable_queue(self) -> str:
+        return f"{self.namespace}.unroutable"
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        return f"{self.namespace}.dlx"
+
+    def queue(self, service: str) -> str:
+        return f"{self.namespace}.{service}"
+
+    def parking_queue(self, service: str) -> str:
+        return f"{self.namespace}.{service}.parked"
+
+    def delay_queue(self, service: str, delay_ms: int) -> str:
+        return f"{self.namespace}.{service}.retry.{delay_ms}ms"
+
+
+@dataclass(frozen=True)
+class ServiceQueue:
+    """A consuming service's queue: what it binds, how often a message may be tried, how long to wait."""
+
+    service: str
+    bindings: tuple[str, ...]
+    retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000)
+    delivery_limit: int = 20
+    extra_arguments: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def max_attempts(self) -> int:
+        """First try plus one per delay tier."""
+        return 1 + len(self.retry_delays_ms)
+
+
+def binding(event: type[Event] | None = None, *, project: str = "*", area: str = "*") -> str:
+    """A routing-key pattern: ``binding(PullRequested, project="ssss")`` → ``ssss.*.pull.requested.*``."""
+    if event is None:
+        return f"{project}.{area}.#"
+    return f"{project}.{area}.{event.event_name}.*"
+
+
+async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
+    """Declare the events exchange with its alternate exchange and queue, and the DLX; returns the events one."""
+    unroutable = await channel.declare_exchange(
+        topology.unroutable_exchange, ExchangeType.FANOUT, durable=True
+    )
+    queue = await channel.declare_queue(
+        topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await queue.bind(unroutable)
+    await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True)
+    return await channel.declare_exchange(
+        topology.events_exchange,
+        ExchangeType.TOPIC,
+        durable=True,
+        arguments={"alternate-exchange": topology.unroutable_exchange},
+    )
+
+
+async def declare_service(
+    channel: AbstractChannel, topology: Topology, spec: ServiceQueue
+) -> tuple[AbstractQueue, AbstractQueue]:
+    """Declare a service's queue, bindings, delay tiers and parking queue; returns (queue, parking)."""
+    events = await declare_exchanges(channel, topology)
+    dlx = await channel.get_exchange(topology.dead_letter_exchange, ensure=False)
+    name = topology.queue(spec.service)
+    parking = await channel.declare_queue(
+        topology.parking_queue(spec.service), durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await parking.bind(dlx, routing_key=parking.name)
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            # Past the delivery limit (a message that keeps killing its consumer) the
+            # broker dead-letters it to the parking queue instead of looping forever.
+            "x-delivery-limit": spec.delivery_limit,
+            "x-dead-letter-exchange": topology.dead_letter_exchange,
+            "x-dead-letter-routing-key": parking.name,
+            # Quorum queues dead-letter at most once unless told otherwise: a parked
+            # message must never be lost on the way.
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+            **spec.extra_arguments,
+        },
+    )
+    for pattern in spec.bindings:
+        await queue.bind(events, routing_key=pattern)
+    for delay in spec.retry_delays_ms:
+        await channel.declare_queue(
+            topology.delay_queue(spec.service, delay),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": delay,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": name,
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+            },
+        )
+    return queue, parking
+
+
+async def declare_all(url: str, topology: Topology, services: list[ServiceQueue] | None = None) -> None:
+    """Declare the shared exchanges and the given services' queues (idempotent)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await declare_exchanges(channel, topology)
+        for spec in services or []:
+            await declare_service(channel, topology, spec)
+    finally:
+        await connection.close()

@@ -1,0 +1,1 @@
+"""The ``hotupdate`` command: one subcommand module per area, registered in main.py."""

@@ -1,0 +1,42 @@
+"""Entry point of the ``hotupdate`` console script.
+
+Each area contributes its subcommands through a ``register(subparsers)`` function in
+its own ``cli/<area>.py`` module; this file only lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+# module name → what it adds; a module missing here is a subcommand not shipped yet
+SUBCOMMAND_MODULES = (
+    "cli.bus_commands",  # topology declare, publish, events docs
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hotupdate", description="Hot updates of online games over RabbitMQ")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Shared domain vocabulary: validated value types, configuration, storage helpers."""

@@ -1,0 +1,71 @@
+"""Database engines and Alembic migrations, shared by every component that keeps state.
+
+Each component owns an Alembic *branch* (``bus``, ``cmdb``, ``projection``,
+``ops_executor``) with its migrations beside its code; ``upgrade(url, branch)``
+brings one database to the head of the branches that component needs.
+SQLite files are the embedded default; PostgreSQL is the production choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+# Each branch's migrations live with the code that owns the tables.
+VERSION_LOCATIONS: dict[str, Path] = {
+    "bus": _ROOT / "bus" / "migrations",
+    "cmdb": _ROOT / "producers" / "cmdb" / "migrations",
+    "projection": _ROOT / "projections" / "migrations",
+    "ops_executor": _ROOT / "consumers" / "ops_executor" / "migrations",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every table hotupdate owns (one metadata, several branches)."""
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with SQLite made safe for several processes (WAL, busy timeout, foreign keys)."""
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {"timeout": 30})
+        engine = create_engine(url, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_ROOT / "domain" / "alembic"))
+    cfg.set_main_option(
+        "version_locations", " ".join(str(p) for p in VERSION_LOCATIONS.values() if p.is_dir())
+    )
+    cfg.set_main_option("path_separator", "space")
+    cfg.attributes["url"] = url
+    return cfg
+
+
+def upgrade(url: str, *branches: str) -> None:
+    """Migrate ``url`` to the head of each named branch (all branches when none is named)."""
+    cfg = alembic_config(url)
+    targets = [f"{b}@head" for b in branches] or ["heads"]
+    for target in targets:
+        command.upgrade(cfg, target)
