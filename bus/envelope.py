@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from domain.types import AreaCode, ProjectKey
 
@@ -108,8 +108,8 @@ class Envelope(BaseModel):
             raise EnvelopeError("body is not a JSON object")
         try:
             return cls.model_validate(raw)
-        except ValueError as exc:
-            raise EnvelopeError(f"invalid envelope: {_short(exc)}") from None
+        except ValidationError as exc:
+            raise EnvelopeError(f"invalid envelope: {describe_validation_error(exc)}") from None
 
 
 def routing_key(project: str, area: str, event_name: str, version: int) -> str:
@@ -121,6 +121,11 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) < 2000 else text[:2000] + "…"
+def describe_validation_error(exc: ValidationError, limit: int = 10) -> str:
+    """One line naming each offending field: ``data.version: String should match …``."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from bus.envelope import Envelope, EnvelopeError, split_type
+from bus.envelope import Envelope, EnvelopeError, describe_validation_error, split_type
 from bus.events import CATALOGUE, Event
 
 E = TypeVar("E", bound=Event)
@@ -68,7 +68,7 @@ class Registry:
         try:
             event: Event = model.model_validate(envelope.data)
         except ValidationError as exc:
-            raise InvalidEventData(f"{envelope.type}: {_describe(exc)}") from None
+            raise InvalidEventData(f"{envelope.type}: {describe_validation_error(exc)}") from None
         latest = self.latest(model.event_name)
         if latest is model:
             return event
@@ -78,19 +78,10 @@ class Registry:
         try:
             return latest.model_validate(data)
         except ValidationError as exc:  # an upcaster bug, not the sender's: say so
-            raise InvalidEventData(f"upcasting {envelope.type} failed: {_describe(exc)}") from None
+            raise InvalidEventData(f"upcasting {envelope.type} failed: {describe_validation_error(exc)}") from None
 
     def all_types(self) -> list[str]:
         return sorted(model.type_name() for model in self.models.values())
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:10]:
-        where = ".".join(str(p) for p in err["loc"]) or "data"
-        parts.append(f"{where}: {err['msg']}")
-    more = exc.error_count() - 10
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 DEFAULT_REGISTRY = Registry.of(CATALOGUE)

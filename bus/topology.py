@@ -59,7 +59,7 @@ class ServiceQueue:
     bindings: tuple[str, ...]
     retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000)
     delivery_limit: int = 20
-    extra_arguments: dict[str, object] = field(default_factory=dict)
+    extra_arguments: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def max_attempts(self) -> int:

@@ -168,14 +168,14 @@ class HotupdateConfig(_Model):
                 for project in machine.projects:
                     if project not in self.projects:
                         raise ValueError(f"{role}.{name}.projects: unknown project {project!r}")
-        for key, project in self.projects.items():
-            for target in project.rsync_targets:
+        for key, proj in self.projects.items():
+            for target in proj.rsync_targets:
                 if target.ops_manager not in self.ops_managers:
                     raise ValueError(
                         f"projects.{key}.rsync_targets.{target.name}.ops_manager: "
                         f"unknown ops manager {target.ops_manager!r}"
                     )
-                if not any(target.area in areas for areas in project.areas.values()):
+                if not any(target.area in areas for areas in proj.areas.values()):
                     raise ValueError(f"projects.{key}.rsync_targets.{target.name}.area: unknown area {target.area!r}")
         return self
 

@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
 ProjectKey = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+$", min_length=1, max_length=64)]
 """A project's English key from the CMDB (``ssss``); also a routing-key word."""
@@ -41,10 +41,12 @@ def _check_name(value: str) -> str:
     return value
 
 
-ServerName = Annotated[str, AfterValidator(_check_name)]
+_NAME_SCHEMA = WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+                               "description": "letters, digits, '_', '.', '-'; no '..'"})
+ServerName = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 """A game server's name (``qq_1``): also its Erlang node's short name."""
 
-CdnDir = Annotated[str, AfterValidator(_check_name)]
+CdnDir = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 
 
 def _check_host(value: str) -> str:
@@ -53,7 +55,7 @@ def _check_host(value: str) -> str:
     return value.lower()
 
 
-HostName = Annotated[str, AfterValidator(_check_host)]
+HostName = Annotated[str, AfterValidator(_check_host), WithJsonSchema({"type": "string", "format": "hostname"})]
 """A DNS host name such as a CDN root (``res.ssss.chuangyunet.com``)."""
 
 
@@ -64,7 +66,11 @@ def _check_ip(value: str) -> str:
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
-IpAddress = Annotated[str, AfterValidator(_check_ip)]
+IpAddress = Annotated[
+    str,
+    AfterValidator(_check_ip),
+    WithJsonSchema({"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}),
+]
 """An IPv4 or IPv6 address, normalised to its canonical text."""
 
 
@@ -80,7 +86,19 @@ def check_relative_path(value: str) -> str:
     return value
 
 
-RelativeFileName = Annotated[str, Field(max_length=1024), AfterValidator(check_relative_path)]
+RelativeFileName = Annotated[
+    str,
+    Field(max_length=1024),
+    AfterValidator(check_relative_path),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 1024,
+            "pattern": r"^(?!/)(?!.*(^|/)\.{1,2}(/|$))(?!.*//)[^\\\u0000]+$",
+            "description": "relative to reloadfiles: no leading '/', no '.' or '..' parts, no '\\'",
+        }
+    ),
+]
 """A file name relative to an update's ``reloadfiles`` directory."""
 
 Operator = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]

@@ -1,0 +1,120 @@
+"""One realistic example per event type, in the seed document's terms.
+
+Used by the generated ``events.md``, the exported JSON Schemas' ``examples`` and the
+round-trip tests, so every documented example is proven to validate.
+"""
+
+from __future__ import annotations
+
+from bus.events import (
+    CdnDirFinished,
+    CdnTarget,
+    Event,
+    FileEntry,
+    FilesPulled,
+    FilesPushed,
+    IpFinished,
+    PullFailed,
+    PullRequested,
+    PushFailed,
+    PushRequested,
+    RsyncTargetRef,
+    RsyncTargetResult,
+    ServerResult,
+    UpdateCompleted,
+    UpdateRequested,
+    UpdateStarted,
+)
+
+UPDATE_ID = "350cf0ef-c12e-4bcc-d0df-369a09a4a357"
+_FILES = [
+    FileEntry(file_name="ebin/role_server.beam", file_md5="abe347d3fdff45f1078102c4637852a5", size=18432),
+    FileEntry(file_name="config/skill.config", file_md5="5724c05c650550ac8034129ad7a4d915", size=2210),
+]
+_TARGET = RsyncTargetRef(name="ssss_cn", ip="127.0.0.1", port=10873, module="cmdb_hot_server", user="cmdb_user")
+_FAILED = ServerResult(data="更新失败,不执行erl命令", status=False)
+
+EXAMPLES: tuple[Event, ...] = (
+    PullRequested(update_type="hot_server", version="004200000", area_name="大陆", requested_by="alice"),
+    FilesPulled(
+        update_type="hot_server",
+        version="004200000",
+        source_dir="/data/version_update/server/ssss/cn/004200000/reloadfiles",
+        backup_dir=f"/data/hot_backup/hot_server/ssss/cn/{UPDATE_ID}/004200000",
+        files=_FILES,
+        total_bytes=20642,
+    ),
+    PullFailed(
+        update_type="hot_server",
+        version="004200001",
+        reason="version_missing",
+        detail="/data/version_update/server/ssss/cn/004200001/reloadfiles does not exist",
+    ),
+    PushRequested(
+        update_type="hot_server", version="004200000", files=_FILES, targets=[_TARGET], requested_by="alice"
+    ),
+    FilesPushed(
+        update_type="hot_server",
+        version="004200000",
+        targets=[RsyncTargetResult(**_TARGET.model_dump(), ok=True, bytes=20642, seconds=0.4)],
+    ),
+    PushFailed(
+        update_type="hot_server",
+        version="004200000",
+        targets=[
+            RsyncTargetResult(
+                **_TARGET.model_dump(), ok=False, error="@ERROR: auth failed on module cmdb_hot_server"
+            )
+        ],
+        failed_targets=["ssss_cn"],
+        reason="1 of 1 rsync targets failed",
+    ),
+    UpdateRequested(
+        update_type="hot_server",
+        version="004200000",
+        ops_manager="ops1",
+        update_file_list=_FILES,
+        requested_by="alice",
+        update_server_list={
+            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
+            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
+            "cross_center": {"127.0.0.31": ["center_1"]},
+        },
+        erlang_cmd_list=["c:l(role_server)."],
+    ),
+    UpdateStarted(
+        update_type="hot_server",
+        version="004200000",
+        ops_manager="ops1",
+        ips=["127.0.0.11", "127.0.0.12", "127.0.0.21", "127.0.0.31"],
+    ),
+    CdnDirFinished(version="003100000", cdn_root_url="res.ssss.chuangyunet.com", cdn_dir="t1", status=True),
+    IpFinished(
+        version="004200000",
+        ip="127.0.0.11",
+        group="game",
+        update_data={"qq_1": _FAILED, "qq_2": ServerResult(data="2 files applied", status=True)},
+        erl_data={"qq_1": _FAILED, "qq_2": ServerResult(data="c:l(role_server). -> {module,role_server}", status=True)},
+    ),
+    UpdateCompleted(
+        update_type="hot_server",
+        version="004200000",
+        final_result=False,
+        final_data="1 of 7 servers failed: qq_1 (127.0.0.11)",
+        ok_count=6,
+        failed_count=1,
+    ),
+)
+
+HOT_CLIENT_REQUEST = UpdateRequested(
+    update_type="hot_client",
+    version="003100000",
+    ops_manager="ops1",
+    update_file_list=_FILES,
+    requested_by="alice",
+    client_type=0,
+    data=[
+        CdnTarget(cdn_root_url="res.ssss.chuangyunet.com", cdn_dir="t1"),
+        CdnTarget(cdn_root_url="res.ssss.chuangyunet.com", cdn_dir="r1"),
+    ],
+)

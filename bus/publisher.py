@@ -1,0 +1,191 @@
+"""Publishing envelopes: async (aio-pika) for services, sync (pika) for CLIs and other teams' tools.
+
+Both publish persistent messages with publisher confirms and ``mandatory``; a nack or a
+return is raised as :class:`PublishError`, so a caller never believes an unconfirmed
+event was published. Both reconnect after the broker drops the connection, retrying a
+publish until ``retry_seconds`` have passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aio_pika
+import pika
+import pika.exceptions
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, DeliveryError
+
+from bus.envelope import Envelope
+from bus.topology import Topology, declare_exchanges
+
+log = logging.getLogger(__name__)
+
+REPLAYED_HEADER = "x-hotupdate-replayed"
+
+
+class PublishError(RuntimeError):
+    """The broker did not confirm the event (nack, returned as unroutable, refused, or unreachable)."""
+
+
+def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """AMQP properties shared by both publishers: the event id is the message id."""
+    return {
+        "message_id": envelope.id,
+        "content_type": "application/cloudevents+json",
+        "content_encoding": "utf-8",
+        "type": envelope.type,
+        "timestamp": envelope.time,
+        "correlation_id": envelope.correlationid,
+        "headers": {"ce-type": envelope.type, "ce-source": envelope.source, **(headers or {})},
+    }
+
+
+class AsyncPublisher:
+    """Confirmed publishing from an asyncio service over a robust (self-reconnecting) connection."""
+
+    def __init__(self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0) -> None:
+        self._url = url
+        self._topology = topology or Topology()
+        self._retry_seconds = retry_seconds
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+
+    async def connect(self) -> None:
+        if self._connection is not None:
+            return
+        self._connection = await aio_pika.connect_robust(self._url)
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._exchange = await declare_exchanges(self._channel, self._topology)
+
+    async def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
+        """Publish to the events exchange and wait for the broker's confirm, retrying through reconnects."""
+        message = aio_pika.Message(
+            envelope.to_bytes(),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **message_properties(envelope, headers),
+        )
+        await self._send(message, envelope.routing_key, to_queue=False, what=f"{envelope.type} {envelope.id}")
+        return envelope
+
+    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
+        """Put a message straight into a named queue (retry tiers, parking), confirmed."""
+        await self._send(message, queue, to_queue=True, what=f"message {message.message_id} to {queue}")
+
+    async def _send(self, message: aio_pika.Message, routing_key: str, *, to_queue: bool, what: str) -> None:
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                if self._connection is None:
+                    await self.connect()
+                assert self._exchange is not None and self._channel is not None
+                exchange = self._channel.default_exchange if to_queue else self._exchange
+                await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=30)
+                return
+            except DeliveryError as exc:
+                raise PublishError(f"broker refused {what}: {exc}") from exc
+            except (TimeoutError, AMQPConnectionError, ChannelInvalidStateError, ConnectionError) as exc:
+                if time.monotonic() >= deadline:
+                    raise PublishError(f"could not publish {what}: broker unreachable: {exc!r}") from exc
+                log.warning("publish of %s failed (%r); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = None
+        self._channel = None
+        self._exchange = None
+
+    async def __aenter__(self) -> AsyncPublisher:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class SyncPublisher:
+    """Confirmed publishing for synchronous code (the CLI, other teams' tools); not thread-safe."""
+
+    def __init__(self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0) -> None:
+        self._params = pika.URLParameters(url)
+        self._topology = topology or Topology()
+        self._retry_seconds = retry_seconds
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+
+    def _connect(self) -> None:
+        self._connection = pika.BlockingConnection(self._params)
+        channel = self._connection.channel()
+        channel.confirm_delivery()
+        # Declaring is idempotent and makes a first publish on a fresh broker land in
+        # the right exchange instead of failing with NOT_FOUND.
+        channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)
+        channel.queue_declare(
+            self._topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        channel.queue_bind(self._topology.unroutable_queue, self._topology.unroutable_exchange)
+        channel.exchange_declare(self._topology.dead_letter_exchange, "direct", durable=True)
+        channel.exchange_declare(
+            self._topology.events_exchange,
+            "topic",
+            durable=True,
+            arguments={"alternate-exchange": self._topology.unroutable_exchange},
+        )
+        self._channel = channel
+
+    def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
+        """Publish and block until confirmed; raise :class:`PublishError` if refused or unreachable."""
+        props = message_properties(envelope, headers)
+        props["timestamp"] = int(envelope.time.timestamp())
+        properties = pika.BasicProperties(delivery_mode=2, **props)
+        deadline = time.monotonic() + self._retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                if self._channel is None or not self._channel.is_open:
+                    self._connect()
+                self._channel.basic_publish(
+                    self._topology.events_exchange,
+                    envelope.routing_key,
+                    envelope.to_bytes(),
+                    properties,
+                    mandatory=True,
+                )
+                return envelope
+            except pika.exceptions.UnroutableError as exc:
+                raise PublishError(f"{envelope.id} was returned as unroutable") from exc
+            except pika.exceptions.NackError as exc:
+                raise PublishError(f"broker nacked {envelope.id}") from exc
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                # e.g. ACCESS_REFUSED for a routing key the user may not publish: final
+                self._channel = None
+                raise PublishError(f"broker refused {envelope.id}: {exc.reply_code} {exc.reply_text}") from exc
+            except pika.exceptions.ProbableAuthenticationError as exc:
+                raise PublishError(f"broker refused the credentials: {exc}") from exc
+            except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError, OSError) as exc:
+                self._channel = None
+                if time.monotonic() >= deadline:
+                    raise PublishError(f"could not publish {envelope.id}: broker unreachable: {exc!r}") from exc
+                log.warning("publish of %s failed (%r); retrying in %.1fs", envelope.id, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            self._connection.close()
+        self._connection = None
+        self._channel = None
+
+    def __enter__(self) -> SyncPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

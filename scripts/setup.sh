@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Make this machine able to run hotupdate's demo and tests: system packages (RabbitMQ with
+# Erlang, PostgreSQL, rsync, Chromium), the services running, and the Python venv.
+# Idempotent: it installs only what is missing and starts only what is down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)
+command -v erlc >/dev/null && command -v erl_call >/dev/null || need_pkgs+=(erlang-base)
+command -v rsync >/dev/null || need_pkgs+=(rsync)
+command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
+[ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  echo "setup: installing ${need_pkgs[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+wait_for_port() {  # host port what seconds
+  for _ in $(seq 1 "$4"); do
+    if (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; then return 0; fi
+    sleep 1
+  done
+  echo "setup: $3 did not answer on $1:$2" >&2; return 1
+}
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  echo "setup: starting RabbitMQ"
+  rabbitmq-server -detached || true
+  wait_for_port 127.0.0.1 5672 RabbitMQ 90
+fi
+rabbitmqctl await_startup >/dev/null 2>&1 || true
+
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main start || true
+  wait_for_port 127.0.0.1 5432 PostgreSQL 60
+fi
+# Tests need a database 'test' that user postgres reaches over TCP. Where the server asks
+# for a password (Debian's default), give postgres one and tell the tests through .ci/test.env.
+if ! psql -h 127.0.0.1 -U postgres -d test -c 'select 1' >/dev/null 2>&1; then
+  if PGPASSWORD=hotupdate psql -h 127.0.0.1 -U postgres -d postgres -c 'select 1' >/dev/null 2>&1 \
+     || su postgres -c "psql -q -c \"ALTER USER postgres PASSWORD 'hotupdate'\"" >/dev/null 2>&1; then
+    PGPASSWORD=hotupdate psql -h 127.0.0.1 -U postgres -d postgres -tc "select 1 from pg_database where datname='test'" \
+      | grep -q 1 || PGPASSWORD=hotupdate psql -h 127.0.0.1 -U postgres -d postgres -qc 'create database test'
+    echo "HOTUPDATE_TEST_POSTGRES_URL=postgresql://postgres:hotupdate@127.0.0.1:5432/test" > .ci/test.env
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c 'import bus, pytest, playwright' 2>/dev/null \
+   || [ pyproject.toml -nt .venv/.installed ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch .venv/.installed
+fi
