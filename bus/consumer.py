@@ -26,6 +26,7 @@ from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
 from bus.idempotency import ProcessedStore
+from bus.provenance import Provenance
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
 from bus.registry import DEFAULT_REGISTRY, Registry
 from bus.topology import ServiceQueue, Topology, declare_service
@@ -89,6 +90,7 @@ class ConsumerService:
         registry: Registry = DEFAULT_REGISTRY,
         on_reject: RejectHook | None = None,
         accept_replayed: bool = False,
+        provenance: Provenance | None = None,
     ) -> None:
         self._url = amqp_url
         self._spec = queue
@@ -100,6 +102,7 @@ class ConsumerService:
         self._registry = registry
         self._on_reject = on_reject
         self._accept_replayed = accept_replayed
+        self._provenance = provenance
         self._connection: AbstractRobustConnection | None = None
         self._publisher = AsyncPublisher(amqp_url, self._topology)
         self._consumer_tag: str | None = None
@@ -166,6 +169,9 @@ class ConsumerService:
             event = self._registry.decode(envelope)
         except EnvelopeError as exc:
             await self._park(message, f"malformed: {exc}", attempt)
+            return
+        if self._provenance is not None and (problem := self._provenance.problem(envelope)):
+            await self._park(message, problem, attempt)
             return
         replayed = bool(headers.get(REPLAYED_HEADER))
         handler = self._handlers.get(type(event))

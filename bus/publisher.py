@@ -17,7 +17,7 @@ import aio_pika
 import pika
 import pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
-from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError, DeliveryError
+from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInvalidStateError, DeliveryError
 
 from bus.envelope import Envelope
 from bus.topology import Topology, declare_exchanges
@@ -47,7 +47,10 @@ def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None
 class AsyncPublisher:
     """Confirmed publishing from an asyncio service over a robust (self-reconnecting) connection."""
 
-    def __init__(self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0) -> None:
+    def __init__(
+        self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0, declare: bool = True
+    ) -> None:
+        self._declare = declare
         self._url = url
         self._topology = topology or Topology()
         self._retry_seconds = retry_seconds
@@ -60,7 +63,10 @@ class AsyncPublisher:
             return
         self._connection = await aio_pika.connect_robust(self._url)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._exchange = await declare_exchanges(self._channel, self._topology)
+        if self._declare:
+            self._exchange = await declare_exchanges(self._channel, self._topology)
+        else:  # a team's user may only write: the exchanges must already exist
+            self._exchange = await self._channel.get_exchange(self._topology.events_exchange, ensure=False)
 
     async def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
         """Publish to the events exchange and wait for the broker's confirm, retrying through reconnects."""
@@ -89,6 +95,10 @@ class AsyncPublisher:
                 return
             except DeliveryError as exc:
                 raise PublishError(f"broker refused {what}: {exc}") from exc
+            except AMQPChannelError as exc:
+                # e.g. ACCESS_REFUSED for a routing key this user may not publish: final;
+                # the robust channel reopens by itself for the next publish
+                raise PublishError(f"broker refused {what}: {exc}") from exc
             except (TimeoutError, AMQPConnectionError, ChannelInvalidStateError, ConnectionError) as exc:
                 if time.monotonic() >= deadline:
                     raise PublishError(f"could not publish {what}: broker unreachable: {exc!r}") from exc
@@ -114,7 +124,10 @@ class AsyncPublisher:
 class SyncPublisher:
     """Confirmed publishing for synchronous code (the CLI, other teams' tools); not thread-safe."""
 
-    def __init__(self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0) -> None:
+    def __init__(
+        self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0, declare: bool = True
+    ) -> None:
+        self._declare = declare
         self._params = pika.URLParameters(url)
         self._topology = topology or Topology()
         self._retry_seconds = retry_seconds
@@ -125,6 +138,9 @@ class SyncPublisher:
         self._connection = pika.BlockingConnection(self._params)
         channel = self._connection.channel()
         channel.confirm_delivery()
+        self._channel = channel
+        if not self._declare:  # a team's user may only write: the exchanges must already exist
+            return
         # Declaring is idempotent and makes a first publish on a fresh broker land in
         # the right exchange instead of failing with NOT_FOUND.
         channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # module name → what it adds; a module missing here is a subcommand not shipped yet
 SUBCOMMAND_MODULES = (
     "cli.bus_commands",  # topology declare, publish, events docs
+    "cli.parked_cmd",  # parked list|show|requeue|purge, rabbitmq grant
 )
 
 
