@@ -148,3 +148,34 @@ async def declare_all(url: str, topology: Topology, services: list[ServiceQueue]
             await declare_service(channel, topology, spec)
     finally:
         await connection.close()
+
+
+async def check_broker(url: str, topology: Topology) -> list[str]:
+    """Problems reaching the broker or its exchanges with these credentials (empty when fine)."""
+    try:
+        connection = await aio_pika.connect(url, timeout=10)
+    except Exception as exc:  # every failure to connect is a finding, not a crash
+        return [f"cannot connect to {_redact(url)}: {exc!r}"]
+    problems: list[str] = []
+    try:
+        for name in (topology.events_exchange, topology.unroutable_exchange, topology.dead_letter_exchange):
+            channel = await connection.channel()
+            try:
+                await channel.get_exchange(name, ensure=True)
+            except Exception as exc:
+                problems.append(f"exchange {name}: {exc} (run 'hotupdate topology declare')")
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+    finally:
+        await connection.close()
+    return problems
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}" if user else host, parts.path, "", ""))

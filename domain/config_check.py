@@ -1,0 +1,110 @@
+"""``hotupdate config check``: what is wrong with a configuration on this machine, all at once.
+
+The configuration itself was validated when it was loaded; these checks look at the
+machine: directories that must exist and be writable, rsync password files (present,
+mode 600 as the seed insists), and the project-directory symlinks of version roots.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from domain.config import HotupdateConfig
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Literal["error", "warning", "ok"]
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level.upper():7} {self.where}: {self.message}"
+
+
+def _dir(where: str, path: Path, *, writable: bool) -> Finding:
+    if not path.exists():
+        return Finding("error", where, f"{path} does not exist")
+    if not path.is_dir():
+        return Finding("error", where, f"{path} is not a directory")
+    if writable and not os.access(path, os.W_OK | os.X_OK):
+        return Finding("error", where, f"{path} is not writable by this user")
+    return Finding("ok", where, f"{path}")
+
+
+def password_file_finding(where: str, path: Path) -> Finding:
+    """rsync refuses (and the seed warns about) a password file others can read: it must be 600."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return Finding("error", where, f"password file {path} is missing")
+    except PermissionError:
+        return Finding("error", where, f"password file {path} is not readable by this user")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode != 0o600:
+        return Finding("error", where, f"password file {path} has mode {mode:03o}; it must be 600 (chmod 600 {path})")
+    return Finding("ok", where, f"password file {path} is mode 600")
+
+
+def check_receiver(config: HotupdateConfig, name: str) -> list[Finding]:
+    receiver = config.receivers[name]
+    where = f"receivers.{name}"
+    out = [
+        _dir(f"{where}.version_root", receiver.version_root, writable=False),
+        _dir(f"{where}.backup_root", receiver.backup_root, writable=True),
+    ]
+    for project in receiver.projects:
+        for kind in ("server", "client"):
+            project_dir = receiver.version_root / kind / project
+            if project_dir.is_symlink() and not project_dir.exists():
+                out.append(Finding("error", f"{where}.version_root", f"{project_dir} is a broken symlink"))
+            elif not project_dir.exists():
+                out.append(Finding(
+                    "warning", f"{where}.version_root",
+                    f"{project_dir} does not exist (if the version directory has another name, "
+                    f"link it: ln -s {receiver.version_root / kind}/<dir> {project_dir})",
+                ))
+        for target in config.projects[project].rsync_targets:
+            out.append(password_file_finding(f"projects.{project}.rsync_targets.{target.name}.pass_file",
+                                             target.pass_file))
+    return out
+
+
+def check_ops_manager(config: HotupdateConfig, name: str) -> list[Finding]:
+    manager = config.ops_managers[name]
+    where = f"ops_managers.{name}"
+    return [
+        _dir(f"{where}.incoming_root", manager.incoming_root, writable=True),
+        _dir(f"{where}.cdn_origin_root", manager.cdn_origin_root, writable=True),
+    ]
+
+
+def check_config(
+    config: HotupdateConfig, *, receiver: str | None = None, ops_manager: str | None = None
+) -> list[Finding]:
+    """Check the named machine roles (or, with none named, every role the file defines)."""
+    findings: list[Finding] = []
+    receivers = [receiver] if receiver else ([] if ops_manager else list(config.receivers))
+    managers = [ops_manager] if ops_manager else ([] if receiver else list(config.ops_managers))
+    for name in receivers:
+        if name not in config.receivers:
+            findings.append(Finding("error", "receivers", f"no receiver named {name!r}"))
+            continue
+        findings += check_receiver(config, name)
+    for name in managers:
+        if name not in config.ops_managers:
+            findings.append(Finding("error", "ops_managers", f"no ops manager named {name!r}"))
+            continue
+        findings += check_ops_manager(config, name)
+    for key, project in config.projects.items():
+        if config.receiver_for(key) is None:
+            findings.append(Finding("warning", f"projects.{key}", "no receiver serves this project"))
+        if not project.rsync_targets:
+            findings.append(Finding("warning", f"projects.{key}", "no rsync_targets: pushes cannot be requested"))
+    if not config.cmdb.operators:
+        findings.append(Finding("warning", "cmdb.operators", "no operator tokens: nobody can start an update"))
+    return findings
