@@ -17,6 +17,8 @@ SUBCOMMAND_MODULES = (
     "cli.bus_commands",  # topology declare, publish, events docs
     "cli.parked_cmd",  # parked list|show|requeue|purge, rabbitmq grant
     "cli.config_cmd",  # config check
+    "cli.demo_cmd",  # demo
+    "cli.consume",  # consume file-pull|file-push|ops-executor
 )
 
 

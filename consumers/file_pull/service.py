@@ -1,0 +1,50 @@
+"""file_pull's composition root: the consumer service of one version receiver, built from config."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import cast
+
+from bus.consumer import ConsumerService
+from bus.events import PullRequested
+from bus.handling import Handler
+from bus.idempotency import ProcessedStore
+from bus.topology import ServiceQueue, Topology, binding
+from consumers.file_pull.handlers import handle_pull_requested
+from domain.config import ConfigError, HotupdateConfig, ReceiverConfig
+
+ROLE = "file_pull"
+
+
+def receiver_config(config: HotupdateConfig, name: str) -> ReceiverConfig:
+    try:
+        return config.receivers[name]
+    except KeyError:
+        known = ", ".join(sorted(config.receivers)) or "none"
+        raise ConfigError(f"receivers.{name}: no such version receiver (known: {known})") from None
+
+
+def build_service(
+    config: HotupdateConfig,
+    receiver_name: str,
+    *,
+    processed_url: str | None = None,
+    topology: Topology | None = None,
+    prefetch: int = 4,
+) -> ConsumerService:
+    """The file_pull consumer of ``receiver_name``, bound only to the projects that receiver serves."""
+    receiver = receiver_config(config, receiver_name)
+    service = f"{ROLE}.{receiver_name}"
+    # The handler is typed for its own event; the table's Handler type is the common denominator.
+    handler = cast(Handler, partial(handle_pull_requested, receiver=receiver))
+    return ConsumerService(
+        amqp_url=config.amqp_url,
+        topology=topology,
+        queue=ServiceQueue(
+            service=service, bindings=tuple(binding(PullRequested, project=p) for p in receiver.projects)
+        ),
+        handlers={PullRequested: handler},
+        source=f"hotupdate/{ROLE}/{receiver_name}",
+        processed=ProcessedStore(processed_url, service) if processed_url else None,
+        prefetch=prefetch,
+    )

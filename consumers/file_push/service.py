@@ -1,0 +1,58 @@
+"""file_push's composition root: the consumer service of one version receiver, built from config."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import cast
+
+from bus.consumer import ConsumerService
+from bus.events import PushRequested
+from bus.handling import Handler
+from bus.idempotency import ProcessedStore
+from bus.topology import ServiceQueue, Topology, binding
+from consumers.file_push.handlers import PushSettings, handle_push_requested
+from domain.config import ConfigError, HotupdateConfig, ReceiverConfig
+
+ROLE = "file_push"
+
+
+def receiver_config(config: HotupdateConfig, name: str) -> ReceiverConfig:
+    try:
+        return config.receivers[name]
+    except KeyError:
+        known = ", ".join(sorted(config.receivers)) or "none"
+        raise ConfigError(f"receivers.{name}: no such version receiver (known: {known})") from None
+
+
+def push_settings(config: HotupdateConfig, receiver_name: str, *, rsync: str = "rsync") -> PushSettings:
+    """The handler's view of the configuration: this receiver and only the projects it serves."""
+    receiver = receiver_config(config, receiver_name)
+    return PushSettings(
+        receiver=receiver, projects={p: config.projects[p] for p in receiver.projects}, rsync=rsync
+    )
+
+
+def build_service(
+    config: HotupdateConfig,
+    receiver_name: str,
+    *,
+    processed_url: str | None = None,
+    topology: Topology | None = None,
+    prefetch: int = 4,
+) -> ConsumerService:
+    """The file_push consumer of ``receiver_name``, bound only to the projects that receiver serves."""
+    settings = push_settings(config, receiver_name)
+    service = f"{ROLE}.{receiver_name}"
+    # The handler is typed for its own event; the table's Handler type is the common denominator.
+    handler = cast(Handler, partial(handle_push_requested, settings=settings))
+    return ConsumerService(
+        amqp_url=config.amqp_url,
+        topology=topology,
+        queue=ServiceQueue(
+            service=service, bindings=tuple(binding(PushRequested, project=p) for p in settings.receiver.projects)
+        ),
+        handlers={PushRequested: handler},
+        source=f"hotupdate/{ROLE}/{receiver_name}",
+        processed=ProcessedStore(processed_url, service) if processed_url else None,
+        prefetch=prefetch,
+    )
