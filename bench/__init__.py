@@ -1,0 +1,1 @@
+"""Benchmarks: each measured against a floor run in the same invocation; results in BENCHMARKS.md."""
