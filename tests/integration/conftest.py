@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.rsyncd import RsyncDaemon, RsyncDaemonError
+from demo.rsyncd import RsyncDaemon, RsyncDaemonError
 
 
 @pytest.fixture

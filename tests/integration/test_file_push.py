@@ -18,11 +18,11 @@ from consumers.file_pull.service import build_service as build_pull_service
 from consumers.file_push.handlers import handle_push_requested
 from consumers.file_push.service import build_service as build_push_service
 from consumers.file_push.service import push_settings
+from demo.rsyncd import RsyncDaemon, free_port
 from domain.config import HotupdateConfig, parse_config
 from domain.layout import incoming_dir, receiver_backup_dir
 from tests.busprobe import Probe
 from tests.recording import incoming
-from tests.rsyncd import RsyncDaemon, free_port
 
 pytestmark = [pytest.mark.rsync]
 

@@ -1,8 +1,8 @@
-"""A real rsync daemon for tests: one module, one user, a secrets file, on a free loopback port.
+"""A real rsync daemon: one module, one user, a secrets file, on a free loopback port.
 
 Started with ``rsync --daemon --no-detach`` from a config written into a temporary
 directory; ``stop()`` terminates it. Used by the ``rsync_daemon`` fixture in
-tests/integration/conftest.py, and by anything else that needs an ops manager's module.
+tests/integration/conftest.py and by the demo, which plays the ops manager's module with it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class RsyncDaemon:
     workdir: Path
     module: str = "cmdb_hot_server"
     user: str = "cmdb_user"
-    password: str = "s3cret-pass"
+    password: str = "s3cret-pass"  # noqa: S105 (a loopback test daemon's default; the demo passes a random one)
     ip: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)

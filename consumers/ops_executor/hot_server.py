@@ -1,0 +1,194 @@
+"""hot_server: apply the update's files to each game server, then run its Erlang commands on the node.
+
+IPs run in parallel (bounded by the executor's semaphore, each with its own deadline); the
+game servers of one IP run one after another, as on the seed's hosts. A server whose files
+fail to apply gets no Erlang command (the seed's "更新失败,不执行erl命令"); a server's first
+failing command stops its later ones, since commands usually depend on the ones before.
+Each server's result is recorded the moment it is known and never produced twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus.events import IpFinished, ServerResult, UpdateServerList
+from consumers.ops_executor.runner import HostRunner, StagedFile, run_argv
+from consumers.ops_executor.state import ServerKey, ServerOutcome
+from consumers.ops_executor.templates import ServerTemplates, erl_output_failed, fill
+from domain.types import SERVER_GROUPS, ServerGroup
+
+log = logging.getLogger(__name__)
+
+APPLY_OK = "更新成功"
+APPLY_SKIPPED_ERL = "更新失败,不执行erl命令"  # the seed's words
+NO_ERL_COMMANDS = "无erl命令"
+
+
+@dataclass(frozen=True)
+class IpUnit:
+    """The servers of one group on one IP; ``key`` tells its *IP finished* event apart."""
+
+    group: ServerGroup
+    ip: str
+    servers: tuple[str, ...]
+    key: str
+
+
+def ip_units(server_list: UpdateServerList) -> list[IpUnit]:
+    """One unit per (group, IP); the key is the IP, or ``ip/group`` when an IP serves several groups."""
+    counts = Counter(ip for group in SERVER_GROUPS for ip in server_list.get(group, {}))
+    units = []
+    for group in SERVER_GROUPS:
+        for ip, servers in server_list.get(group, {}).items():
+            if servers:
+                key = ip if counts[ip] == 1 else f"{ip}/{group}"
+                units.append(IpUnit(group, ip, tuple(servers), key))
+    return units
+
+
+@dataclass(frozen=True)
+class ServerJob:
+    """What every server of one update gets: the verified files and the commands to run.
+
+    ``blocked`` says why nothing may run (files failed verification, the update was given up):
+    each server not yet recorded then fails with that reason and no command is run.
+    """
+
+    project: str
+    area: str
+    update_id: str
+    version: str
+    cookie: str
+    staged_dir: Path
+    files: tuple[StagedFile, ...]
+    commands: tuple[str, ...]
+    blocked: str | None = None
+
+
+Record = Callable[[ServerKey, ServerOutcome], Awaitable[None]]
+
+
+class ServerUpdater:
+    """Runs a hot_server update's servers through a :class:`HostRunner`."""
+
+    def __init__(self, runner: HostRunner, templates: ServerTemplates, *, ssh_user: str, ssh_port: int,
+                 semaphore: asyncio.Semaphore, command_timeout: float, ip_timeout: float) -> None:
+        self._runner = runner
+        self._templates = templates
+        self._ssh = {"ssh_user": ssh_user, "ssh_port": str(ssh_port)}
+        self._semaphore = semaphore
+        self._command_timeout = command_timeout
+        self._ip_timeout = ip_timeout
+
+    async def run_ip(self, job: ServerJob, unit: IpUnit, done: Mapping[ServerKey, ServerOutcome],
+                     record: Record) -> dict[str, ServerOutcome]:
+        """Every server of ``unit`` not in ``done``, in order, within the per-IP deadline."""
+        results: dict[str, ServerOutcome] = {
+            s: done[(unit.group, unit.ip, s)] for s in unit.servers if (unit.group, unit.ip, s) in done
+        }
+        if job.blocked is not None or len(results) == len(unit.servers):
+            await self._fill(unit, results, job.blocked or "", record)
+            return results
+        async with self._semaphore:
+            deadline = asyncio.get_running_loop().time() + self._ip_timeout
+            timeout = f"timeout after {self._ip_timeout:g}s (IP)"
+            applied: dict[str, ServerResult] = {}
+            for server in unit.servers:
+                if server in results:
+                    continue
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        outcome = await self.run_server(job, unit.group, unit.ip, server, applied)
+                except TimeoutError:
+                    log.warning("update %s: IP %s timed out after %ss", job.update_id, unit.ip, self._ip_timeout)
+                    if server in applied:  # cut off in its Erlang commands: its files did land
+                        outcome = ServerOutcome(applied[server], ServerResult(data=timeout, status=False))
+                        await record((unit.group, unit.ip, server), outcome)
+                        results[server] = outcome
+                    break
+                # Recorded outside the deadline, so what is recorded is what gets reported.
+                await record((unit.group, unit.ip, server), outcome)
+                results[server] = outcome
+            await self._fill(unit, results, timeout, record)
+        return results
+
+    async def _fill(self, unit: IpUnit, results: dict[str, ServerOutcome], reason: str, record: Record) -> None:
+        for server in unit.servers:
+            if server not in results:
+                outcome = ServerOutcome(ServerResult(data=reason, status=False),
+                                        ServerResult(data=APPLY_SKIPPED_ERL, status=False))
+                await record((unit.group, unit.ip, server), outcome)
+                results[server] = outcome
+
+    async def run_server(self, job: ServerJob, group: str, ip: str, server: str,
+                         progress: dict[str, ServerResult] | None = None) -> ServerOutcome:
+        """Apply the files to one server; if that worked, run its Erlang commands.
+
+        A successful apply is also noted in ``progress``, for a caller whose deadline may cut the rest.
+        """
+        root = self._templates.root_of(ip, server)
+        values = {
+            "ip": ip, "server": server, "server_root": root, "group": group, "project": job.project,
+            "area": job.area, "version": job.version, "update_id": job.update_id, "cookie": job.cookie,
+            **self._ssh,
+        }
+        applied = await self._apply(job, ip, values)
+        if not applied.status:
+            log.warning("update %s: %s/%s files not applied: %s", job.update_id, ip, server, applied.data)
+            return ServerOutcome(applied, ServerResult(data=APPLY_SKIPPED_ERL, status=False))
+        if progress is not None:
+            progress[server] = applied
+        erl = await self._erl(job.commands, ip, values)
+        log.info("update %s: %s/%s applied, erl %s", job.update_id, ip, server, "ok" if erl.status else "failed")
+        return ServerOutcome(applied, erl)
+
+    async def _apply(self, job: ServerJob, ip: str, values: Mapping[str, str]) -> ServerResult:
+        dest_dir = f"{values['server_root']}/ebin"
+        if self._templates.apply_cmd is None:
+            result = await self._runner.put_files(ip, job.files, dest_dir, timeout=self._command_timeout)
+        else:
+            # A configured apply command runs here, on the ops manager, where the verified files are.
+            argv = fill(self._templates.apply_cmd, {**values, "staged_dir": str(job.staged_dir),
+                                                    "dest_dir": dest_dir})
+            result = await run_argv(argv, timeout=self._command_timeout)
+        if not result.ok:
+            return ServerResult(data=f"更新失败: {result.describe()}", status=False)
+        return ServerResult(data=APPLY_OK, status=True)
+
+    async def _erl(self, commands: Sequence[str], ip: str, values: Mapping[str, str]) -> ServerResult:
+        if not commands:
+            return ServerResult(data=NO_ERL_COMMANDS, status=True)
+        outputs = []
+        for command in commands:
+            argv, stdin = self._templates.erl_argv(values, command)
+            result = await self._runner.run(ip, argv, stdin=stdin, timeout=self._command_timeout)
+            if not result.ok or erl_output_failed(result.stdout):
+                return ServerResult(data=f"{command}: {result.describe()}", status=False)
+            outputs.append(f"{command}: {result.stdout.strip()}")
+        return ServerResult(data="; ".join(outputs), status=True)
+
+
+def ip_finished(version: str, unit: IpUnit, results: Mapping[str, ServerOutcome]) -> IpFinished:
+    """The seed's per-IP callback for ``unit``."""
+    return IpFinished(
+        version=version, ip=unit.ip, group=unit.group,
+        update_data={s: results[s].update for s in unit.servers},
+        erl_data={s: results[s].erl for s in unit.servers},
+    )
+
+
+def failures(units: Sequence[IpUnit], results: Mapping[ServerKey, ServerOutcome]) -> list[str]:
+    """``ip/server(why)`` for each server that did not fully succeed."""
+    failed = []
+    for unit in units:
+        for server in unit.servers:
+            outcome = results[(unit.group, unit.ip, server)]
+            if not outcome.ok:
+                why = "更新失败" if not outcome.update.status else "erl失败"
+                failed.append(f"{unit.ip}/{server}({why})")
+    return failed

@@ -1,0 +1,211 @@
+"""Reaching a game-server host: run an argument list there, or deliver files into a directory there.
+
+Two runners share one protocol: :class:`LocalRunner` (subprocesses on this machine, where an
+"IP" is only a placeholder in directory templates: the default, used by tests and the demo)
+and :class:`SshRunner` (the system ``ssh`` client in batch mode). Every command has a timeout;
+on timeout or cancellation the whole process group is killed, so no child outlives its step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shlex
+import signal
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from domain.config import RunnerConfig
+
+log = logging.getLogger(__name__)
+
+OUTPUT_LIMIT = 4000  # characters of stdout/stderr kept per command: results travel in events
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A verified file on the ops manager and the relative name it takes on the target."""
+
+    source: Path
+    name: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one command did: exit status, (truncated) output, or why it did not finish."""
+
+    ok: bool
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+
+    def describe(self) -> str:
+        """One line for an event's ``data``: the error, else the output."""
+        if self.error:
+            return self.error
+        if not self.ok:
+            detail = (self.stderr or self.stdout).strip()
+            return f"exit {self.returncode}: {detail}" if detail else f"exit {self.returncode}"
+        return self.stdout.strip()
+
+
+def _clip(data: bytes) -> str:
+    text = data.decode("utf-8", errors="replace")
+    return text if len(text) <= OUTPUT_LIMIT else text[:OUTPUT_LIMIT] + "…"
+
+
+def _kill_group(proc: asyncio.subprocess.Process) -> None:
+    # The child leads its own session (start_new_session), so its group id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def run_argv(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float) -> CommandResult:
+    """Run ``argv`` on this machine with a timeout; kill its process group on timeout or cancellation."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return CommandResult(ok=False, error=f"cannot run {argv[0]}: {exc.strerror or exc}")
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    except TimeoutError:
+        _kill_group(proc)
+        await proc.wait()
+        log.warning("command %s timed out after %ss; process group killed", argv[0], timeout)
+        return CommandResult(ok=False, error=f"timeout after {timeout:g}s")
+    except asyncio.CancelledError:
+        _kill_group(proc)
+        await asyncio.shield(proc.wait())
+        raise
+    return CommandResult(ok=proc.returncode == 0, returncode=proc.returncode, stdout=_clip(out), stderr=_clip(err))
+
+
+class HostRunner(Protocol):
+    """How the ops manager acts on a game-server host."""
+
+    kind: str
+
+    async def run(
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+    ) -> CommandResult:
+        """Run ``argv`` on host ``ip`` (arguments stay separate: no shell splits or expands them)."""
+        ...
+
+    async def put_files(
+        self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
+    ) -> CommandResult:
+        """Deliver ``files`` below the existing directory ``dest_dir`` on host ``ip``."""
+        ...
+
+
+class LocalRunner:
+    """Runs on this machine; the IP only selects directories through the templates."""
+
+    kind = "local"
+
+    async def run(
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+    ) -> CommandResult:
+        return await run_argv(argv, stdin=stdin, timeout=timeout)
+
+    async def put_files(
+        self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
+    ) -> CommandResult:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(copy_into, files, Path(dest_dir)), timeout)
+        except TimeoutError:
+            return CommandResult(ok=False, error=f"timeout after {timeout:g}s")
+        except OSError as exc:
+            return CommandResult(ok=False, error=f"{exc.strerror or exc}: {exc.filename or dest_dir}")
+        return CommandResult(ok=True, returncode=0, stdout=f"{len(files)} file(s) copied")
+
+
+def copy_into(files: Sequence[StagedFile], dest_dir: Path) -> None:
+    """Copy each file to ``dest_dir/<name>``, replacing atomically so a loader never sees half a file."""
+    if not dest_dir.is_dir():
+        # A server's code directory must already exist: creating it would hide a wrong server_root.
+        raise NotADirectoryError(20, "not a directory", str(dest_dir))
+    for item in files:
+        target = dest_dir / item.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.hotupdate-tmp"
+        try:
+            with item.source.open("rb") as src, tmp.open("wb") as dst:
+                while chunk := src.read(1024 * 1024):
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class SshRunner:
+    """Runs through the system ``ssh`` client (BatchMode: never prompts) as the configured user."""
+
+    kind = "ssh"
+
+    def __init__(self, config: RunnerConfig, *, ssh_binary: str = "ssh") -> None:
+        self._config = config
+        self._ssh = ssh_binary
+
+    def ssh_argv(self, ip: str, argv: Sequence[str]) -> list[str]:
+        """The local ``ssh`` argument list running ``argv`` on ``ip``.
+
+        ssh joins its trailing arguments into one line for the remote shell, so the
+        command goes as a single ``shlex.join``-quoted word: the remote shell splits it
+        back into exactly ``argv``, whatever the pieces contain.
+        """
+        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(self._config.ssh_port)]
+        if self._config.ssh_key is not None:
+            opts += ["-i", str(self._config.ssh_key), "-o", "IdentitiesOnly=yes"]
+        return [self._ssh, *opts, "-l", self._config.ssh_user, "--", ip, shlex.join(argv)]
+
+    async def run(
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+    ) -> CommandResult:
+        return await run_argv(self.ssh_argv(ip, argv), stdin=stdin, timeout=timeout)
+
+    async def put_files(
+        self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
+    ) -> CommandResult:
+        # One tar stream over one connection; the remote tar needs dest_dir to exist already.
+        try:
+            archive = await asyncio.to_thread(tar_of, files)
+        except OSError as exc:
+            return CommandResult(ok=False, error=f"{exc.strerror or exc}: {exc.filename}")
+        return await self.run(ip, ["tar", "-x", "--no-same-owner", "-f", "-", "-C", dest_dir],
+                              stdin=archive, timeout=timeout)
+
+
+def tar_of(files: Sequence[StagedFile]) -> bytes:
+    """An uncompressed tar of ``files`` under their relative names (hot-update files are small)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for item in files:
+            info = tar.gettarinfo(str(item.source), arcname=item.name)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with item.source.open("rb") as src:
+                tar.addfile(info, src)
+    return buffer.getvalue()
+
+
+def make_runner(config: RunnerConfig) -> HostRunner:
+    """The runner the configuration names."""
+    if config.kind == "ssh":
+        return SshRunner(config)
+    return LocalRunner()

@@ -1,0 +1,124 @@
+"""ops_executor's composition root: the executor of one ops manager and its consumer, built from config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from functools import partial
+from typing import cast
+
+from bus.consumer import ConsumerService, HandlerTable
+from bus.envelope import Envelope
+from bus.events import Event, UpdateRequested
+from bus.handling import Emitter, Handler, child_envelope
+from bus.idempotency import ProcessedStore
+from bus.publisher import AsyncPublisher
+from bus.topology import ServiceQueue, Topology, binding
+from consumers.ops_executor.executor import Executor
+from consumers.ops_executor.handlers import handle_update_requested
+from consumers.ops_executor.runner import HostRunner
+from consumers.ops_executor.state import StateStore
+from domain.config import ConfigError, HotupdateConfig, OpsManagerConfig
+
+log = logging.getLogger(__name__)
+
+ROLE = "ops_executor"
+
+
+def ops_manager_config(config: HotupdateConfig, name: str) -> OpsManagerConfig:
+    try:
+        return config.ops_managers[name]
+    except KeyError:
+        known = ", ".join(sorted(config.ops_managers)) or "none"
+        raise ConfigError(f"ops_managers.{name}: no such ops manager (known: {known})") from None
+
+
+class _PublishingEmitter:
+    """Emits the events of an update resumed without a delivery, as children of its stored request."""
+
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
+        self._parent, self._source, self._publisher = parent, source, publisher
+        self._offset = 0
+
+    async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
+        self._offset += 1
+        env = child_envelope(self._parent, event, source=self._source, offset=self._offset, key=key,
+                             subject=subject)
+        return await self._publisher.publish(env)
+
+
+class OpsExecutorService(ConsumerService):
+    """The executor's consumer; on start it also resumes updates a previous process left unfinished,
+    and on stop it interrupts running updates at once (they are recorded and resumed later)."""
+
+    def __init__(self, *, executor: Executor, store: StateStore, amqp_url: str, queue: ServiceQueue,
+                 handlers: HandlerTable, source: str, topology: Topology | None = None,
+                 processed: ProcessedStore | None = None, prefetch: int = 4) -> None:
+        super().__init__(amqp_url=amqp_url, queue=queue, handlers=handlers, source=source, topology=topology,
+                         processed=processed, prefetch=prefetch)
+        self.executor, self.store = executor, store
+        # Updates resumed without a delivery publish through a publisher of their own.
+        self._resume_publisher = AsyncPublisher(amqp_url, topology or Topology())
+        self._source = source
+        self.resumed: list[asyncio.Task[None]] = []
+
+    def _emitter_for(self, parent: Envelope) -> Emitter:
+        return _PublishingEmitter(parent, self._source, self._resume_publisher)
+
+    async def start(self) -> None:
+        await self._resume_publisher.connect()
+        await super().start()
+        self.resumed = await self.executor.resume_unfinished(self._emitter_for)
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        # Stop consuming and interrupt running updates together: an update may take far longer
+        # than a shutdown should, and an interrupted one is resumed by the next process.
+        stopping = asyncio.create_task(super().stop(timeout))
+        await self.executor.interrupt()
+        await stopping
+        if self.resumed:
+            await asyncio.wait(self.resumed, timeout=timeout)
+        await self._resume_publisher.close()
+        self.store.close()
+
+
+def build_service(
+    config: HotupdateConfig,
+    ops_manager: str,
+    /,
+    *,
+    processed_url: str | None = None,
+    state_url: str | None = None,
+    topology: Topology | None = None,
+    runner: HostRunner | None = None,
+    prefetch: int = 4,
+) -> OpsExecutorService:
+    """The ops executor of ``ops_manager``, bound to the *update requested* events of its projects.
+
+    Its state lives at ``state_url`` (default: the config's ``state_url``); handled event ids at
+    ``processed_url`` (default: the state database).
+    """
+    manager = ops_manager_config(config, ops_manager)
+    url = state_url or manager.state_url
+    store = StateStore(url)
+    executor = Executor(
+        ops_manager=ops_manager, config=manager, store=store, runner=runner,
+        cookies={p: config.project(p).erlang_cookie for p in manager.projects},
+    )
+    service = f"{ROLE}.{ops_manager}"
+    source = f"hotupdate/{ROLE}/{ops_manager}"
+    # The handler is typed for its own event; the table's Handler type is the common denominator.
+    handler = cast(Handler, partial(handle_update_requested, executor=executor))
+    return OpsExecutorService(
+        executor=executor,
+        store=store,
+        amqp_url=config.amqp_url,
+        topology=topology,
+        queue=ServiceQueue(
+            service=service, bindings=tuple(binding(UpdateRequested, project=p) for p in manager.projects)
+        ),
+        handlers={UpdateRequested: handler},
+        source=source,
+        processed=ProcessedStore(processed_url or url, service),
+        prefetch=prefetch,
+    )

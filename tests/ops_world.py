@@ -1,0 +1,107 @@
+"""A small ops-manager world on disk for ops_executor tests: config, game-server dirs, pushed files."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bus.envelope import Envelope
+from bus.events import CdnTarget, FileEntry, UpdateRequested
+from bus.registry import make_envelope
+from domain.config import HotupdateConfig
+from domain.layout import incoming_dir
+
+PROJECT, AREA, VERSION, OPS = "ssss", "cn", "004200000", "om1"
+
+
+@dataclass
+class World:
+    root: Path
+    suffix: str = field(default_factory=lambda: secrets.token_hex(4))
+    ops: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cookie(self) -> str:
+        return f"cookie_{self.suffix}"
+
+    @property
+    def module(self) -> str:
+        return f"hu_mod_{self.suffix}"
+
+    @property
+    def incoming_root(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def cdn_root(self) -> Path:
+        return self.root / "cdn"
+
+    @property
+    def state_url(self) -> str:
+        return f"sqlite:///{self.root / 'executor.db'}"
+
+    def name(self, base: str) -> str:
+        """A server name unique to this run, so parallel runs' Erlang nodes never clash."""
+        return f"{base}_{self.suffix}"
+
+    def server_dir(self, ip: str, server: str) -> Path:
+        return self.root / "hosts" / ip / server
+
+    def config(self, amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/", **ops: Any) -> HotupdateConfig:
+        manager = {
+            "projects": [PROJECT],
+            "incoming_root": str(self.incoming_root),
+            "cdn_origin_root": str(self.cdn_root),
+            "state_url": self.state_url,
+            "command_timeout_seconds": 20,
+            "ip_timeout_seconds": 120,
+            "runner": {"kind": "local", "server_root": str(self.root / "hosts" / "{ip}" / "{server}")},
+            **self.ops,
+            **ops,
+        }
+        return HotupdateConfig.model_validate({
+            "amqp_url": amqp_url,
+            "projects": {PROJECT: {
+                "areas": {"hot_server": {"大陆": [AREA]}, "hot_client": {"大陆": [AREA]}},
+                "erlang_cookie": self.cookie,
+            }},
+            "ops_managers": {OPS: manager},
+        })
+
+    def push(self, update_id: str, files: dict[str, bytes]) -> list[FileEntry]:
+        """Put files where rsync would have delivered them; returns the update's file list."""
+        directory = incoming_dir(self.incoming_root, PROJECT, AREA, update_id, VERSION)
+        entries = []
+        for name, content in files.items():
+            path = directory / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+            entries.append(FileEntry(file_name=name, file_md5=hashlib.md5(content).hexdigest(), size=len(content)))
+        return entries
+
+
+def hot_server_request(update_id: str, files: list[FileEntry], servers: dict[str, dict[str, list[str]]],
+                       commands: list[str]) -> tuple[Envelope, UpdateRequested]:
+    event = UpdateRequested.model_validate({
+        "update_type": "hot_server", "version": VERSION, "ops_manager": OPS, "update_file_list": files,
+        "requested_by": "tester", "update_server_list": servers, "erlang_cmd_list": commands,
+    })
+    return envelope_of(event, update_id), event
+
+
+def hot_client_request(update_id: str, files: list[FileEntry], dirs: list[tuple[str, str]]
+                       ) -> tuple[Envelope, UpdateRequested]:
+    event = UpdateRequested(
+        update_type="hot_client", version=VERSION, ops_manager=OPS, update_file_list=files,
+        requested_by="tester", client_type=0,
+        data=[CdnTarget(cdn_root_url=url, cdn_dir=d) for url, d in dirs],
+    )
+    return envelope_of(event, update_id), event
+
+
+def envelope_of(event: UpdateRequested, update_id: str) -> Envelope:
+    return make_envelope(event, source="hotupdate/cmdb", updateid=update_id, project=PROJECT, area=AREA,
+                         sequence=10)
