@@ -17,6 +17,7 @@ from typing import Protocol
 from bus.consumer import ConsumerService, serve
 from consumers.file_pull import service as file_pull
 from consumers.file_push import service as file_push
+from consumers.notifier import service as notifier
 from consumers.ops_executor import service as ops_executor
 from domain.config import ConfigError, HotupdateConfig, load_config
 
@@ -37,8 +38,11 @@ class Role:
     machine_help: str
     service_prefix: str  # the service (and queue) is "<prefix>.<machine>"
     factory: ServiceFactory
+    machine_default: str | None = None  # a role with one usual process; its service is then just "<prefix>"
 
     def service_name(self, machine: str) -> str:
+        if machine == self.machine_default:
+            return self.service_prefix
         return f"{self.service_prefix}.{machine}"
 
 
@@ -67,6 +71,15 @@ ROLES: tuple[Role, ...] = (
         ops_executor.ROLE,
         ops_executor.build_service,
     ),
+    Role(
+        "notifier",
+        "call each project's webhooks when an update completes or fails (signed, retried, recorded)",
+        "--name",
+        "another notifier's name (its queue is notifier.<name>); the usual one is 'notifier'",
+        notifier.ROLE,
+        notifier.build_service,
+        machine_default=notifier.ROLE,
+    ),
 )
 
 
@@ -76,7 +89,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     for role in ROLES:
         p = roles.add_parser(role.command, help=role.help)
         p.add_argument("--config", help="configuration file (default: $HOTUPDATE_CONFIG)")
-        p.add_argument(role.machine_option, dest="machine", required=True, help=role.machine_help)
+        p.add_argument(role.machine_option, dest="machine", required=role.machine_default is None,
+                       default=role.machine_default, help=role.machine_help)
         p.add_argument(
             "--processed-db",
             help="database remembering handled events (default: sqlite:///<service>.processed.db)",

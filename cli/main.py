@@ -18,7 +18,8 @@ SUBCOMMAND_MODULES = (
     "cli.parked_cmd",  # parked list|show|requeue|purge, rabbitmq grant
     "cli.config_cmd",  # config check
     "cli.demo_cmd",  # demo
-    "cli.consume",  # consume file-pull|file-push|ops-executor
+    "cli.consume",  # consume file-pull|file-push|ops-executor|notifier
+    "cli.notifier_cmd",  # notifier deliveries
 )
 
 

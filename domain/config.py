@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from domain.types import (
     AreaCode,
@@ -65,6 +66,46 @@ class AreaInventory(_Model):
     cdn: list[CdnEntry] = Field(default_factory=list)
 
 
+NotificationKind = Literal["completed", "failed", "aborted", "stalled"]
+NOTIFICATION_KINDS: tuple[NotificationKind, ...] = ("completed", "failed", "aborted", "stalled")
+
+
+class WebhookConfig(_Model):
+    """A URL the notifier POSTs signed notifications to (see docs/notifications.md)."""
+
+    url: str = Field(max_length=2048, description="http:// or https://; identifies the webhook")
+    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key (or secret_file)")
+    secret_file: Path | None = Field(default=None, description="file holding the key; surrounding whitespace ignored")
+    events: list[NotificationKind] = Field(default_factory=lambda: list(NOTIFICATION_KINDS), min_length=1)
+    timeout_seconds: float = Field(default=10, gt=0, le=300)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_seconds: float = Field(default=2, gt=0, description="wait before the 2nd attempt; doubles after")
+    max_backoff_seconds: float = Field(default=600, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookConfig:
+        if (self.secret is None) == (self.secret_file is None):
+            raise ValueError("give exactly one of secret or secret_file")
+        if self.secret is not None and len(self.secret.get_secret_value()) < 16:
+            raise ValueError("secret: use at least 16 characters")
+        return self
+
+    def read_secret(self) -> bytes:
+        """The HMAC key: ``secret``, or the stripped contents of ``secret_file`` (OSError if unreadable)."""
+        if self.secret is not None:
+            return self.secret.get_secret_value().encode("utf-8")
+        assert self.secret_file is not None
+        return self.secret_file.read_bytes().strip()
+
+
 class ProjectConfig(_Model):
     display_name: str = ""
     areas: dict[UpdateType, dict[str, list[AreaCode]]] = Field(
@@ -74,6 +115,7 @@ class ProjectConfig(_Model):
     inventory: dict[AreaCode, AreaInventory] = Field(default_factory=dict)
     erlang_cmd_list: list[str] = Field(default_factory=list, description="default commands for hot_server")
     erlang_cookie: str = Field(default="hotupdate", pattern=r"^[A-Za-z0-9_]{1,255}$")
+    webhooks: list[WebhookConfig] = Field(default_factory=list, description="notified by the notifier")
 
     def area_codes(self, update_type: UpdateType, area_name: str) -> list[str]:
         return list(self.areas.get(update_type, {}).get(area_name, []))
@@ -90,6 +132,9 @@ class ProjectConfig(_Model):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"rsync_targets: duplicate name(s) {', '.join(dupes)}")
+        urls = [w.url for w in self.webhooks]
+        if len(set(urls)) != len(urls):
+            raise ValueError("webhooks: the same url is listed twice")
         return self
 
 
@@ -151,6 +196,10 @@ class ProjectionConfig(_Model):
     database_url: str = "sqlite:///projection.db"
 
 
+class NotifierConfig(_Model):
+    state_url: str = Field(default="sqlite:///notifier.db", description="deliveries and their attempts")
+
+
 class HotupdateConfig(_Model):
     amqp_url: str = DEFAULT_AMQP_URL
     projects: dict[ProjectKey, ProjectConfig]
@@ -160,6 +209,7 @@ class HotupdateConfig(_Model):
     ops_managers: dict[str, OpsManagerConfig] = Field(default_factory=dict)
     cmdb: CmdbConfig = Field(default_factory=CmdbConfig)
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
+    notifier: NotifierConfig = Field(default_factory=NotifierConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> HotupdateConfig:
@@ -242,7 +292,13 @@ def _resolve_paths(config: HotupdateConfig, base: Path) -> HotupdateConfig:
     }
     projects = {
         k: p.model_copy(
-            update={"rsync_targets": [t.model_copy(update={"pass_file": fix(t.pass_file)}) for t in p.rsync_targets]}
+            update={
+                "rsync_targets": [t.model_copy(update={"pass_file": fix(t.pass_file)}) for t in p.rsync_targets],
+                "webhooks": [
+                    w.model_copy(update={"secret_file": fix(w.secret_file)}) if w.secret_file else w
+                    for w in p.webhooks
+                ],
+            }
         )
         for k, p in config.projects.items()
     }

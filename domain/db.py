@@ -1,7 +1,7 @@
 """Database engines and Alembic migrations, shared by every component that keeps state.
 
 Each component owns an Alembic *branch* (``bus``, ``cmdb``, ``projection``,
-``ops_executor``) with its migrations beside its code; ``upgrade(url, branch)``
+``ops_executor``, ``notifier``) with its migrations beside its code; ``upgrade(url, branch)``
 brings one database to the head of the branches that component needs.
 SQLite files are the embedded default; PostgreSQL is the production choice.
 """
@@ -24,6 +24,7 @@ VERSION_LOCATIONS: dict[str, Path] = {
     "cmdb": _ROOT / "producers" / "cmdb" / "migrations",
     "projection": _ROOT / "projections" / "migrations",
     "ops_executor": _ROOT / "consumers" / "ops_executor" / "migrations",
+    "notifier": _ROOT / "consumers" / "notifier" / "migrations",
 }
 
 
