@@ -54,6 +54,10 @@ class Rejection:
 RejectHook = Callable[[Rejection], Awaitable[None]]
 
 
+class Reject(Exception):
+    """Raised by a handler for an event that can never succeed: parked at once, without retries."""
+
+
 class _ChildEmitter:
     """Publishes events caused by ``parent``; offsets number them in the order they are emitted."""
 
@@ -114,6 +118,16 @@ class ConsumerService:
     @property
     def name(self) -> str:
         return self._spec.service
+
+    @property
+    def spec(self) -> ServiceQueue:
+        """The queue this service consumes, with its bindings (declare it before publishing in tests)."""
+        return self._spec
+
+    @property
+    def started(self) -> bool:
+        """True once the queue is declared, bound and consumed."""
+        return self._consumer_tag is not None
 
     async def start(self) -> None:
         """Declare the service's topology and start consuming."""
@@ -186,6 +200,9 @@ class ConsumerService:
         incoming = Incoming(envelope, event, redelivered=bool(message.redelivered), replayed=replayed)
         try:
             await handler(incoming, emitter)
+        except Reject as exc:
+            await self._park(message, f"rejected by handler: {exc}", attempt)
+            return
         except Exception as exc:
             await self._retry_or_park(message, envelope, exc, attempt)
             return
@@ -219,12 +236,7 @@ class ConsumerService:
     async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int) -> None:
         parked_at = datetime.now(UTC)
         log.warning("service %s: parking message %s: %s", self.name, message.message_id, reason)
-        if self._on_reject is not None:
-            await self._on_reject(
-                Rejection(self.name, reason, message.body, message.routing_key or "",
-                          message.message_id, attempt, parked_at)
-            )
-        await self._republish(
+        parked = await self._republish(
             message,
             self._topology.parking_queue(self.name),
             {
@@ -235,9 +247,21 @@ class ConsumerService:
                 ATTEMPT_HEADER: attempt,
             },
         )
+        if not parked:
+            return
         self.parked += 1
+        if self._on_reject is not None:
+            # After the parked copy is confirmed: the hook only records; if it fails, the
+            # message is safe in the parking queue all the same.
+            try:
+                await self._on_reject(
+                    Rejection(self.name, reason, message.body, message.routing_key or "",
+                              message.message_id, attempt, parked_at)
+                )
+            except Exception:
+                log.exception("service %s: on_reject hook failed for %s", self.name, message.message_id)
 
-    async def _republish(self, message: AbstractIncomingMessage, queue_name: str, extra: dict[str, Any]) -> None:
+    async def _republish(self, message: AbstractIncomingMessage, queue_name: str, extra: dict[str, Any]) -> bool:
         """Send the original body to ``queue_name`` (default exchange), confirmed, then ack the original."""
         headers = {**dict(message.headers or {}), **extra}
         out = aio_pika.Message(
@@ -255,8 +279,9 @@ class ConsumerService:
             log.error("service %s: could not move message to %s (%s); returning it to the queue",
                       self.name, queue_name, exc)
             await _safe_nack(message)
-            return
+            return False
         await message.ack()
+        return True
 
 
 async def _safe_nack(message: AbstractIncomingMessage) -> None:
@@ -292,4 +317,4 @@ async def serve(*services: ConsumerService, stop: asyncio.Event | None = None) -
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["ConsumerService", "Emitter", "HandlerTable", "Incoming", "Rejection", "serve"]
+__all__ = ["ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]

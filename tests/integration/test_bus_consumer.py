@@ -261,3 +261,31 @@ async def test_stop_lets_the_in_flight_handler_finish_before_closing(amqp_url):
         await service.stop()
         assert finished == [env.id]
         await probe.wait_for(1)
+
+
+async def test_handler_rejecting_an_event_parks_it_at_once_without_retries(amqp_url):
+    from bus.consumer import Reject
+
+    calls: list[str] = []
+    rejections: list[Rejection] = []
+
+    async def never(msg, emit):
+        calls.append(msg.envelope.id)
+        raise Reject("id reused with different content")
+
+    async def on_reject(r: Rejection) -> None:
+        rejections.append(r)
+        raise RuntimeError("the hook's own failure must not lose the message")
+
+    service = _service(amqp_url, never, delays=(5_000, 5_000), on_reject=on_reject)
+    await service.start()
+    try:
+        async with Probe(amqp_url) as probe, AsyncPublisher(amqp_url) as pub:
+            env = await pub.publish(_env())
+            await probe.watch(Topology().parking_queue("svc"))
+            (parked,) = await probe.wait_for(1, timeout=4)  # well before the first 5 s retry
+    finally:
+        await service.stop()
+    assert calls == [env.id]
+    assert parked.headers[REASON_HEADER] == "rejected by handler: id reused with different content"
+    assert [r.message_id for r in rejections] == [env.id]
