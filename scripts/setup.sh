@@ -11,6 +11,9 @@ command -v erlc >/dev/null && command -v erl_call >/dev/null || need_pkgs+=(erla
 command -v rsync >/dev/null || need_pkgs+=(rsync)
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
+# The dashboard shows Chinese (the seed's area names, results); without a CJK font the
+# browser draws boxes in screenshots.
+dpkg -s fonts-wqy-zenhei >/dev/null 2>&1 || need_pkgs+=(fonts-wqy-zenhei)
 command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
