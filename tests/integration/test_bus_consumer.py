@@ -172,6 +172,10 @@ async def test_redelivered_event_has_no_second_effect(amqp_url, sqlite_url):
             env = _env()
             await pub.publish(env)
             await probe.wait_for(1)
+            for _ in range(200):  # marked handled only after its emits are confirmed: wait for that
+                if service.handled == 1:
+                    break
+                await asyncio.sleep(0.02)
             await pub.publish(env)  # the same event again, as after a redelivery
             await pub.publish(_env())  # a different event still runs
             await probe.wait_for(2)
