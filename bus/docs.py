@@ -6,6 +6,7 @@ the committed files differ.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def render_events_md(topology: Topology | None = None) -> str:
         )
     for model in CATALOGUE:
         schema = model.model_json_schema()
-        doc = (model.__doc__ or "").strip()
+        doc = inspect.cleandoc(model.__doc__ or "")
         out.append(f"\n### `{model.type_name()}`\n\n{doc}\n\n")
         out.append(f"- class `{model.__name__}`, version {model.event_version}\n")
         rk = routing_key("<project>", "<area>", model.event_name, model.event_version)
@@ -118,7 +119,7 @@ def render_schemas() -> dict[str, str]:
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"urn:hotupdate:schema:{model.type_name()}"
         schema["title"] = model.type_name()
-        schema["description"] = (model.__doc__ or "").strip()
+        schema["description"] = inspect.cleandoc(model.__doc__ or "")
         schema["properties"]["type"] = {"const": model.type_name()}
         defs = data_schema.pop("$defs", {})
         schema["properties"]["data"] = data_schema

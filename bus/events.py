@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from domain.types import (
     CdnDir,
@@ -193,13 +193,39 @@ class PushFailed(Event):
 # --- 3. the update: CMDB → ops_executor on the ops manager -------------------------
 
 
-class UpdateRequested(Event):
-    """Run the hot update (the seed's CMDB → ops manager request, both kinds)."""
+class RolloutPlan(BaseModel):
+    """How an update's targets are split into batches, and what a failed batch does.
 
-    event_name = "update.requested"
-    event_version = 1
-    producer = "cmdb"
-    consumers = ("ops_executor", "projection")
+    A batch is a count (``batch_size``) or a percentage (``batch_percent``, rounded up, at
+    least one) of the update's IPs (hot_server) or CDN dirs (hot_client), taken in the order
+    *update started* lists them: IPs by group (game, cross, cross_center), then by address
+    within a group (an IP in several groups goes with its first, all its servers in one batch);
+    CDN dirs in the request's order. Neither given: one batch, as without a plan.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    batch_size: int | None = Field(default=None, ge=1, description="targets per batch")
+    batch_percent: int | None = Field(
+        default=None, ge=1, le=100, description="targets per batch as a percentage of all, rounded up"
+    )
+    pause_seconds: float = Field(
+        default=0, ge=0, le=86400, description="wait between the end of a batch and the start of the next"
+    )
+    on_failure: Literal["stop", "continue", "confirm"] = Field(
+        default="stop",
+        description="a batch with a failed target: stop (the rest is not run), continue, "
+        "or confirm (wait for batch.confirmed before the next batch)",
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> RolloutPlan:
+        if self.batch_size is not None and self.batch_percent is not None:
+            raise ValueError("give batch_size or batch_percent, not both")
+        return self
+
+
+class _UpdateRequestBody(Event):
+    """The fields every version of *update requested* has (the seed's request, both kinds)."""
 
     update_type: UpdateType
     version: Version
@@ -214,7 +240,7 @@ class UpdateRequested(Event):
     erlang_cmd_list: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _fits_update_type(self) -> UpdateRequested:
+    def _fits_update_type(self) -> _UpdateRequestBody:
         if self.update_type == "hot_client":
             if not self.data:
                 raise ValueError("hot_client needs 'data': the CDN dirs to update")
@@ -229,6 +255,48 @@ class UpdateRequested(Event):
                 if not cmd.strip() or "\x00" in cmd or len(cmd) > 4096:
                     raise ValueError("each erlang_cmd_list entry must be a non-empty Erlang expression")
         return self
+
+
+class UpdateRequestedV1(_UpdateRequestBody):
+    """Run the hot update (v1: no rollout plan, no link to another update). Upcast to v2 on receipt."""
+
+    event_name = "update.requested"
+    event_version = 1
+    producer = "cmdb"
+    consumers = ("ops_executor", "projection")
+
+
+class UpdateRequested(_UpdateRequestBody):
+    """Run the hot update (the seed's CMDB → ops manager request, both kinds), optionally in batches.
+
+    ``rollout`` absent: every target in one batch, as the seed does. ``parent_id`` and
+    ``relation`` link an update made from another one (retry of its failed targets, rollback).
+    """
+
+    event_name = "update.requested"
+    event_version = 2
+    producer = "cmdb"
+    consumers = ("ops_executor", "projection")
+
+    rollout: RolloutPlan | None = Field(default=None, description="absent: one batch")
+    parent_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+        description="the update this one was made from",
+    )
+    relation: Literal["retry_failed", "rollback"] | None = Field(
+        default=None, description="how it relates to parent_id"
+    )
+
+    @model_validator(mode="after")
+    def _link_is_whole(self) -> UpdateRequested:
+        if (self.parent_id is None) != (self.relation is None):
+            raise ValueError("parent_id and relation go together")
+        return self
+
+    @classmethod
+    def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """v1 → v2: no rollout plan (one batch), no parent."""
+        return {**data, "rollout": None, "parent_id": None, "relation": None}
 
 
 class UpdateStarted(Event):
@@ -276,14 +344,77 @@ class IpFinished(Event):
     erl_data: dict[ServerName, ServerResult]
 
 
-class UpdateCompleted(Event):
-    """The update is over (the seed's final callback): ``final_result`` is true only if everything succeeded."""
+class BatchFinished(Event):
+    """One batch of an update with a rollout plan is done; ``next`` says what the executor does now.
 
-    event_name = "update.completed"
+    Sent only for updates whose request carries a rollout plan, after the batch's last
+    *IP finished* / *CDN dir finished*. ``next``: ``continue`` (the next batch starts
+    ``pause_seconds`` after this one finished), ``stop`` (no further batch starts: the batch
+    failed under ``on_failure: stop``, or an abort was requested), ``await_confirm`` (the batch
+    failed under ``on_failure: confirm``: batch ``batch + 1`` starts when *batch confirmed* for
+    it arrives), ``done`` (this was the last batch). A batch failed when any of its game
+    servers (or CDN dirs) failed. The counts are as in *update completed*, for this batch.
+    """
+
+    event_name = "batch.finished"
     event_version = 1
     producer = "ops_executor"
     consumers = ("cmdb", "projection")
 
+    batch: int = Field(ge=1, description="1-based")
+    batches: int = Field(ge=1, description="how many batches the update has")
+    ips: list[IpAddress] = Field(default_factory=list, description="hot_server: the batch's IPs")
+    cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
+    ok_count: int = Field(ge=0)
+    failed_count: int = Field(ge=0)
+    next: Literal["continue", "stop", "await_confirm", "done"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BatchFinished:
+        if self.batch > self.batches:
+            raise ValueError("batch is beyond batches")
+        if (self.next == "done") != (self.batch == self.batches):
+            raise ValueError("next is 'done' exactly for the last batch")
+        return self
+
+
+class BatchConfirmed(Event):
+    """An operator's go-ahead for batch ``batch`` of an update waiting after a failed batch.
+
+    Only meaningful after *batch finished* with ``next: await_confirm`` and ``batch`` one less;
+    the executor ignores it for an update it does not run, and for a finished one.
+    """
+
+    event_name = "batch.confirmed"
+    event_version = 1
+    producer = "cmdb"
+    consumers = ("ops_executor", "projection")
+
+    batch: int = Field(ge=2, description="the batch to start (batch 1 never waits)")
+    confirmed_by: Operator
+
+
+class UpdateAbortRequested(Event):
+    """An operator asked to abort a running update.
+
+    The executor lets the game servers and CDN dirs already started finish (a server's files
+    and all its commands), starts nothing more (no IP, no server, no CDN dir, no batch), and
+    ends with *update completed* ``outcome: aborted``, what never started in ``not_run``. A
+    waiting update (``await_confirm``) completes at once. An abort that comes after every
+    target started changes nothing: the completion then says succeeded or failed. One that
+    comes before the request makes the update complete aborted with everything in ``not_run``.
+    """
+
+    event_name = "update.abort_requested"
+    event_version = 1
+    producer = "cmdb"
+    consumers = ("ops_executor", "projection")
+
+    requested_by: Operator
+    reason: str = Field(default="", max_length=1000)
+
+
+class _UpdateCompletedBody(Event):
     update_type: UpdateType
     version: Version
     final_result: bool
@@ -295,6 +426,80 @@ class UpdateCompleted(Event):
     failed_count: int = Field(default=0, ge=0)
 
 
+class UpdateCompletedV1(_UpdateCompletedBody):
+    """The update is over (v1: no outcome, no not-run list). Upcast to v2 on receipt."""
+
+    event_name = "update.completed"
+    event_version = 1
+    producer = "ops_executor"
+    consumers = ("cmdb", "projection")
+
+
+Outcome = Literal["succeeded", "failed", "aborted", "stopped"]
+
+
+class UpdateCompleted(_UpdateCompletedBody):
+    """The update is over (the seed's final callback): ``final_result`` is true only if everything succeeded.
+
+    ``outcome``: ``succeeded`` (every target ran and succeeded: the only case with
+    ``final_result`` true), ``failed`` (every target ran or was cut short, some failed),
+    ``stopped`` (a batch failed under ``on_failure: stop``; the later batches never started),
+    ``aborted`` (an abort request kept targets from starting). ``not_run`` names the targets
+    that never started, which have no *IP finished* / *CDN dir finished*: hot_server IPs
+    (``ip/group`` when an IP serves several groups: the key of its *IP finished*), hot_client
+    ``cdn_root_url/cdn_dir``. The counts are of game servers (hot_server) or CDN dirs
+    (hot_client) with a result: a game server of a started IP that an abort kept from
+    starting has one ("已中止,未执行") and counts as failed; targets in ``not_run`` count in
+    neither. A refused update (``final_data`` "拒绝执行: …") ran nothing and lists nothing.
+    """
+
+    event_name = "update.completed"
+    event_version = 2
+    producer = "ops_executor"
+    consumers = ("cmdb", "projection", "notifier")
+
+    outcome: Outcome = Field(
+        default="failed", description="when absent: succeeded if final_result is true, else failed"
+    )
+    not_run: list[str] = Field(default_factory=list, description="targets never started")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outcome_from_result(cls, data: Any) -> Any:
+        # Producers that predate outcome (and v1 events) give final_result only.
+        if isinstance(data, dict) and data.get("outcome") is None and isinstance(data.get("final_result"), bool):
+            return {**data, "outcome": "succeeded" if data["final_result"] else "failed"}
+        return data
+
+    @model_validator(mode="after")
+    def _outcome_fits_result(self) -> UpdateCompleted:
+        if self.final_result != (self.outcome == "succeeded"):
+            raise ValueError("final_result is true exactly when outcome is 'succeeded'")
+        return self
+
+    @classmethod
+    def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """v1 → v2: outcome from final_result; nothing was left unrun."""
+        return {**data, "outcome": "succeeded" if data["final_result"] else "failed", "not_run": []}
+
+
+class UpdateStalled(Event):
+    """An unfinished update has had no event for ``stalled_after_seconds``; ``silent_targets`` never reported.
+
+    Targets are named as in *update completed*'s ``not_run`` (IP, ``ip/group``, or
+    ``cdn_root_url/cdn_dir``). Published by the CMDB's stall detector.
+    """
+
+    event_name = "update.stalled"
+    event_version = 1
+    producer = "cmdb"
+    consumers = ("projection", "notifier")
+
+    silent_targets: list[str]
+    last_event_at: AwareDatetime
+    stalled_after_seconds: float = Field(gt=0)
+
+
 CATALOGUE: tuple[type[Event], ...] = (
     PullRequested,
     FilesPulled,
@@ -302,9 +507,15 @@ CATALOGUE: tuple[type[Event], ...] = (
     PushRequested,
     FilesPushed,
     PushFailed,
+    UpdateRequestedV1,
     UpdateRequested,
     UpdateStarted,
     CdnDirFinished,
     IpFinished,
+    BatchFinished,
+    BatchConfirmed,
+    UpdateAbortRequested,
+    UpdateCompletedV1,
     UpdateCompleted,
+    UpdateStalled,
 )

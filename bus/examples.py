@@ -6,7 +6,11 @@ round-trip tests, so every documented example is proven to validate.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bus.events import (
+    BatchConfirmed,
+    BatchFinished,
     CdnDirFinished,
     CdnTarget,
     Event,
@@ -18,11 +22,16 @@ from bus.events import (
     PullRequested,
     PushFailed,
     PushRequested,
+    RolloutPlan,
     RsyncTargetRef,
     RsyncTargetResult,
     ServerResult,
+    UpdateAbortRequested,
     UpdateCompleted,
+    UpdateCompletedV1,
     UpdateRequested,
+    UpdateRequestedV1,
+    UpdateStalled,
     UpdateStarted,
 )
 
@@ -69,6 +78,19 @@ EXAMPLES: tuple[Event, ...] = (
         failed_targets=["ssss_cn"],
         reason="1 of 1 rsync targets failed",
     ),
+    UpdateRequestedV1(
+        update_type="hot_server",
+        version="004200000",
+        ops_manager="ops1",
+        update_file_list=_FILES,
+        requested_by="alice",
+        update_server_list={
+            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
+            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
+            "cross_center": {"127.0.0.31": ["center_1"]},
+        },
+        erlang_cmd_list=["c:l(role_server)."],
+    ),
     UpdateRequested(
         update_type="hot_server",
         version="004200000",
@@ -81,6 +103,7 @@ EXAMPLES: tuple[Event, ...] = (
             "cross_center": {"127.0.0.31": ["center_1"]},
         },
         erlang_cmd_list=["c:l(role_server)."],
+        rollout=RolloutPlan(batch_size=2, pause_seconds=30, on_failure="confirm"),
     ),
     UpdateStarted(
         update_type="hot_server",
@@ -96,13 +119,34 @@ EXAMPLES: tuple[Event, ...] = (
         update_data={"qq_1": _FAILED, "qq_2": ServerResult(data="2 files applied", status=True)},
         erl_data={"qq_1": _FAILED, "qq_2": ServerResult(data="c:l(role_server). -> {module,role_server}", status=True)},
     ),
+    BatchFinished(
+        batch=1, batches=2, ips=["127.0.0.11", "127.0.0.12"], ok_count=3, failed_count=1, next="await_confirm"
+    ),
+    BatchConfirmed(batch=2, confirmed_by="alice"),
+    UpdateAbortRequested(requested_by="alice", reason="qq_1 crashes after the update"),
+    UpdateCompletedV1(
+        update_type="hot_server",
+        version="004200000",
+        final_result=False,
+        final_data="1/7 失败: 127.0.0.11/qq_1(erl失败)",
+        ok_count=6,
+        failed_count=1,
+    ),
     UpdateCompleted(
         update_type="hot_server",
         version="004200000",
         final_result=False,
-        final_data="1 of 7 servers failed: qq_1 (127.0.0.11)",
-        ok_count=6,
+        final_data="1/4 失败: 127.0.0.11/qq_1(erl失败); 已中止(alice: qq_1 crashes after the update), "
+        "2个未执行: 127.0.0.21, 127.0.0.31",
+        ok_count=3,
         failed_count=1,
+        outcome="aborted",
+        not_run=["127.0.0.21", "127.0.0.31"],
+    ),
+    UpdateStalled(
+        silent_targets=["127.0.0.21"],
+        last_event_at=datetime(2026, 11, 24, 6, 1, 30, tzinfo=UTC),
+        stalled_after_seconds=600,
     ),
 )
 

@@ -20,6 +20,8 @@ SUBCOMMAND_MODULES = (
     "cli.demo_cmd",  # demo
     "cli.consume",  # consume file-pull|file-push|ops-executor|notifier
     "cli.notifier_cmd",  # notifier deliveries
+    "cli.cmdb_cmd",  # cmdb serve|hash-token, update start|push|status
+    "cli.projection_cmd",  # projection run, dashboard serve, db upgrade
 )
 
 

@@ -1,5 +1,7 @@
 """ops_executor: runs hot updates on the ops-manager machine (game servers over a host runner, CDN dirs).
 
-Bound to its projects' *update requested* events; reports *update started*, one *IP finished*
-or *CDN dir finished* per target, and *update completed*, with the seed's semantics.
+Bound to its projects' *update requested*, *batch confirmed* and *update abort requested*
+events; reports *update started*, one *IP finished* or *CDN dir finished* per target, *batch
+finished* per batch of a rolled-out update, and *update completed*, with the seed's semantics
+(docs/rollout.md: batches, go-aheads, aborts).
 """

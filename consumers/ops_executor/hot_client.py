@@ -53,12 +53,20 @@ class CdnUpdater:
     def target_dir(self, cdn_root_url: str, cdn_dir: str) -> Path:
         return self._origin_root / cdn_root_url / cdn_dir
 
-    async def run_dir(self, job: CdnJob, cdn_root_url: str, cdn_dir: str) -> ServerResult:
-        """Update one CDN dir; the result's ``status`` is the seed's per-dir status."""
+    async def run_dir(self, job: CdnJob, cdn_root_url: str, cdn_dir: str,
+                      halt: asyncio.Event | None = None) -> ServerResult | None:
+        """Update one CDN dir; the result's ``status`` is the seed's per-dir status.
+
+        None if ``halt`` (an abort) was set before the dir started: nothing was placed.
+        """
+        if halt is not None and halt.is_set():
+            return None
         if job.blocked is not None:
             return ServerResult(data=job.blocked, status=False)
         target = self.target_dir(cdn_root_url, cdn_dir)
         async with self._semaphore:
+            if halt is not None and halt.is_set():  # aborted while waiting for its turn
+                return None
             try:
                 await asyncio.to_thread(place_files, job.files, target, job.update_id)
             except OSError as exc:

@@ -5,18 +5,25 @@ game servers of one IP run one after another, as on the seed's hosts. A server w
 fail to apply gets no Erlang command (the seed's "更新失败,不执行erl命令"); a server's first
 failing command stops its later ones, since commands usually depend on the ones before.
 Each server's result is recorded the moment it is known and never produced twice.
+
+An abort (the ``halt`` event) lets a server that has started finish, files and all its
+commands (a server with new files and half its commands is the worst state to leave), and
+starts nothing more: an IP not yet started is not started at all, and the servers of a
+started IP that did not start are reported as "已中止,未执行".
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.events import IpFinished, ServerResult, UpdateServerList
+from bus.events import IpFinished, RolloutPlan, ServerResult, UpdateServerList
+from consumers.ops_executor.rollout import plan_batches
 from consumers.ops_executor.runner import HostRunner, StagedFile, run_argv
 from consumers.ops_executor.state import ServerKey, ServerOutcome
 from consumers.ops_executor.templates import ServerTemplates, erl_output_failed, fill
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 APPLY_OK = "更新成功"
 APPLY_SKIPPED_ERL = "更新失败,不执行erl命令"  # the seed's words
 NO_ERL_COMMANDS = "无erl命令"
+ABORTED_NOT_STARTED = "已中止,未执行"
+ABORTED_SKIPPED_ERL = "已中止,不执行erl命令"
 
 
 @dataclass(frozen=True)
@@ -40,15 +49,43 @@ class IpUnit:
 
 
 def ip_units(server_list: UpdateServerList) -> list[IpUnit]:
-    """One unit per (group, IP); the key is the IP, or ``ip/group`` when an IP serves several groups."""
+    """One unit per (group, IP); the key is the IP, or ``ip/group`` when an IP serves several groups.
+
+    Groups in the order game, cross, cross_center; IPs in address order within a group. Not the
+    order of the request's keys: JSON objects are canonicalised (sorted as text) on the bus, so
+    that order would put 10.0.0.10 before 10.0.0.2. Rollout batches are cut from this order.
+    """
     counts = Counter(ip for group in SERVER_GROUPS for ip in server_list.get(group, {}))
     units = []
     for group in SERVER_GROUPS:
-        for ip, servers in server_list.get(group, {}).items():
+        for ip, servers in sorted(server_list.get(group, {}).items(), key=lambda item: address_order(item[0])):
             if servers:
                 key = ip if counts[ip] == 1 else f"{ip}/{group}"
                 units.append(IpUnit(group, ip, tuple(servers), key))
     return units
+
+
+def address_order(ip: str) -> tuple[int, int, str]:
+    """Sort key: IPv4 before IPv6, numerically (text last, for a value that is not an address)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), ip)
+
+
+def ips_of(units: Sequence[IpUnit]) -> list[str]:
+    """The distinct IPs of ``units``, in order (the order *update started* lists them)."""
+    return list(dict.fromkeys(u.ip for u in units))
+
+
+def unit_batches(units: Sequence[IpUnit], plan: RolloutPlan | None) -> list[list[IpUnit]]:
+    """The units of each batch: batches are of IPs, and every unit of an IP goes with it."""
+    batches = []
+    for ips in plan_batches(ips_of(units), plan):
+        members = set(ips)
+        batches.append([u for u in units if u.ip in members])
+    return batches
 
 
 @dataclass(frozen=True)
@@ -86,21 +123,38 @@ class ServerUpdater:
         self._ip_timeout = ip_timeout
 
     async def run_ip(self, job: ServerJob, unit: IpUnit, done: Mapping[ServerKey, ServerOutcome],
-                     record: Record) -> dict[str, ServerOutcome]:
-        """Every server of ``unit`` not in ``done``, in order, within the per-IP deadline."""
+                     record: Record, halt: asyncio.Event | None = None) -> dict[str, ServerOutcome] | None:
+        """Every server of ``unit`` not in ``done``, in order, within the per-IP deadline.
+
+        None if ``halt`` was set before the IP started (nothing recorded, nothing run).
+        """
         results: dict[str, ServerOutcome] = {
             s: done[(unit.group, unit.ip, s)] for s in unit.servers if (unit.group, unit.ip, s) in done
         }
-        if job.blocked is not None or len(results) == len(unit.servers):
-            await self._fill(unit, results, job.blocked or "", record)
+        if len(results) == len(unit.servers):
+            return results
+        if _is_set(halt) and not results:
+            return None
+        if job.blocked is not None:
+            await self._fill(unit, results, job.blocked, record)
+            return results
+        if _is_set(halt):  # started in an earlier run, then aborted: the rest never starts
+            await self._fill(unit, results, ABORTED_NOT_STARTED, record, erl=ABORTED_SKIPPED_ERL)
             return results
         async with self._semaphore:
+            if _is_set(halt) and not results:  # aborted while this IP waited for its turn
+                return None
             deadline = asyncio.get_running_loop().time() + self._ip_timeout
             timeout = f"timeout after {self._ip_timeout:g}s (IP)"
             applied: dict[str, ServerResult] = {}
             for server in unit.servers:
                 if server in results:
                     continue
+                if _is_set(halt):
+                    log.info("update %s: IP %s: abort requested; its later servers are not started",
+                             job.update_id, unit.ip)
+                    await self._fill(unit, results, ABORTED_NOT_STARTED, record, erl=ABORTED_SKIPPED_ERL)
+                    return results
                 try:
                     async with asyncio.timeout_at(deadline):
                         outcome = await self.run_server(job, unit.group, unit.ip, server, applied)
@@ -117,11 +171,11 @@ class ServerUpdater:
             await self._fill(unit, results, timeout, record)
         return results
 
-    async def _fill(self, unit: IpUnit, results: dict[str, ServerOutcome], reason: str, record: Record) -> None:
+    async def _fill(self, unit: IpUnit, results: dict[str, ServerOutcome], reason: str, record: Record,
+                    *, erl: str = APPLY_SKIPPED_ERL) -> None:
         for server in unit.servers:
             if server not in results:
-                outcome = ServerOutcome(ServerResult(data=reason, status=False),
-                                        ServerResult(data=APPLY_SKIPPED_ERL, status=False))
+                outcome = ServerOutcome(ServerResult(data=reason, status=False), ServerResult(data=erl, status=False))
                 await record((unit.group, unit.ip, server), outcome)
                 results[server] = outcome
 
@@ -173,6 +227,15 @@ class ServerUpdater:
         return ServerResult(data="; ".join(outputs), status=True)
 
 
+def _is_set(halt: asyncio.Event | None) -> bool:
+    return halt is not None and halt.is_set()
+
+
+def was_aborted(outcome: ServerOutcome) -> bool:
+    """Whether this server was kept from starting by an abort."""
+    return outcome.update.data == ABORTED_NOT_STARTED
+
+
 def ip_finished(version: str, unit: IpUnit, results: Mapping[str, ServerOutcome]) -> IpFinished:
     """The seed's per-IP callback for ``unit``."""
     return IpFinished(
@@ -189,6 +252,6 @@ def failures(units: Sequence[IpUnit], results: Mapping[ServerKey, ServerOutcome]
         for server in unit.servers:
             outcome = results[(unit.group, unit.ip, server)]
             if not outcome.ok:
-                why = "更新失败" if not outcome.update.status else "erl失败"
+                why = "已中止" if was_aborted(outcome) else "更新失败" if not outcome.update.status else "erl失败"
                 failed.append(f"{unit.ip}/{server}({why})")
     return failed

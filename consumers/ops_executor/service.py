@@ -9,13 +9,17 @@ from typing import cast
 
 from bus.consumer import ConsumerService, HandlerTable
 from bus.envelope import Envelope
-from bus.events import Event, UpdateRequested
+from bus.events import BatchConfirmed, Event, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Handler, child_envelope
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
-from consumers.ops_executor.executor import Executor
-from consumers.ops_executor.handlers import handle_update_requested
+from consumers.ops_executor.executor import EmitterFor, Executor
+from consumers.ops_executor.handlers import (
+    handle_batch_confirmed,
+    handle_update_abort_requested,
+    handle_update_requested,
+)
 from consumers.ops_executor.runner import HostRunner
 from consumers.ops_executor.state import StateStore
 from domain.config import ConfigError, HotupdateConfig, OpsManagerConfig
@@ -34,7 +38,7 @@ def ops_manager_config(config: HotupdateConfig, name: str) -> OpsManagerConfig:
 
 
 class _PublishingEmitter:
-    """Emits the events of an update resumed without a delivery, as children of its stored request."""
+    """Emits the events of an update resumed or carried on without its request's delivery, as children of it."""
 
     def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
         self._parent, self._source, self._publisher = parent, source, publisher
@@ -47,23 +51,30 @@ class _PublishingEmitter:
         return await self._publisher.publish(env)
 
 
+def request_emitters(source: str, publisher: AsyncPublisher) -> EmitterFor:
+    """Emitters of an update's events as children of its request, through ``publisher``."""
+
+    def emitter_for(parent: Envelope) -> Emitter:
+        return _PublishingEmitter(parent, source, publisher)
+
+    return emitter_for
+
+
 class OpsExecutorService(ConsumerService):
     """The executor's consumer; on start it also resumes updates a previous process left unfinished,
     and on stop it interrupts running updates at once (they are recorded and resumed later)."""
 
     def __init__(self, *, executor: Executor, store: StateStore, amqp_url: str, queue: ServiceQueue,
-                 handlers: HandlerTable, source: str, topology: Topology | None = None,
-                 processed: ProcessedStore | None = None, prefetch: int = 4) -> None:
+                 handlers: HandlerTable, source: str, resume_publisher: AsyncPublisher,
+                 topology: Topology | None = None, processed: ProcessedStore | None = None,
+                 prefetch: int = 4) -> None:
         super().__init__(amqp_url=amqp_url, queue=queue, handlers=handlers, source=source, topology=topology,
                          processed=processed, prefetch=prefetch)
         self.executor, self.store = executor, store
-        # Updates resumed without a delivery publish through a publisher of their own.
-        self._resume_publisher = AsyncPublisher(amqp_url, topology or Topology())
-        self._source = source
+        # Updates resumed or carried on without their request's delivery publish through this publisher.
+        self._resume_publisher = resume_publisher
+        self._emitter_for = request_emitters(source, resume_publisher)
         self.resumed: list[asyncio.Task[None]] = []
-
-    def _emitter_for(self, parent: Envelope) -> Emitter:
-        return _PublishingEmitter(parent, self._source, self._resume_publisher)
 
     async def start(self) -> None:
         await self._resume_publisher.connect()
@@ -93,7 +104,8 @@ def build_service(
     runner: HostRunner | None = None,
     prefetch: int = 4,
 ) -> OpsExecutorService:
-    """The ops executor of ``ops_manager``, bound to the *update requested* events of its projects.
+    """The ops executor of ``ops_manager``, bound to its projects' *update requested*, *batch confirmed*
+    and *update abort requested* events.
 
     Its state lives at ``state_url`` (default: the config's ``state_url``); handled event ids at
     ``processed_url`` (default: the state database).
@@ -107,18 +119,28 @@ def build_service(
     )
     service = f"{ROLE}.{ops_manager}"
     source = f"hotupdate/{ROLE}/{ops_manager}"
-    # The handler is typed for its own event; the table's Handler type is the common denominator.
-    handler = cast(Handler, partial(handle_update_requested, executor=executor))
+    publisher = AsyncPublisher(config.amqp_url, topology or Topology())
+    emitter_for = request_emitters(source, publisher)
+    # Each handler is typed for its own event; the table's Handler type is the common denominator.
+    handlers: dict[type[Event], Handler] = {
+        UpdateRequested: cast(Handler, partial(handle_update_requested, executor=executor)),
+        BatchConfirmed: cast(Handler, partial(handle_batch_confirmed, executor=executor, emitter_for=emitter_for)),
+        UpdateAbortRequested: cast(
+            Handler, partial(handle_update_abort_requested, executor=executor, emitter_for=emitter_for)
+        ),
+    }
     return OpsExecutorService(
         executor=executor,
         store=store,
         amqp_url=config.amqp_url,
         topology=topology,
         queue=ServiceQueue(
-            service=service, bindings=tuple(binding(UpdateRequested, project=p) for p in manager.projects)
+            service=service,
+            bindings=tuple(binding(kind, project=p) for p in manager.projects for kind in handlers),
         ),
-        handlers={UpdateRequested: handler},
+        handlers=handlers,
         source=source,
+        resume_publisher=publisher,
         processed=ProcessedStore(processed_url or url, service),
         prefetch=prefetch,
     )

@@ -2,14 +2,18 @@
 
 This is what makes a redelivered *update requested* harmless (a finished update is answered
 from here, a target with a recorded result is never run twice) and what lets a restarted
-executor resume an update it was running when it stopped. Tables: ``executor_*``, created
-by the ``ops_executor`` Alembic branch.
+executor resume an update it was running when it stopped. A rolled-out update also keeps
+each finished batch (so its *batch finished* is decided once), the operators' go-aheads
+and abort requests (which may arrive before the executor gets to them), and, while it
+waits for a go-ahead, that it is waiting: status "waiting" is neither resumed at start nor
+holding a consumer. Tables: ``executor_*``, created by the ``ops_executor`` Alembic branch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -21,9 +25,11 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from bus.events import ServerResult
 from domain.db import Base, make_engine, upgrade
 
-UpdateStatus = Literal["running", "finished", "failed", "interrupted"]
+UpdateStatus = Literal["running", "waiting", "finished", "failed", "interrupted"]
 # An update still in one of these has no result yet: a restarted executor resumes it.
+# ("waiting" for an operator's go-ahead is unfinished too, but only a go-ahead or an abort resumes it.)
 UNFINISHED: tuple[UpdateStatus, ...] = ("running", "interrupted")
+BatchNext = Literal["continue", "stop", "await_confirm", "done"]
 
 
 class ExecutorUpdate(Base):
@@ -44,6 +50,47 @@ class ExecutorUpdate(Base):
     failed_count: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    not_run: Mapped[str] = mapped_column(Text, default="[]", doc="JSON list of targets never started")
+    waiting_batch: Mapped[int | None] = mapped_column(Integer, nullable=True, doc="the batch awaiting a go-ahead")
+    emitted: Mapped[int] = mapped_column(
+        Integer, default=0, doc="events published before the wait: a continuation's sequence numbers follow them"
+    )
+
+
+class ExecutorBatch(Base):
+    __tablename__ = "executor_batches"
+
+    update_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("executor_updates.update_id", ondelete="CASCADE"), primary_key=True
+    )
+    batch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ok_count: Mapped[int] = mapped_column(Integer)
+    failed_count: Mapped[int] = mapped_column(Integer)
+    next: Mapped[str] = mapped_column(String(16))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExecutorConfirm(Base):
+    __tablename__ = "executor_confirms"
+
+    update_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("executor_updates.update_id", ondelete="CASCADE"), primary_key=True
+    )
+    batch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    confirmed_by: Mapped[str] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExecutorAbort(Base):
+    """No foreign key: an abort may arrive before the request it aborts."""
+
+    __tablename__ = "executor_aborts"
+
+    update_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ExecutorServerResult(Base):
@@ -88,12 +135,40 @@ class UpdateRecord:
     final_data: str
     ok_count: int
     failed_count: int
+    outcome: str | None = None
+    not_run: tuple[str, ...] = ()
+    waiting_batch: int | None = None
+    emitted: int = 0
 
     @classmethod
     def of(cls, row: ExecutorUpdate) -> UpdateRecord:
         status: UpdateStatus = row.status  # type: ignore[assignment]  # only written by this module
         return cls(row.update_id, status, row.attempts, row.request, row.refused, row.final_result,
-                   row.final_data, row.ok_count, row.failed_count)
+                   row.final_data, row.ok_count, row.failed_count, row.outcome,
+                   tuple(json.loads(row.not_run or "[]")), row.waiting_batch, row.emitted or 0)
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A finished batch: its counts and what was decided after it."""
+
+    batch: int
+    ok_count: int
+    failed_count: int
+    next: BatchNext
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, row: ExecutorBatch) -> BatchRecord:
+        nxt: BatchNext = row.next  # type: ignore[assignment]  # only written by this module
+        finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
+        return cls(row.batch, row.ok_count, row.failed_count, nxt, finished)
+
+
+@dataclass(frozen=True)
+class AbortRecord:
+    requested_by: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -162,16 +237,43 @@ class StateStore:
             return UpdateRecord.of(row) if row is not None else None
 
     def finish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
-               ok_count: int, failed_count: int, refused: bool = False) -> UpdateRecord:
+               ok_count: int, failed_count: int, refused: bool = False, outcome: str | None = None,
+               not_run: tuple[str, ...] | list[str] = ()) -> UpdateRecord:
         with Session(self._engine) as session:
             row = session.get(ExecutorUpdate, update_id)
             if row is None:
                 raise KeyError(update_id)
             row.status, row.final_result, row.final_data = status, final_result, final_data
             row.ok_count, row.failed_count, row.refused = ok_count, failed_count, refused
+            row.outcome = outcome or ("succeeded" if final_result else "failed")
+            row.not_run = json.dumps(list(not_run), ensure_ascii=False)
+            row.waiting_batch = None
             row.finished_at = _now()
             session.commit()
             return UpdateRecord.of(row)
+
+    def mark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
+        """Record that the update waits for a go-ahead for ``batch``; it holds nothing until one comes."""
+        with Session(self._engine) as session:
+            row = session.get(ExecutorUpdate, update_id)
+            if row is None:
+                raise KeyError(update_id)
+            row.status, row.waiting_batch, row.emitted = "waiting", batch, emitted
+            session.commit()
+
+    def reopen(self, update_id: str) -> UpdateRecord | None:
+        """A waiting update goes back to running (a go-ahead or abort came); None if it was not waiting.
+
+        Not counted as a takeover: nothing was interrupted.
+        """
+        with Session(self._engine) as session:
+            row = session.get(ExecutorUpdate, update_id)
+            if row is None or row.status != "waiting":
+                return None
+            record = UpdateRecord.of(row)  # as it was: waiting_batch and emitted tell where to go on
+            row.status = "running"
+            session.commit()
+            return record
 
     def mark_interrupted(self, update_id: str) -> None:
         with Session(self._engine) as session:
@@ -188,6 +290,60 @@ class StateStore:
                 .order_by(ExecutorUpdate.started_at)
             ).all()
             return [UpdateRecord.of(r) for r in rows]
+
+    # --- batches, go-aheads, aborts ------------------------------------------------------
+
+    def record_batch(self, update_id: str, batch: BatchRecord) -> BatchRecord:
+        """Record a finished batch; the first record wins and is returned."""
+        with Session(self._engine) as session:
+            session.add(ExecutorBatch(update_id=update_id, batch=batch.batch, ok_count=batch.ok_count,
+                                      failed_count=batch.failed_count, next=batch.next,
+                                      finished_at=batch.finished_at))
+            try:
+                session.commit()
+                return batch
+            except IntegrityError:
+                session.rollback()
+            row = session.get(ExecutorBatch, (update_id, batch.batch))
+            assert row is not None
+            return BatchRecord.of(row)
+
+    def batches(self, update_id: str) -> dict[int, BatchRecord]:
+        with Session(self._engine) as session:
+            rows = session.scalars(select(ExecutorBatch).where(ExecutorBatch.update_id == update_id)).all()
+            return {r.batch: BatchRecord.of(r) for r in rows}
+
+    def record_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
+        """Record a go-ahead for ``batch``; False if the update is unknown here (the first record wins)."""
+        with Session(self._engine) as session:
+            if session.get(ExecutorUpdate, update_id) is None:
+                return False
+            session.add(ExecutorConfirm(update_id=update_id, batch=batch, confirmed_by=confirmed_by,
+                                        confirmed_at=_now()))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+            return True
+
+    def confirmed(self, update_id: str, batch: int) -> bool:
+        with Session(self._engine) as session:
+            return session.get(ExecutorConfirm, (update_id, batch)) is not None
+
+    def record_abort(self, update_id: str, requested_by: str, reason: str) -> None:
+        """Record an abort request (the first one wins), known or not yet known update alike."""
+        with Session(self._engine) as session:
+            session.add(ExecutorAbort(update_id=update_id, requested_by=requested_by, reason=reason,
+                                      requested_at=_now()))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+
+    def abort_of(self, update_id: str) -> AbortRecord | None:
+        with Session(self._engine) as session:
+            row = session.get(ExecutorAbort, update_id)
+            return AbortRecord(row.requested_by, row.reason) if row is not None else None
 
     # --- per-target results ------------------------------------------------------------
 
@@ -247,10 +403,35 @@ class StateStore:
         return await asyncio.to_thread(self.get, update_id)
 
     async def afinish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
-                      ok_count: int, failed_count: int, refused: bool = False) -> UpdateRecord:
+                      ok_count: int, failed_count: int, refused: bool = False, outcome: str | None = None,
+                      not_run: tuple[str, ...] | list[str] = ()) -> UpdateRecord:
         return await asyncio.to_thread(functools.partial(
             self.finish, update_id, status=status, final_result=final_result, final_data=final_data,
-            ok_count=ok_count, failed_count=failed_count, refused=refused))
+            ok_count=ok_count, failed_count=failed_count, refused=refused, outcome=outcome, not_run=not_run))
+
+    async def amark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
+        await asyncio.to_thread(functools.partial(self.mark_waiting, update_id, batch=batch, emitted=emitted))
+
+    async def areopen(self, update_id: str) -> UpdateRecord | None:
+        return await asyncio.to_thread(self.reopen, update_id)
+
+    async def arecord_batch(self, update_id: str, batch: BatchRecord) -> BatchRecord:
+        return await asyncio.to_thread(self.record_batch, update_id, batch)
+
+    async def abatches(self, update_id: str) -> dict[int, BatchRecord]:
+        return await asyncio.to_thread(self.batches, update_id)
+
+    async def arecord_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
+        return await asyncio.to_thread(self.record_confirm, update_id, batch, confirmed_by)
+
+    async def aconfirmed(self, update_id: str, batch: int) -> bool:
+        return await asyncio.to_thread(self.confirmed, update_id, batch)
+
+    async def arecord_abort(self, update_id: str, requested_by: str, reason: str) -> None:
+        await asyncio.to_thread(self.record_abort, update_id, requested_by, reason)
+
+    async def aabort_of(self, update_id: str) -> AbortRecord | None:
+        return await asyncio.to_thread(self.abort_of, update_id)
 
     async def arecord_server(self, update_id: str, key: ServerKey, outcome: ServerOutcome) -> None:
         await asyncio.to_thread(self.record_server, update_id, key, outcome)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from bus.events import ServerResult
-from consumers.ops_executor.state import ServerOutcome, StateStore
-from domain.db import make_engine
+from consumers.ops_executor.state import BatchRecord, ServerOutcome, StateStore
+from domain.db import alembic_config, make_engine
 
 OK = ServerResult(data="更新成功", status=True)
 FAILED = ServerResult(data="timeout after 5s", status=False)
@@ -46,10 +49,73 @@ def _exercise(url: str) -> None:
     assert {"executor_updates", "executor_server_results", "executor_cdn_results"} <= tables
 
 
+def _rollout(url: str) -> None:
+    """Batches, go-aheads, aborts and the wait for a go-ahead, as the 0002 revision stores them."""
+    store = StateStore(url)
+    try:
+        _claim(store, "u-2")
+        first = BatchRecord(1, 3, 1, "await_confirm", datetime(2026, 11, 25, 8, 0, tzinfo=UTC))
+        assert store.record_batch("u-2", first) == first
+        assert store.record_batch("u-2", BatchRecord(1, 0, 4, "stop", datetime.now(UTC))) == first  # first wins
+        assert store.batches("u-2") == {1: first}
+
+        store.mark_waiting("u-2", batch=2, emitted=5)
+        assert store.unfinished() == []  # a waiting update is not resumed at start
+        waiting, created = _claim(store, "u-2")  # asked again while waiting: not a takeover
+        assert not created and (waiting.status, waiting.attempts, waiting.waiting_batch) == ("waiting", 1, 2)
+        assert store.record_confirm("u-2", 2, "alice") and store.record_confirm("u-2", 2, "bob")
+        assert store.confirmed("u-2", 2) and not store.confirmed("u-2", 3)
+        assert not store.record_confirm("u-unknown", 2, "alice")  # not an update of this executor
+        reopened = store.reopen("u-2")
+        assert reopened is not None and (reopened.waiting_batch, reopened.emitted) == (2, 5)
+        assert store.reopen("u-2") is None  # running now, not waiting
+        assert store.get("u-2").status == "running"  # type: ignore[union-attr]
+
+        store.record_abort("u-later", "alice", "before its request")
+        store.record_abort("u-later", "bob", "again")
+        assert store.abort_of("u-later") == type(store.abort_of("u-later"))("alice", "before its request")
+        assert store.abort_of("u-2") is None
+        done = store.finish("u-2", status="finished", final_result=False, final_data="x", ok_count=3,
+                            failed_count=1, outcome="stopped", not_run=["10.0.0.7", "10.0.0.8"])
+        assert (done.outcome, done.not_run, done.waiting_batch) == ("stopped", ("10.0.0.7", "10.0.0.8"), None)
+    finally:
+        store.close()
+
+
 def test_state_records_first_result_and_counts_takeovers_on_sqlite(sqlite_url):
     _exercise(sqlite_url)
+    _rollout(sqlite_url)
 
 
 @pytest.mark.postgres
 def test_state_records_first_result_and_counts_takeovers_on_postgres(postgres_url):
     _exercise(postgres_url)
+    _rollout(postgres_url)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_updates_recorded_before_the_rollout_revision_keep_their_result(database, request):
+    url = request.getfixturevalue(f"{database}_url")
+    command.upgrade(alembic_config(url), "ops_executor_0001")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO executor_updates (update_id, project, area, update_type, version, request, status, "
+            "attempts, refused, final_result, final_data, ok_count, failed_count, started_at) VALUES "
+            "('u-old', 'ssss', 'cn', 'hot_server', '1', '{}', 'finished', 1, false, true, '全部完成', 2, 0, "
+            ":now)"), {"now": datetime.now(UTC)})
+    engine.dispose()
+
+    store = StateStore(url)  # migrates to the head
+    try:
+        old = store.get("u-old")
+        assert old is not None
+        assert (old.status, old.final_result, old.outcome, old.not_run, old.emitted) == (
+            "finished", True, None, (), 0)
+    finally:
+        store.close()
+    command.downgrade(alembic_config(url), "ops_executor_0001")  # and the revision goes back cleanly
+    engine = make_engine(url)
+    assert "executor_batches" not in sa.inspect(engine).get_table_names()
+    assert "outcome" not in {c["name"] for c in sa.inspect(engine).get_columns("executor_updates")}
+    engine.dispose()

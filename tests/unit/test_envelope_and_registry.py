@@ -9,7 +9,19 @@ import pytest
 from pydantic import ValidationError
 
 from bus.envelope import Envelope, EnvelopeError, derived_event_id, split_type
-from bus.events import Event, FileEntry, IpFinished, PullRequested, UpdateRequested
+from bus.events import (
+    CATALOGUE,
+    BatchFinished,
+    Event,
+    FileEntry,
+    IpFinished,
+    PullRequested,
+    RolloutPlan,
+    UpdateCompleted,
+    UpdateCompletedV1,
+    UpdateRequested,
+    UpdateRequestedV1,
+)
 from bus.examples import EXAMPLES, HOT_CLIENT_REQUEST
 from bus.handling import child_envelope
 from bus.registry import DEFAULT_REGISTRY, InvalidEventData, Registry, UnknownEventType, make_envelope
@@ -53,8 +65,81 @@ def test_envelope_refuses_naive_time_and_unknown_attributes():
 
 
 @pytest.mark.parametrize("event", [*EXAMPLES, HOT_CLIENT_REQUEST], ids=lambda e: e.type_name())
-def test_every_example_decodes_to_itself(event):
-    assert DEFAULT_REGISTRY.decode(_env(event)) == event
+def test_every_example_decodes_to_itself_or_its_newest_version(event):
+    decoded = DEFAULT_REGISTRY.decode(_env(event))
+    if DEFAULT_REGISTRY.latest(event.event_name) is type(event):
+        assert decoded == event
+    else:  # an older version arrives upcast, with every field it had
+        assert type(decoded) is DEFAULT_REGISTRY.latest(event.event_name)
+        assert decoded.model_dump(include=set(type(event).model_fields)) == event.model_dump()
+
+
+def test_every_catalogue_entry_has_one_example():
+    assert sorted(e.type_name() for e in EXAMPLES) == sorted(m.type_name() for m in CATALOGUE)
+
+
+def test_v1_update_requested_decodes_as_v2_with_one_batch_and_no_parent():
+    v1 = UpdateRequestedV1.model_validate(HOT_CLIENT_REQUEST.model_dump(exclude={"rollout", "parent_id", "relation"}))
+    env = _env(v1)
+    assert env.type == "hotupdate.update.requested.v1" and env.routing_key == "ssss.cn.update.requested.v1"
+
+    decoded = DEFAULT_REGISTRY.decode(Envelope.from_bytes(env.to_bytes()))
+
+    assert type(decoded) is UpdateRequested
+    assert (decoded.rollout, decoded.parent_id, decoded.relation) == (None, None, None)
+    assert decoded == HOT_CLIENT_REQUEST
+
+
+@pytest.mark.parametrize("final_result,outcome", [(True, "succeeded"), (False, "failed")])
+def test_v1_update_completed_decodes_as_v2_with_outcome_from_final_result(final_result, outcome):
+    v1 = UpdateCompletedV1(update_type="hot_server", version="1", final_result=final_result, final_data="x",
+                           ok_count=3, failed_count=0 if final_result else 1)
+
+    decoded = DEFAULT_REGISTRY.decode(Envelope.from_bytes(_env(v1).to_bytes()))
+
+    assert type(decoded) is UpdateCompleted
+    assert (decoded.outcome, decoded.not_run, decoded.ok_count) == (outcome, [], 3)
+
+
+def test_update_completed_built_without_outcome_derives_it_and_refuses_a_contradiction():
+    base = {"update_type": "hot_server", "version": "1", "final_data": "x"}
+    assert UpdateCompleted(**base, final_result=True).outcome == "succeeded"
+    assert UpdateCompleted(**base, final_result=False).outcome == "failed"
+    with pytest.raises(ValidationError, match="exactly when outcome is 'succeeded'"):
+        UpdateCompleted(**base, final_result=True, outcome="aborted")
+    with pytest.raises(ValidationError, match="exactly when outcome is 'succeeded'"):
+        UpdateCompleted(**base, final_result=False, outcome="succeeded")
+
+
+def test_rollout_plan_takes_a_count_or_a_percentage_not_both():
+    assert RolloutPlan().on_failure == "stop"
+    assert RolloutPlan(batch_percent=30, on_failure="confirm").batch_percent == 30
+    with pytest.raises(ValidationError, match="not both"):
+        RolloutPlan(batch_size=3, batch_percent=30)
+    for bad in ({"batch_size": 0}, {"batch_percent": 0}, {"batch_percent": 101}, {"pause_seconds": -1},
+                {"on_failure": "retry"}):
+        with pytest.raises(ValidationError):
+            RolloutPlan.model_validate(bad)
+
+
+def test_a_linked_update_names_both_its_parent_and_how_it_relates():
+    base = HOT_CLIENT_REQUEST.model_dump()
+    linked = UpdateRequested.model_validate({**base, "parent_id": "350cf0ef-c12e", "relation": "retry_failed"})
+    assert linked.relation == "retry_failed"
+    with pytest.raises(ValidationError, match="go together"):
+        UpdateRequested.model_validate({**base, "parent_id": "350cf0ef-c12e"})
+    with pytest.raises(ValidationError, match="go together"):
+        UpdateRequested.model_validate({**base, "relation": "rollback"})
+
+
+def test_batch_finished_is_done_exactly_on_the_last_batch():
+    BatchFinished(batch=2, batches=2, ok_count=1, failed_count=0, next="done")
+    with pytest.raises(ValidationError, match="last batch"):
+        BatchFinished(batch=1, batches=2, ok_count=1, failed_count=0, next="done")
+    with pytest.raises(ValidationError, match="last batch"):
+        BatchFinished(batch=2, batches=2, ok_count=1, failed_count=0, next="continue")
+    with pytest.raises(ValidationError, match="beyond"):
+        BatchFinished(batch=3, batches=2, ok_count=1, failed_count=0, next="done")
 
 
 @pytest.mark.parametrize("name", ["../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "", "a\\b", "a\x00b", "./a"])

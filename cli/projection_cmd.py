@@ -1,0 +1,131 @@
+"""``hotupdate projection run``, ``hotupdate dashboard serve`` and ``hotupdate db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from sqlalchemy.engine import make_url
+
+from domain.config import DEFAULT_AMQP_URL, ConfigError, load_config
+from domain.db import VERSION_LOCATIONS, upgrade
+
+log = logging.getLogger(__name__)
+
+_FALLBACK_DB_URL = "sqlite:///projection.db"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    projection = sub.add_parser("projection", help="the event log and status view every dashboard reads")
+    projection_sub = projection.add_subparsers(dest="projection_command", required=True)
+    run = projection_sub.add_parser("run", help="consume every event into the log and the status view")
+    _database_url_argument(run)
+    run.add_argument("--amqp-url", default=None, help="broker URL (env HOTUPDATE_AMQP_URL, else the config's)")
+    run.add_argument("--namespace", default="hotupdate", help="exchange/queue name prefix")
+    run.add_argument("--prefetch", type=int, default=100, help="unacked messages in flight (bounds a batch)")
+    run.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    run.set_defaults(func=_run)
+
+    dashboard = sub.add_parser("dashboard", help="the read-only status dashboard")
+    dashboard_sub = dashboard.add_subparsers(dest="dashboard_command", required=True)
+    serve = dashboard_sub.add_parser("serve", help="serve the dashboard over HTTP")
+    _database_url_argument(serve)
+    serve.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=_serve)
+
+    db = sub.add_parser("db", help="database migrations")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="migrate a database to the newest schema of the named branches")
+    up.add_argument("--url", default=os.environ.get("HOTUPDATE_DB_URL"), help="database URL (env HOTUPDATE_DB_URL)")
+    up.add_argument(
+        "--branch", action="append", choices=sorted(VERSION_LOCATIONS), default=None,
+        help="a component's branch (repeatable); default: every branch",
+    )
+    up.set_defaults(func=_upgrade)
+
+
+def _database_url_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("HOTUPDATE_PROJECTION_DB_URL"),
+        help="the projection's database (env HOTUPDATE_PROJECTION_DB_URL, else the config's, else "
+        f"{_FALLBACK_DB_URL})",
+    )
+
+
+def _from_config(args: argparse.Namespace) -> tuple[str, str]:
+    """(database URL, broker URL): flags and environment first, then the configuration file if there is one."""
+    database_url, amqp_url = args.database_url, getattr(args, "amqp_url", None) or os.environ.get("HOTUPDATE_AMQP_URL")
+    if database_url and amqp_url:
+        return database_url, amqp_url
+    if args.config or os.environ.get("HOTUPDATE_CONFIG"):
+        config = load_config(args.config)
+        return database_url or config.projection.database_url, amqp_url or config.amqp_url
+    return database_url or _FALLBACK_DB_URL, amqp_url or DEFAULT_AMQP_URL
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bus.topology import Topology
+    from projections.service import build_service, run
+
+    try:
+        database_url, amqp_url = _from_config(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    consumer, projection = build_service(
+        amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(consumer, projection, stop)
+
+    log.info("projection: consuming every event into %s", _redact(database_url))
+    asyncio.run(main())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from projections.dashboard import create_app
+
+    try:
+        database_url, _ = _from_config(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    # Make sure the tables exist (idempotent) before the read-only app opens the database.
+    upgrade(database_url, "projection")
+    app = create_app(database_url)
+    # Open live streams end on shutdown after this long instead of holding it up.
+    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info")
+    return 0
+
+
+def _upgrade(args: argparse.Namespace) -> int:
+    if not args.url:
+        print("name the database: --url URL (or set HOTUPDATE_DB_URL)", file=sys.stderr)
+        return 2
+    branches = args.branch or []
+    upgrade(args.url, *branches)
+    print(f"{_redact(args.url)}: at the head of {', '.join(branches) if branches else 'every branch'}")
+    return 0
+
+
+def _redact(url: str) -> str:
+    """A URL fit for logs: no password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy understands: say nothing of it
+        return "<database>"

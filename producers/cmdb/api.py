@@ -1,0 +1,107 @@
+"""The CMDB's HTTP API: thin routes that parse, call one service function, and map domain errors."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from domain.config import HotupdateConfig
+from producers.cmdb import service
+from producers.cmdb.database import CmdbDatabase
+from producers.cmdb.deps import CmdbContext, ConfigDep, DatabaseDep, OperatorDep
+from producers.cmdb.errors import (
+    AmbiguousArea,
+    BadState,
+    CmdbError,
+    InvalidChoice,
+    NotConfigured,
+    NotFound,
+    UnknownArea,
+    UnknownProject,
+)
+from producers.cmdb.schemas import (
+    CreatedResponse,
+    ErrorResponse,
+    FilesResponse,
+    PushRequest,
+    StartUpdateRequest,
+    UpdateResponse,
+)
+
+log = logging.getLogger(__name__)
+
+ERROR_STATUS: dict[type[CmdbError], int] = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    BadState: status.HTTP_409_CONFLICT,
+    UnknownProject: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    UnknownArea: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    AmbiguousArea: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidChoice: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    NotConfigured: status.HTTP_422_UNPROCESSABLE_CONTENT,
+}
+_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+}
+
+
+router = APIRouter(prefix="/api/updates", responses=_ERRORS)
+"""Operator actions to come (abort, retry failed, rollback, confirm) are more ``POST /{update_id}/<action>`` here."""
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def start_update(body: StartUpdateRequest, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep) -> CreatedResponse:
+    """Start a hot update; the version receiver is asked to pull the version's files."""
+    cmd = service.StartUpdate(**body.model_dump())
+    update_id = service.start_update(db, cfg, cmd, requested_by=operator)
+    return CreatedResponse(id=update_id, state="pull_requested")
+
+
+@router.get("/{update_id}")
+def get_update(update_id: str, _operator: OperatorDep, db: DatabaseDep) -> UpdateResponse:
+    """The update's state, files, targets and what each target reported."""
+    return UpdateResponse.model_validate(service.get_update(db, update_id))
+
+
+@router.get("/{update_id}/files")
+def get_files(update_id: str, _operator: OperatorDep, db: DatabaseDep) -> FilesResponse:
+    """The pulled files, to choose from before pushing."""
+    state, files = service.pulled_files(db, update_id)
+    return FilesResponse(id=update_id, state=state, files=files)
+
+
+@router.post("/{update_id}/push")
+def push_update(
+    update_id: str, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep, body: PushRequest | None = None
+) -> UpdateResponse:
+    """Push the chosen files (all by default) to the area's rsync targets."""
+    choice = body or PushRequest()
+    cmd = service.PushUpdate(files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs)
+    return UpdateResponse.model_validate(service.push_update(db, cfg, update_id, cmd, requested_by=operator))
+
+
+def create_app(
+    config: HotupdateConfig, database_url: str | None = None, *, database: CmdbDatabase | None = None
+) -> FastAPI:
+    """The API over ``database`` (or a database opened, and migrated, at ``database_url``)."""
+    if database is None:
+        database = CmdbDatabase(database_url or config.cmdb.database_url)
+    if not config.cmdb.operators:
+        log.warning("no operators configured (cmdb.operators): every request will be refused")
+    app = FastAPI(title="hotupdate CMDB", version="1")
+    app.state.cmdb = CmdbContext(config=config, database=database)
+    app.add_exception_handler(CmdbError, _domain_error)
+    app.include_router(router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    code = next((c for cls, c in ERROR_STATUS.items() if isinstance(exc, cls)), status.HTTP_400_BAD_REQUEST)
+    return JSONResponse(status_code=code, content={"detail": str(exc)})

@@ -1,0 +1,93 @@
+"""The CMDB's composition root: builds the database, API, outbox relay and process-manager consumer once.
+
+Nothing here runs anything; :mod:`producers.cmdb.app` runs what this builds, in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+
+from bus.consumer import ConsumerService, HandlerTable
+from bus.events import Event
+from bus.handling import Emitter, Handler, Incoming
+from bus.idempotency import ProcessedStore
+from bus.publisher import AsyncPublisher
+from bus.topology import ServiceQueue, Topology, binding
+from domain.config import HotupdateConfig
+from producers.cmdb.api import create_app
+from producers.cmdb.database import CmdbDatabase
+from producers.cmdb.outbox import OutboxRelay
+from producers.cmdb.process_manager import HANDLERS, PmHandler
+from producers.cmdb.service import SOURCE
+
+SERVICE = "cmdb"
+
+
+@dataclass
+class CmdbRuntime:
+    """Everything the CMDB process runs, wired together."""
+
+    config: HotupdateConfig
+    database: CmdbDatabase
+    api: FastAPI
+    publisher: AsyncPublisher
+    relay: OutboxRelay
+    consumer: ConsumerService
+    consumer_started: asyncio.Event = field(default_factory=asyncio.Event)  # set once the broker was reached
+
+
+def cmdb_queue() -> ServiceQueue:
+    """The CMDB's queue, bound to every event its process manager reacts to, of every project."""
+    return ServiceQueue(service=SERVICE, bindings=tuple(binding(event) for event in HANDLERS))
+
+
+def handler_table(database: CmdbDatabase) -> HandlerTable:
+    """The process manager's handlers, bound to the database and run off the event loop."""
+    return {event: _in_thread(handler, database) for event, handler in HANDLERS.items()}
+
+
+def bootstrap(
+    config: HotupdateConfig,
+    database_url: str | None = None,
+    *,
+    amqp_url: str | None = None,
+    topology: Topology | None = None,
+    poll_seconds: float = 0.2,
+    publish_retry_seconds: float = 5.0,
+) -> CmdbRuntime:
+    """Open (and migrate) the database and build the API, relay and consumer around it."""
+    url = database_url or config.cmdb.database_url
+    broker = amqp_url or config.amqp_url
+    topology = topology or Topology()
+    database = CmdbDatabase(url)
+    # The relay retries on its own; the publisher gives up early so a stop is not held up.
+    publisher = AsyncPublisher(broker, topology, retry_seconds=publish_retry_seconds)
+    relay = OutboxRelay(database, publisher, poll_seconds=poll_seconds)
+    database.after_outbox_commit.append(relay.wake)
+    consumer = ConsumerService(
+        amqp_url=broker,
+        topology=topology,
+        queue=cmdb_queue(),
+        handlers=handler_table(database),
+        source=SOURCE,
+        processed=ProcessedStore(url, SERVICE),
+    )
+    return CmdbRuntime(
+        config=config,
+        database=database,
+        api=create_app(config, database=database),
+        publisher=publisher,
+        relay=relay,
+        consumer=consumer,
+    )
+
+
+def _in_thread(handler: PmHandler, database: CmdbDatabase) -> Handler:
+    # The handlers use the synchronous database API; a thread keeps the consumer's loop free.
+    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
+        await asyncio.to_thread(handler, msg, database)
+
+    return handle

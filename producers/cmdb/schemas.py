@@ -1,0 +1,100 @@
+"""The CMDB's HTTP contract: request and response bodies, validated at the boundary."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from bus.events import FileEntry
+from domain.types import RelativeFileName, ServerName, UpdateType, Version
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartUpdateRequest(_Body):
+    """Start a hot update: the version receiver pulls the version's files."""
+
+    project: str = Field(min_length=1, max_length=64, examples=["ssss"])
+    area: str = Field(min_length=1, max_length=64, description="display name (大陆) or code (cn)")
+    area_code: str | None = Field(
+        default=None, max_length=64, description="which code, when the display name maps to several"
+    )
+    update_type: UpdateType = Field(validation_alias=AliasChoices("update_type", "type"))
+    version: Version = Field(examples=["004200000"])
+    client_type: Literal[0, 1] | None = Field(default=None, description="hot_client only")
+    erlang_cmd_list: list[str] | None = Field(
+        default=None, description="hot_server only; default: the project's configured commands"
+    )
+
+
+class PushRequest(_Body):
+    """Confirm the push; every list is optional and narrows what the update touches."""
+
+    files: list[RelativeFileName] | None = Field(default=None, description="pulled files to push (default: all)")
+    servers: list[ServerName] | None = Field(default=None, description="hot_server: only these game servers")
+    cdn_dirs: list[str] | None = Field(
+        default=None, description="hot_client: only these CDN dirs (<cdn_dir> or <cdn_root_url>/<cdn_dir>)"
+    )
+
+
+class CreatedResponse(BaseModel):
+    id: str
+    state: str
+
+
+class FilesResponse(BaseModel):
+    id: str
+    state: str
+    files: list[FileEntry]
+
+
+class TargetResultResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    kind: str = Field(description="ip or cdn_dir")
+    target: str
+    ok: bool
+    detail: dict[str, Any]
+    reported_at: datetime | None
+
+
+class UpdateResponse(BaseModel):
+    """An update as operators see it: where it stands, why it stopped, what each target reported."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    parent_id: str | None
+    project: str
+    area_name: str
+    area_code: str
+    update_type: str
+    client_type: int | None
+    version: str
+    requested_by: str
+    push_requested_by: str | None
+    state: str
+    reason: str | None
+    final_data: str | None
+    files: list[dict[str, Any]] | None
+    chosen_files: list[dict[str, Any]] | None
+    rsync_targets: list[dict[str, Any]] | None
+    ops_manager: str | None
+    update_targets: dict[str, Any] | None
+    narrowed: bool
+    erlang_cmd_list: list[str]
+    created_at: datetime | None
+    updated_at: datetime | None
+    pulled_at: datetime | None
+    push_requested_at: datetime | None
+    pushed_at: datetime | None
+    update_requested_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    results: list[TargetResultResponse]
+
+
+class ErrorResponse(BaseModel):
+    detail: str

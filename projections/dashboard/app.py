@@ -1,0 +1,290 @@
+"""The read-only status dashboard: server-rendered pages, their JSON twins, and a live change stream.
+
+Read-only by construction: every route is GET (the route table is tested), and the database
+connections refuse writes (SQLite ``query_only``, PostgreSQL read-only transactions). Event
+content is rendered through Jinja2 with autoescaping on, and every response carries a strict
+Content-Security-Policy (scripts and styles only from this origin, no inline code).
+
+Live: ``/api/stream`` polls the projection's head row (the dashboard is a separate process
+from the projection) and sends a ``change`` event naming the updates that changed; the page's
+script then re-fetches its own URL and swaps the live regions in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlencode
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import ValidationError
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
+from starlette.datastructures import MutableHeaders
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from domain.db import make_engine
+from projections import queries
+from projections.schemas import LiveChange, LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
+from projections.view import STATUSES
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+_STATIC = {
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+T = TypeVar("T")
+
+
+class SecurityHeadersMiddleware:
+    """Adds :data:`SECURITY_HEADERS` (and ``Cache-Control: no-store`` unless set) to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers[name] = value
+                if "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def read_only_engine(database_url: str) -> Engine:
+    """An engine whose connections cannot write, whatever code runs on them."""
+    engine = make_engine(database_url)
+
+    @event.listens_for(engine, "connect")
+    def _read_only(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if engine.dialect.name == "sqlite":
+            cur.execute("PRAGMA query_only = ON")
+        elif engine.dialect.name == "postgresql":
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            dbapi_conn.commit()
+        cur.close()
+
+    return engine
+
+
+def _templates() -> Jinja2Templates:
+    env = Environment(
+        loader=FileSystemLoader(str(_HERE / "templates")),
+        autoescape=True,  # event content is other teams' text: always escaped
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["ts"] = _format_time
+    env.filters["pretty_json"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
+    env.filters["short"] = lambda value, n=8: value if len(value) <= n else value[:n] + "…"
+    env.filters["bytes"] = _format_bytes
+    return Jinja2Templates(env=env)
+
+
+def _format_time(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
+def _format_bytes(value: int | None) -> str:
+    if value is None:
+        return "—"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"
+
+
+def _session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as s:
+        yield s
+
+
+Db = Annotated[Session, Depends(_session)]
+
+
+def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: float = 300.0) -> FastAPI:
+    """The dashboard over the projection database at ``database_url`` (it must be migrated already)."""
+    engine = read_only_engine(database_url)
+    templates = _templates()
+    static = {name: (_HERE / "static" / name).read_bytes() for name in _STATIC}
+
+    app = FastAPI(
+        title="hotupdate dashboard",
+        description="Read-only status of hot updates, from the projection's event log and status view.",
+        version="1",
+        # The interactive docs load scripts from a CDN, which the CSP forbids; the schema stays at /openapi.json.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
+    app.state.engine = engine
+
+    def read(fn: Callable[[Session], T]) -> Awaitable[T]:
+        def run() -> T:
+            with Session(engine) as s:
+                return fn(s)
+
+        return run_in_threadpool(run)
+
+    def page(request: Request, name: str, db: Session, status_code: int = 200, **context: Any) -> HTMLResponse:
+        # The live state is read before the page's data, so a change in between is reported by the stream.
+        context.setdefault("live", queries.live_state(db))
+        context.setdefault("rejected_total", queries.list_rejected(db, page_size=1).total)
+        context.setdefault("updateid", "")
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    # --- HTML pages -------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False, name="list_page")
+    def list_page(request: Request, db: Db) -> HTMLResponse:
+        live = queries.live_state(db)
+        raw = {k: v for k, v in request.query_params.items() if v.strip()}
+        error = ""
+        try:
+            filters = UpdateFilters.model_validate(raw)
+        except ValidationError as exc:
+            error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            filters = UpdateFilters()
+        result = queries.list_updates(db, filters)
+        return page(request, "list.html", db, 400 if error else 200, view="list", live=live, result=result,
+                    filters=filters, facets=queries.facets(db), error=error, statuses=STATUSES,
+                    query=lambda **changes: _query({**raw, **changes}))
+
+    @app.get("/updates/{updateid}", response_class=HTMLResponse, include_in_schema=False, name="update_page")
+    def update_page(request: Request, updateid: str, db: Db) -> HTMLResponse:
+        live = queries.live_state(db)
+        detail = queries.update_detail(db, updateid)
+        if detail is None:
+            return page(request, "not_found.html", db, 404, view="update", live=live, updateid=updateid)
+        return page(request, "update.html", db, view="update", live=live, u=detail, updateid=updateid)
+
+    @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
+    def rejected_page(request: Request, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1
+                      ) -> HTMLResponse:
+        live = queries.live_state(db)
+        result = queries.list_rejected(db, page=page_no)
+        return page(request, "rejected.html", db, view="rejected", live=live, result=result)
+
+    # --- JSON twins ---------------------------------------------------------------------------
+
+    @app.get("/api/updates", response_model=UpdatePage, tags=["updates"])
+    def api_updates(filters: Annotated[UpdateFilters, Query()], db: Db) -> UpdatePage:
+        """Hot updates matching the filters, most recently active first."""
+        return queries.list_updates(db, filters)
+
+    @app.get("/api/updates/{updateid}", response_model=UpdateDetail, tags=["updates"],
+             responses={404: {"description": "no such update"}})
+    def api_update(updateid: str, db: Db,
+                   events_limit: Annotated[int, Query(ge=0, le=100_000)] = 1000) -> UpdateDetail:
+        """One update: timeline, per-IP and per-server results (failed first), CDN dirs, rsync targets,
+        files, its raw events in log order, and its rejected events."""
+        detail = queries.update_detail(db, updateid, events_limit=events_limit)
+        if detail is None:
+            raise HTTPException(status_code=404, detail=f"no update {updateid!r}")
+        return detail
+
+    @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
+    def api_rejected(db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
+                     page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> RejectedPage:
+        """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
+        return queries.list_rejected(db, page=page_no, page_size=page_size)
+
+    @app.get("/api/state", response_model=LiveState, tags=["live"])
+    def api_state(db: Db) -> LiveState:
+        """The log's last position, the projection's change counter and the last rejection's id."""
+        return queries.live_state(db)
+
+    @app.get("/api/stream", response_class=EventSourceResponse, tags=["live"])
+    async def api_stream(
+        request: Request,
+        position: int | None = None,
+        version: int | None = None,
+        rejected: int | None = None,
+    ) -> AsyncIterator[ServerSentEvent]:
+        """Server-sent events: ``change`` (a :class:`LiveChange`) whenever the projection changed.
+
+        Pass the state the page was rendered at (``position``, ``version``, ``rejected``) so
+        a change between rendering and connecting is not missed.
+        """
+        before = _resume_state(request.headers.get("last-event-id"), position, version, rejected)
+        if before is None:
+            before = await read(queries.live_state)
+        yield ServerSentEvent(event="hello", data=before, retry=1000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + stream_seconds  # the browser reconnects; no stream lives forever
+        while loop.time() < deadline:
+            now = await read(queries.live_state)
+            if now != before:
+                change: LiveChange = await read(partial(_changes, before=before, now=now))
+                yield ServerSentEvent(event="change", data=change, id=f"{now.position}.{now.version}.{now.rejected}")
+                before = now
+            await asyncio.sleep(poll_seconds)
+
+    # --- static files (explicit GET routes: nothing else is served) ------------------------------
+
+    @app.get("/static/{name}", include_in_schema=False, name="static")
+    def static_file(name: str) -> Response:
+        if name not in static:
+            raise HTTPException(status_code=404)
+        return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _changes(session: Session, *, before: LiveState, now: LiveState) -> LiveChange:
+    return queries.changes_since(session, before, now)
+
+
+def _resume_state(last_event_id: str | None, position: int | None, version: int | None,
+                  rejected: int | None) -> LiveState | None:
+    """The state a client already has: from ``Last-Event-ID`` on a reconnect, else from the query."""
+    if last_event_id:
+        parts = last_event_id.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts):
+            return LiveState(position=int(parts[0]), version=int(parts[1]), rejected=int(parts[2]))
+    if position is not None and version is not None and rejected is not None:
+        return LiveState(position=position, version=version, rejected=rejected)
+    return None
+
+
+def _query(params: dict[str, Any]) -> str:
+    return "?" + urlencode({k: v for k, v in params.items() if v not in (None, "")})

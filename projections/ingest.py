@@ -1,0 +1,213 @@
+"""Taking events into the projection: one database transaction per batch, a savepoint per event.
+
+For each event of a batch, in one transaction: (1) append it to the log unless its id is
+there already; (2) fold it into the status view and record it as applied, unless it was
+applied already. Each step has its own savepoint, so one event whose reducer fails is left
+logged-but-unapplied (its message is retried, and the retry applies it) without undoing
+the rest of the batch. A redelivered event finds both its log row and its applied row and
+changes nothing. If the transaction itself fails, nothing of the batch is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from bus.envelope import Envelope
+from bus.events import Event
+from projections import log as event_log
+from projections import view
+from projections.models import AppliedEvent, RejectedEvent
+
+logger = logging.getLogger(__name__)
+
+_MAX_SEQUENCE = 2**63 - 1  # the log's BIGINT column
+
+OutcomeStatus = Literal["appended", "duplicate", "applied_late", "failed"]
+
+
+class ConflictingDuplicate(ValueError):
+    """An event id that is already logged arrived with different content."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What ingesting one event did; ``error`` is set exactly when it ``failed``."""
+
+    event_id: str
+    status: OutcomeStatus
+    position: int | None = None
+    error: Exception | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.status in ("appended", "applied_late")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def ingest_batch(
+    engine: Engine,
+    items: Sequence[tuple[Envelope, Event]],
+    *,
+    clock: Callable[[], datetime] = utcnow,
+) -> list[Outcome]:
+    """Log and apply ``items`` in one transaction; one outcome per item, in order.
+
+    Raises only if the transaction as a whole failed (then nothing was kept).
+    """
+    with Session(engine) as session, session.begin():
+        head = event_log.lock_head(session)
+        received_at = clock()
+        outcomes = [_ingest_one(session, head, envelope, event, received_at) for envelope, event in items]
+        if any(o.changed for o in outcomes):
+            head.version += 1
+        event_log.store_head(session, head)
+    return outcomes
+
+
+# A re-emitted event (a handler re-run after a redelivery or a restart) keeps its derived id
+# and its payload but gets a new time and may get another sequence: the same fact.
+_FACT_FIELDS = ("type", "source", "updateid", "project", "area", "data")
+
+
+def _same_fact(logged: str, envelope: Envelope) -> bool:
+    first = json.loads(logged)
+    again = envelope.model_dump(mode="json", exclude_none=True)
+    return all(first.get(name) == again.get(name) for name in _FACT_FIELDS)
+
+
+def _ingest_one(
+    session: Session, head: event_log.Head, envelope: Envelope, event: Event, received_at: datetime
+) -> Outcome:
+    try:
+        with session.begin_nested():
+            row = event_log.find(session, envelope.id)
+            appended = row is None
+            if row is None:
+                if envelope.sequence > _MAX_SEQUENCE:
+                    raise ValueError(f"sequence {envelope.sequence} is out of range (max {_MAX_SEQUENCE})")
+                row = event_log.append(session, head, envelope, received_at)
+            elif not _same_fact(row.envelope, envelope):
+                raise ConflictingDuplicate(
+                    f"event id {envelope.id} is already logged at position {row.position} with different content"
+                )
+            position = row.position
+        if appended:
+            head.advance(row)
+    except Exception as exc:
+        logger.warning("projection: could not log %s %s: %s", envelope.type, envelope.id, exc)
+        return Outcome(envelope.id, "failed", None, exc)
+
+    if session.get(AppliedEvent, envelope.id) is not None:
+        return Outcome(envelope.id, "appended" if appended else "duplicate", position)
+    try:
+        apply_logged(session, envelope, event, position)
+    except Exception as exc:
+        logger.warning(
+            "projection: %s %s is logged at %d but not applied: %r", envelope.type, envelope.id, position, exc
+        )
+        return Outcome(envelope.id, "failed", position, exc)
+    return Outcome(envelope.id, "appended" if appended else "applied_late", position)
+
+
+def apply_logged(session: Session, envelope: Envelope, event: Event, position: int, *, derive: bool = True) -> None:
+    """Fold a logged event into the status view and record it applied, in a savepoint.
+
+    If the reducer raises, the savepoint is rolled back (nothing of the event is in the view)
+    and the error propagates. The live projection and a replay (:mod:`projections.replay`)
+    both apply events through here; ``derive`` is :func:`projections.view.apply`'s.
+    """
+    with session.begin_nested():
+        view.apply(session, envelope, event, derive=derive)
+        session.add(AppliedEvent(event_id=envelope.id, position=position, updateid=envelope.updateid))
+        session.flush()
+
+
+# --- rejected (parked) messages ---------------------------------------------------------
+
+
+def record_rejection(
+    engine: Engine,
+    *,
+    service: str,
+    reason: str,
+    body: bytes,
+    routing_key: str,
+    message_id: str | None,
+    attempt: int,
+    parked_at: datetime,
+) -> int:
+    """Keep a message the projection's consumer parked, so the dashboard can list it; returns its row id.
+
+    The same body parked again for the same reason (a redelivery) only bumps ``times``.
+    """
+    reason = _clean(reason)
+    dedupe_key = hashlib.sha256(body + b"\x00" + reason.encode("utf-8")).hexdigest()
+    parked_at = parked_at.astimezone(UTC)
+    fields = _envelope_fields(body)
+    with Session(engine) as session, session.begin():
+        head = event_log.lock_head(session)  # also serialises with appenders; bumps the change counter
+        row = session.execute(
+            select(RejectedEvent).where(RejectedEvent.dedupe_key == dedupe_key)
+        ).scalar_one_or_none()
+        if row is None:
+            row = RejectedEvent(
+                dedupe_key=dedupe_key,
+                service=_clip(service, 128) or "?",
+                reason=reason,
+                routing_key=_clip(_clean(routing_key), 256) or "",
+                message_id=_clip(_clean(message_id), 256) if message_id else None,
+                body=_clean(body.decode("utf-8", errors="replace")),
+                body_bytes=len(body),
+                attempt=attempt,
+                first_parked_at=parked_at,
+                last_parked_at=parked_at,
+                times=1,
+                **fields,
+            )
+            session.add(row)
+        else:
+            row.times += 1
+            row.attempt = max(row.attempt, attempt)
+            row.last_parked_at = parked_at
+        head.version += 1
+        event_log.store_head(session, head)
+        session.flush()
+        return row.id
+
+
+def _clean(value: str | None) -> str:
+    return (value or "").replace("\x00", "\ufffd")
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    return value[:limit] if value else None
+
+
+def _envelope_fields(body: bytes) -> dict[str, Any]:
+    """What can be read of an envelope that failed validation (best effort, for linking on the dashboard)."""
+    limits = {"id": 128, "type": 128, "updateid": 64, "project": 64, "area": 64, "source": 256}
+    names = {"id": "event_id", "type": "event_type"}
+    out: dict[str, Any] = {names.get(k, k): None for k in limits}
+    try:
+        raw = json.loads(body.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        return out
+    if not isinstance(raw, dict):
+        return out
+    for key, limit in limits.items():
+        value = raw.get(key)
+        if isinstance(value, str) and value and len(value) <= limit:
+            out[names.get(key, key)] = _clean(value)
+    return out

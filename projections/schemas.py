@@ -1,0 +1,256 @@
+"""What the dashboard's JSON API returns (and its HTML pages render): read models of the status view."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UpdateStatus = Literal["in_progress", "awaiting_confirm", "stalled", "succeeded", "failed", "stopped", "aborted"]
+UpdateTypeName = Literal["hot_client", "hot_server"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Counts(_Out):
+    """Targets of one kind: expected (named by the request or the start), ok, failed, expected but silent
+    (``pending``), and never started according to the completion (``not_run``: a stopped or aborted update)."""
+
+    expected: int
+    ok: int
+    failed: int
+    pending: int
+    not_run: int = 0
+
+
+class TargetCounts(_Out):
+    requested: int
+    ok: int
+    failed: int
+
+
+class UpdateFilters(_Out):
+    project: str | None = None
+    area: str | None = None
+    type: UpdateTypeName | None = None
+    status: UpdateStatus | None = None
+    date_from: date | None = Field(default=None, description="first event on or after this day (UTC)")
+    date_to: date | None = Field(default=None, description="first event on or before this day (UTC)")
+    page: int = Field(default=1, ge=1)
+    page_size: int = Field(default=50, ge=1, le=500)
+
+
+class UpdateSummary(_Out):
+    updateid: str
+    project: str
+    area: str
+    update_type: str | None
+    version: str | None
+    stage: str
+    status: str
+    requested_by: str | None
+    final_result: bool | None
+    final_data: str | None
+    first_event_at: datetime
+    last_event_at: datetime
+    completed_at: datetime | None
+    event_count: int
+    servers: Counts
+    ips: Counts
+    cdn_dirs: Counts
+    rsync_targets: TargetCounts
+    files_count: int
+
+
+class UpdatePage(_Out):
+    items: list[UpdateSummary]
+    total: int
+    page: int
+    page_size: int
+    pages: int
+    filters: UpdateFilters
+
+
+class StageStep(_Out):
+    stage: str
+    label: str
+    at: datetime | None
+    reached: bool
+    failed: bool
+
+
+class IpStatus(_Out):
+    ip: str
+    group: str | None
+    expected: bool
+    reported: bool
+    not_run: bool
+    ok: bool | None
+    servers_ok: int
+    servers_failed: int
+    finished_at: datetime | None
+
+
+class ServerStatus(_Out):
+    ip: str
+    server: str
+    group: str | None
+    expected: bool
+    reported: bool
+    not_run: bool = Field(description="not reported, and its IP never started (a stopped or aborted update)")
+    ok: bool | None
+    update_status: bool | None
+    update_text: str | None
+    erl_status: bool | None
+    erl_text: str | None
+    finished_at: datetime | None
+
+
+class CdnDirStatus(_Out):
+    cdn_root_url: str
+    cdn_dir: str
+    expected: bool
+    not_run: bool
+    status: bool | None
+    data: str | None
+    reported_by: str | None
+    finished_at: datetime | None
+
+
+class RsyncTargetStatus(_Out):
+    name: str
+    ip: str | None
+    port: int | None
+    module: str | None
+    user: str | None
+    requested: bool
+    ok: bool | None
+    bytes: int | None
+    seconds: float | None
+    error: str | None
+    reported_at: datetime | None
+
+
+class FileStatus(_Out):
+    file_name: str
+    file_md5: str
+    size: int
+    pulled: bool
+    pushed: bool
+    in_update: bool
+
+
+class BatchStatus(_Out):
+    batch: int
+    batches: int | None
+    ips: list[str]
+    cdn_dirs: list[str]
+    ok_count: int | None
+    failed_count: int | None
+    next: str | None
+    finished_at: datetime | None
+    confirmed_by: str | None
+    confirmed_at: datetime | None
+
+
+class LoggedEventOut(_Out):
+    """An event of the log, as received (``envelope`` is the stored canonical envelope, parsed)."""
+
+    position: int
+    event_id: str
+    type: str
+    source: str
+    sequence: int
+    time: datetime
+    received_at: datetime
+    applied: bool
+    envelope: dict[str, Any]
+
+
+class RejectedOut(_Out):
+    id: int
+    service: str
+    reason: str
+    routing_key: str
+    message_id: str | None
+    event_id: str | None
+    event_type: str | None
+    updateid: str | None
+    project: str | None
+    area: str | None
+    source: str | None
+    body: str
+    body_bytes: int
+    attempt: int
+    first_parked_at: datetime
+    last_parked_at: datetime
+    times: int
+    logged: bool = Field(description="an event with this id is in the log (it was fixed and requeued, or resent)")
+
+
+class RejectedPage(_Out):
+    items: list[RejectedOut]
+    total: int
+    page: int
+    page_size: int
+    pages: int
+
+
+class UpdateDetail(UpdateSummary):
+    area_name: str | None
+    client_type: int | None
+    ops_manager: str | None
+    erlang_cmd_list: list[str]
+    pull_requested_by: str | None
+    push_requested_by: str | None
+    update_requested_by: str | None
+    pull_requested_source: str | None
+    update_requested_source: str | None
+    source_dir: str | None
+    backup_dir: str | None
+    total_bytes: int | None
+    pull_failure: str | None
+    push_failure: str | None
+    completed_ok_count: int | None
+    completed_failed_count: int | None
+    outcome: str | None
+    not_run: list[str]
+    parent_updateid: str | None
+    relation: str | None
+    children: list[UpdateSummary] = Field(description="updates made from this one (retries, rollbacks)")
+    rollout: dict[str, Any] | None
+    batches_total: int | None
+    batches_finished: int
+    awaiting_batch: int | None
+    batch_list: list[BatchStatus]
+    abort_requested_at: datetime | None
+    abort_requested_by: str | None
+    abort_reason: str | None
+    stalled_at: datetime | None
+    silent_targets: list[str]
+    stalled_after_seconds: float | None
+    last_progress_at: datetime | None
+    timeline: list[StageStep]
+    ip_list: list[IpStatus]
+    server_list: list[ServerStatus] = Field(description="failed first, then silent, then ok")
+    cdn_dir_list: list[CdnDirStatus]
+    rsync_target_list: list[RsyncTargetStatus]
+    file_list: list[FileStatus]
+    events: list[LoggedEventOut] = Field(description="the update's events in log order")
+    events_total: int
+    rejected: list[RejectedOut]
+
+
+class LiveState(_Out):
+    """What the live stream watches: the log's last position, the change counter, the last rejection."""
+
+    position: int
+    version: int
+    rejected: int
+
+
+class LiveChange(LiveState):
+    updates: list[str] | None = Field(description="the updates that changed; null when it cannot tell (any may have)")

@@ -1,0 +1,644 @@
+"""The status view: one reducer per event type, dispatched by :data:`REDUCERS` at the bottom.
+
+Every reducer is order-independent, so the view does not depend on arrival order:
+
+- a stage's time is the earliest event time seen for it, and the stage and status are
+  derived from which stage times are present (:func:`derive_stage`), not from the last event;
+- a target's result, or a group of update fields, is overwritten only by an event later in
+  the update's causal order (:func:`order_key`: sequence, then event time, then id);
+- sets (expected IPs, files, rsync targets) only grow, and counts are recomputed from the
+  target rows after every event (:func:`refresh`).
+
+So an *IP finished* before *update started* gives the same view as the other way round,
+and a replay of the log in any order rebuilds the same view. Duplicates never get here:
+:mod:`projections.ingest` applies each event id once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy.orm import Session
+
+from bus.envelope import Envelope
+from bus.events import (
+    BatchConfirmed,
+    BatchFinished,
+    CdnDirFinished,
+    CdnTarget,
+    Event,
+    FileEntry,
+    FilesPulled,
+    FilesPushed,
+    IpFinished,
+    PullFailed,
+    PullRequested,
+    PushFailed,
+    PushRequested,
+    RsyncTargetResult,
+    ServerResult,
+    UpdateAbortRequested,
+    UpdateCompleted,
+    UpdateRequested,
+    UpdateStalled,
+    UpdateStarted,
+)
+from domain.types import SERVER_GROUPS
+from projections.models import (
+    VIEW_TABLES,
+    BatchRow,
+    CdnDirRow,
+    FileRow,
+    IpRow,
+    RsyncTargetRow,
+    ServerRow,
+    UpdateRow,
+    as_utc,
+)
+
+Reducer = Callable[[Session, UpdateRow, Envelope, Any], None]
+
+
+class ViewLimitError(ValueError):
+    """A value is too long for the view's key columns (the event stays in the log, unapplied)."""
+
+
+# --- stages -------------------------------------------------------------------------
+
+STAGE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    # (stage, timestamp column, label) in the order a hot update goes through them
+    ("pull_requested", "pull_requested_at", "files requested"),
+    ("pulled", "pulled_at", "files pulled"),
+    ("pull_failed", "pull_failed_at", "pull failed"),
+    ("push_requested", "push_requested_at", "push requested"),
+    ("pushed", "pushed_at", "files pushed"),
+    ("push_failed", "push_failed_at", "push failed"),
+    ("update_requested", "update_requested_at", "update requested"),
+    ("started", "started_at", "update started"),
+    ("abort_requested", "abort_requested_at", "abort requested"),
+    ("completed", "completed_at", "completed"),
+)
+# The furthest stage present wins; at one step a success outranks a failure (a retried push).
+_PRECEDENCE = (
+    "completed", "started", "update_requested", "pushed", "push_failed", "push_requested",
+    "pulled", "pull_failed", "pull_requested",
+)
+_TIMESTAMP = {stage: column for stage, column, _ in STAGE_FIELDS}
+# Steps shown only when they happened (the others are shown as still to come).
+OPTIONAL_STAGES = ("pull_failed", "push_failed", "abort_requested")
+STATUSES = ("in_progress", "awaiting_confirm", "stalled", "succeeded", "failed", "stopped", "aborted")
+
+
+def derive_stage(update: UpdateRow, *, results_reported: bool) -> tuple[str, str]:
+    """(stage, status) from which stage timestamps are present; results imply the update started.
+
+    Status: a completed update's outcome; else failed at a failed pull or push; else waiting
+    for an operator's go-ahead; else stalled if a stall report is newer than its last progress.
+    """
+    present = {stage for stage in _PRECEDENCE if getattr(update, _TIMESTAMP[stage]) is not None}
+    if results_reported:
+        present.add("started")
+    stage = next((s for s in _PRECEDENCE if s in present), "unknown")
+    stalled_at, progress_at = as_utc(update.stalled_at), as_utc(update.last_progress_at)
+    if stage == "completed":
+        status = update.outcome or ("succeeded" if update.final_result else "failed")
+    elif stage in ("pull_failed", "push_failed"):
+        status = "failed"
+    elif update.awaiting_batch is not None:
+        status = "awaiting_confirm"
+    elif stalled_at is not None and (progress_at is None or stalled_at > progress_at):
+        status = "stalled"
+    else:
+        status = "in_progress"
+    return stage, status
+
+
+# --- ordering and small helpers -----------------------------------------------------
+
+
+def order_key(envelope: Envelope, rank: int = 0) -> str:
+    """A string that sorts events of one update by (rank, sequence, time, id): later wins."""
+    when = _when(envelope).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return f"{rank}|{envelope.sequence:019d}|{when}|{envelope.id}"
+
+
+def _when(envelope: Envelope) -> datetime:
+    """The event's time in UTC (SQLite stores wall-clock text: everything stored must be UTC)."""
+    return envelope.time.astimezone(UTC)
+
+
+def _wins(update: UpdateRow, group: str, envelope: Envelope, rank: int = 0) -> bool:
+    """Whether ``envelope`` may set the fields of ``group`` (it is not earlier than the one that did)."""
+    key = order_key(envelope, rank)
+    current = (update.winners or {}).get(group)
+    if current is not None and current > key:
+        return False
+    update.winners = {**(update.winners or {}), group: key}  # reassign: JSON columns track assignment
+    return True
+
+
+def _later(current: str | None, key: str) -> bool:
+    return current is None or key >= current
+
+
+def _earliest(current: datetime | None, when: datetime) -> datetime:
+    current = as_utc(current)
+    return when if current is None or when < current else current
+
+
+def _latest(current: datetime | None, when: datetime) -> datetime:
+    current = as_utc(current)
+    return when if current is None or when > current else current
+
+
+def _text(value: str) -> str:
+    """Free text from events, storable anywhere (PostgreSQL text cannot hold NUL)."""
+    return value.replace("\x00", "\ufffd")
+
+
+def _fits(value: str, limit: int, what: str) -> str:
+    if len(value) > limit:
+        raise ViewLimitError(f"{what} is {len(value)} characters; the status view keeps at most {limit}")
+    return value
+
+
+def _identity(update: UpdateRow, envelope: Envelope, update_type: str | None, version: str, rank: int) -> None:
+    """update_type/version: the requests are authoritative (higher rank), other events fill in."""
+    if _wins(update, "identity", envelope, rank):
+        if update_type is not None:
+            update.update_type = update_type
+        update.version = version
+
+
+# --- target rows --------------------------------------------------------------------
+
+
+def _ip_row(session: Session, updateid: str, ip: str) -> IpRow:
+    ip = _fits(ip, 128, "IP")
+    row = session.get(IpRow, (updateid, ip))
+    if row is None:
+        row = IpRow(updateid=updateid, ip=ip, expected=False, reported=False, servers_ok=0, servers_failed=0)
+        session.add(row)
+    return row
+
+
+def _server_row(session: Session, updateid: str, ip: str, server: str) -> ServerRow:
+    ip = _fits(ip, 128, "IP")
+    row = session.get(ServerRow, (updateid, ip, server))
+    if row is None:
+        row = ServerRow(updateid=updateid, ip=ip, server=server, expected=False, reported=False)
+        session.add(row)
+    return row
+
+
+def _cdn_row(session: Session, updateid: str, root: str, cdn_dir: str) -> CdnDirRow:
+    root = _fits(root, 255, "CDN root URL")
+    row = session.get(CdnDirRow, (updateid, root, cdn_dir))
+    if row is None:
+        row = CdnDirRow(updateid=updateid, cdn_root_url=root, cdn_dir=cdn_dir, expected=False)
+        session.add(row)
+    return row
+
+
+def _target_row(session: Session, updateid: str, name: str) -> RsyncTargetRow:
+    row = session.get(RsyncTargetRow, (updateid, name))
+    if row is None:
+        row = RsyncTargetRow(updateid=updateid, name=name, requested=False)
+        session.add(row)
+    return row
+
+
+def _file(session: Session, updateid: str, entry: FileEntry, envelope: Envelope, rank: int, flag: str) -> None:
+    name_key = hashlib.sha256(entry.file_name.encode("utf-8")).hexdigest()
+    key = order_key(envelope, rank)
+    row = session.get(FileRow, (updateid, name_key))
+    if row is None:
+        row = FileRow(
+            updateid=updateid, name_key=name_key, file_name=entry.file_name, file_md5=entry.file_md5,
+            size=entry.size, pulled=False, pushed=False, in_update=False, source_key=key,
+        )
+        session.add(row)
+    elif key >= row.source_key:
+        row.file_md5, row.size, row.source_key = entry.file_md5, entry.size, key
+    setattr(row, flag, True)
+
+
+def _target_result(session: Session, updateid: str, result: RsyncTargetResult, envelope: Envelope) -> None:
+    row = _target_row(session, updateid, result.name)
+    key = order_key(envelope)
+    if _later(row.result_key, key):
+        row.ip, row.port, row.module, row.user = _fits(result.ip, 128, "IP"), result.port, result.module, result.user
+        row.ok, row.bytes, row.seconds = result.ok, result.bytes, result.seconds
+        row.error = _text(result.error) or None
+        row.reported_at = _when(envelope)
+        row.result_key = key
+
+
+def _server_ok(update: ServerResult | None, erl: ServerResult | None) -> bool:
+    """A server is ok when nothing reported for it failed (the seed: update, then Erlang commands)."""
+    return all(r is None or r.status for r in (update, erl))
+
+
+# --- reducers: one per event type -----------------------------------------------------
+
+
+def on_pull_requested(session: Session, update: UpdateRow, env: Envelope, event: PullRequested) -> None:
+    _identity(update, env, event.update_type, event.version, rank=3)
+    update.pull_requested_at = _earliest(update.pull_requested_at, _when(env))
+    if _wins(update, "pull.requested", env):
+        update.area_name = _text(event.area_name)
+        if event.client_type is not None:
+            update.client_type = event.client_type
+        update.pull_requested_by = event.requested_by
+        update.pull_requested_source = _text(env.source)
+
+
+def on_files_pulled(session: Session, update: UpdateRow, env: Envelope, event: FilesPulled) -> None:
+    _identity(update, env, event.update_type, event.version, rank=1)
+    update.pulled_at = _earliest(update.pulled_at, _when(env))
+    if _wins(update, "files.pulled", env):
+        update.source_dir = _text(event.source_dir)
+        update.backup_dir = _text(event.backup_dir)
+        update.total_bytes = event.total_bytes
+    for entry in event.files:
+        _file(session, update.updateid, entry, env, rank=1, flag="pulled")
+
+
+def on_pull_failed(session: Session, update: UpdateRow, env: Envelope, event: PullFailed) -> None:
+    _identity(update, env, event.update_type, event.version, rank=1)
+    update.pull_failed_at = _earliest(update.pull_failed_at, _when(env))
+    if _wins(update, "pull.failed", env):
+        update.pull_failure = _text(f"{event.reason}: {event.detail}")
+
+
+def on_push_requested(session: Session, update: UpdateRow, env: Envelope, event: PushRequested) -> None:
+    _identity(update, env, event.update_type, event.version, rank=4)
+    update.push_requested_at = _earliest(update.push_requested_at, _when(env))
+    wins = _wins(update, "push.requested", env)
+    if wins:
+        update.push_requested_by = event.requested_by
+    for entry in event.files:
+        _file(session, update.updateid, entry, env, rank=2, flag="pushed")
+    for target in event.targets:
+        row = _target_row(session, update.updateid, target.name)
+        row.requested = True
+        if wins and row.result_key is None:  # a reported result carries the address it was sent to
+            row.ip, row.port = _fits(target.ip, 128, "IP"), target.port
+            row.module, row.user = target.module, target.user
+
+
+def on_files_pushed(session: Session, update: UpdateRow, env: Envelope, event: FilesPushed) -> None:
+    _identity(update, env, event.update_type, event.version, rank=1)
+    update.pushed_at = _earliest(update.pushed_at, _when(env))
+    for result in event.targets:
+        _target_result(session, update.updateid, result, env)
+
+
+def on_push_failed(session: Session, update: UpdateRow, env: Envelope, event: PushFailed) -> None:
+    _identity(update, env, event.update_type, event.version, rank=1)
+    update.push_failed_at = _earliest(update.push_failed_at, _when(env))
+    if _wins(update, "push.failed", env):
+        update.push_failure = _text(event.reason)
+    reported = set()
+    for result in event.targets:
+        _target_result(session, update.updateid, result, env)
+        reported.add(result.name)
+    key = order_key(env)
+    for name in event.failed_targets:
+        if name in reported or not name or len(name) > 64:
+            continue
+        row = _target_row(session, update.updateid, _text(name))
+        if _later(row.result_key, key):
+            row.ok, row.error, row.reported_at, row.result_key = False, "named as failed", _when(env), key
+
+
+def on_update_requested(session: Session, update: UpdateRow, env: Envelope, event: UpdateRequested) -> None:
+    _identity(update, env, event.update_type, event.version, rank=5)
+    update.update_requested_at = _earliest(update.update_requested_at, _when(env))
+    if _wins(update, "update.requested", env):
+        update.ops_manager = event.ops_manager
+        update.update_requested_by = event.requested_by
+        update.update_requested_source = _text(env.source)
+        update.erlang_cmd_list = [_text(c) for c in event.erlang_cmd_list]
+        if event.client_type is not None:
+            update.client_type = event.client_type
+        update.rollout = event.rollout.model_dump(mode="json") if event.rollout else None
+        update.parent_updateid, update.relation = event.parent_id, event.relation
+    for entry in event.update_file_list:
+        _file(session, update.updateid, entry, env, rank=3, flag="in_update")
+    for group, hosts in (event.update_server_list or {}).items():
+        for ip, servers in hosts.items():
+            ip_row = _ip_row(session, update.updateid, ip)
+            ip_row.expected = True
+            ip_row.group = ip_row.group or group  # what the IP itself reported outranks the request
+            for server in servers:
+                row = _server_row(session, update.updateid, ip, server)
+                row.expected = True
+                row.group = row.group or group
+    for target in event.data or []:
+        _cdn_row(session, update.updateid, target.cdn_root_url, target.cdn_dir).expected = True
+
+
+def on_update_started(session: Session, update: UpdateRow, env: Envelope, event: UpdateStarted) -> None:
+    _identity(update, env, event.update_type, event.version, rank=2)
+    update.started_at = _earliest(update.started_at, _when(env))
+    if _wins(update, "update.started", env) and update.ops_manager is None:
+        update.ops_manager = event.ops_manager
+    for ip in event.ips:
+        _ip_row(session, update.updateid, ip).expected = True
+    for target in event.cdn_dirs:
+        _cdn_row(session, update.updateid, target.cdn_root_url, target.cdn_dir).expected = True
+
+
+def on_cdn_dir_finished(session: Session, update: UpdateRow, env: Envelope, event: CdnDirFinished) -> None:
+    _identity(update, env, None, event.version, rank=1)
+    row = _cdn_row(session, update.updateid, event.cdn_root_url, event.cdn_dir)
+    key = order_key(env, rank=2)  # the dir's own report outranks the summary in update.completed
+    if _later(row.result_key, key):
+        row.status, row.data, row.reported_by = event.status, _text(event.data) or None, CdnDirFinished.type_name()
+        row.finished_at, row.result_key = _when(env), key
+
+
+def on_ip_finished(session: Session, update: UpdateRow, env: Envelope, event: IpFinished) -> None:
+    _identity(update, env, None, event.version, rank=1)
+    key = order_key(env)
+    ip_row = _ip_row(session, update.updateid, event.ip)
+    if _later(ip_row.result_key, key):
+        ip_row.reported, ip_row.group = True, event.group
+        ip_row.finished_at, ip_row.result_key = _when(env), key
+    for server in sorted(set(event.update_data) | set(event.erl_data)):
+        row = _server_row(session, update.updateid, event.ip, server)
+        if not _later(row.result_key, key):
+            continue
+        upd, erl = event.update_data.get(server), event.erl_data.get(server)
+        row.reported, row.group, row.ok = True, event.group, _server_ok(upd, erl)
+        row.update_status = upd.status if upd else None
+        row.update_text = _text(upd.data) if upd else None
+        row.erl_status = erl.status if erl else None
+        row.erl_text = _text(erl.data) if erl else None
+        row.finished_at, row.result_key = _when(env), key
+    session.flush()
+    _refresh_ip(session, ip_row)
+
+
+def on_update_completed(session: Session, update: UpdateRow, env: Envelope, event: UpdateCompleted) -> None:
+    _identity(update, env, event.update_type, event.version, rank=1)
+    update.completed_at = _earliest(update.completed_at, _when(env))
+    if _wins(update, "update.completed", env):
+        update.final_result = event.final_result
+        update.final_data = _text(event.final_data)
+        update.completed_ok_count = event.ok_count
+        update.completed_failed_count = event.failed_count
+        update.outcome = event.outcome
+        update.not_run = [_text(t) for t in event.not_run]
+    for kind, (first, second) in _not_run_targets(event.not_run):
+        if kind == "ip":
+            _ip_row(session, update.updateid, first).not_run = True
+        else:
+            _cdn_row(session, update.updateid, first, second).not_run = True
+    key = order_key(env, rank=1)
+    for target, status, text in _completed_dirs(event.data):
+        row = _cdn_row(session, update.updateid, target.cdn_root_url, target.cdn_dir)
+        if _later(row.result_key, key):
+            row.status, row.data, row.reported_by = status, text, UpdateCompleted.type_name()
+            row.finished_at, row.result_key = _when(env), key
+
+
+def _not_run_targets(names: list[str]) -> list[tuple[str, tuple[str, str]]]:
+    """The completion's ``not_run`` names: ``ip``, ``ip/group`` or ``cdn_root_url/cdn_dir``; others are skipped."""
+    out: list[tuple[str, tuple[str, str]]] = []
+    for name in names:
+        left, _, right = name.partition("/")
+        if not right or right in SERVER_GROUPS:
+            try:
+                out.append(("ip", (str(ipaddress.ip_address(left)), "")))
+            except ValueError:
+                continue
+            continue
+        try:
+            target = CdnTarget.model_validate({"cdn_root_url": left, "cdn_dir": right})
+        except ValidationError:
+            continue
+        out.append(("cdn", (target.cdn_root_url, target.cdn_dir)))
+    return out
+
+
+def _batch_row(session: Session, updateid: str, batch: int) -> BatchRow:
+    row = session.get(BatchRow, (updateid, batch))
+    if row is None:
+        row = BatchRow(updateid=updateid, batch=batch)
+        session.add(row)
+    return row
+
+
+def on_batch_finished(session: Session, update: UpdateRow, env: Envelope, event: BatchFinished) -> None:
+    row = _batch_row(session, update.updateid, event.batch)
+    key = order_key(env)
+    if _later(row.result_key, key):
+        row.batches, row.next = event.batches, event.next
+        row.ok_count, row.failed_count = event.ok_count, event.failed_count
+        row.ips = list(event.ips)
+        row.cdn_dirs = [f"{t.cdn_root_url}/{t.cdn_dir}" for t in event.cdn_dirs]
+        row.finished_at, row.result_key = _when(env), key
+
+
+def on_batch_confirmed(session: Session, update: UpdateRow, env: Envelope, event: BatchConfirmed) -> None:
+    row = _batch_row(session, update.updateid, event.batch)
+    key = order_key(env)
+    if _later(row.confirm_key, key):
+        row.confirmed_by, row.confirmed_at, row.confirm_key = event.confirmed_by, _when(env), key
+
+
+def on_update_abort_requested(session: Session, update: UpdateRow, env: Envelope, event: UpdateAbortRequested
+                              ) -> None:
+    update.abort_requested_at = _earliest(update.abort_requested_at, _when(env))
+    if _wins(update, "update.abort_requested", env):
+        update.abort_requested_by, update.abort_reason = event.requested_by, _text(event.reason) or None
+
+
+def on_update_stalled(session: Session, update: UpdateRow, env: Envelope, event: UpdateStalled) -> None:
+    if _wins(update, "update.stalled", env):  # the latest report says who is still silent
+        update.stalled_at = _when(env)
+        update.silent_targets = [_text(t) for t in event.silent_targets]
+        update.stalled_after_seconds = event.stalled_after_seconds
+
+
+def _completed_dirs(data: list[dict[str, Any]]) -> list[tuple[CdnTarget, bool, str | None]]:
+    """The seed's final hot_client list (``{cdn_root_url, cdn_dir, status}``); malformed entries are skipped."""
+    out = []
+    for item in data:
+        status = item.get("status")
+        if not isinstance(status, bool):
+            continue
+        try:
+            target = CdnTarget.model_validate(
+                {"cdn_root_url": item.get("cdn_root_url"), "cdn_dir": item.get("cdn_dir")}
+            )
+        except ValidationError:
+            continue
+        text = item.get("data")
+        out.append((target, status, _text(text) if isinstance(text, str) and text else None))
+    return out
+
+
+REDUCERS: Mapping[type[Event], Reducer] = {
+    PullRequested: on_pull_requested,
+    FilesPulled: on_files_pulled,
+    PullFailed: on_pull_failed,
+    PushRequested: on_push_requested,
+    FilesPushed: on_files_pushed,
+    PushFailed: on_push_failed,
+    UpdateRequested: on_update_requested,
+    UpdateStarted: on_update_started,
+    CdnDirFinished: on_cdn_dir_finished,
+    IpFinished: on_ip_finished,
+    BatchFinished: on_batch_finished,
+    BatchConfirmed: on_batch_confirmed,
+    UpdateAbortRequested: on_update_abort_requested,
+    UpdateCompleted: on_update_completed,
+    UpdateStalled: on_update_stalled,
+}
+"""Keyed by the newest model of each event: the registry upcasts older versions before they get here."""
+
+
+# --- applying one event -----------------------------------------------------------------
+
+
+def apply(session: Session, envelope: Envelope, event: Event, *, derive: bool = True) -> UpdateRow:
+    """Fold one event into the status view (the caller makes sure each event id comes once).
+
+    ``derive=False`` leaves the update's counts, stage and status to a later :func:`refresh`
+    of it: they are a function of the rows alone, so a replay refreshes each update once
+    per batch instead of after every event, and gets the same view.
+    """
+    update = session.get(UpdateRow, envelope.updateid)
+    if update is None:
+        update = UpdateRow(
+            updateid=envelope.updateid, project=envelope.project, area=envelope.area, winners={},
+            stage="unknown", status="in_progress", first_event_at=_when(envelope), last_event_at=_when(envelope),
+            event_count=0, batches_finished=0,
+        )
+        session.add(update)
+    if _wins(update, "scope", envelope):
+        update.project, update.area = envelope.project, envelope.area
+    reducer = REDUCERS.get(type(event))
+    if reducer is not None:  # a type without a reducer is still logged and counted
+        reducer(session, update, envelope, event)
+    update.event_count = (update.event_count or 0) + 1
+    update.first_event_at = _earliest(update.first_event_at, _when(envelope))
+    update.last_event_at = _latest(update.last_event_at, _when(envelope))
+    if not isinstance(event, UpdateStalled):  # a stall report is not progress
+        update.last_progress_at = _latest(update.last_progress_at, _when(envelope))
+    if derive:
+        refresh(session, update)
+    return update
+
+
+def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
+def _refresh_ip(session: Session, ip_row: IpRow) -> None:
+    ok, failed = session.execute(
+        select(
+            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
+            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False))),
+        ).where(ServerRow.updateid == ip_row.updateid, ServerRow.ip == ip_row.ip)
+    ).one()
+    ip_row.servers_ok, ip_row.servers_failed = int(ok), int(failed)
+    ip_row.ok = (int(failed) == 0) if ip_row.reported else None
+
+
+def refresh(session: Session, update: UpdateRow) -> None:
+    """Recompute the update's counts from its target rows, then its stage and status."""
+    session.flush()
+    uid = update.updateid
+    ip_not_run = (
+        select(IpRow.ip)
+        .where(IpRow.updateid == uid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
+        .exists()
+    )
+    servers = session.execute(
+        select(
+            _count_if(ServerRow.expected.is_(True)),
+            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
+            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False))),
+            _count_if(and_(ServerRow.expected.is_(True), ServerRow.reported.is_(False), ~ip_not_run)),
+            _count_if(and_(ServerRow.reported.is_(False), ip_not_run)),
+        ).where(ServerRow.updateid == uid)
+    ).one()
+    (update.servers_expected, update.servers_ok, update.servers_failed, update.servers_pending,
+     update.servers_not_run) = map(int, servers)
+    ips = session.execute(
+        select(
+            _count_if(IpRow.expected.is_(True)),
+            _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(True))),
+            _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(False))),
+            _count_if(and_(IpRow.expected.is_(True), IpRow.reported.is_(False), IpRow.not_run.is_(False))),
+            _count_if(and_(IpRow.reported.is_(False), IpRow.not_run.is_(True))),
+        ).where(IpRow.updateid == uid)
+    ).one()
+    update.ips_expected, update.ips_ok, update.ips_failed, update.ips_pending, update.ips_not_run = map(int, ips)
+    cdn = session.execute(
+        select(
+            _count_if(CdnDirRow.expected.is_(True)),
+            _count_if(CdnDirRow.status.is_(True)),
+            _count_if(CdnDirRow.status.is_(False)),
+            _count_if(and_(CdnDirRow.expected.is_(True), CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(False))),
+            _count_if(and_(CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(True))),
+        ).where(CdnDirRow.updateid == uid)
+    ).one()
+    (update.cdn_dirs_expected, update.cdn_dirs_ok, update.cdn_dirs_failed, update.cdn_dirs_pending,
+     update.cdn_dirs_not_run) = map(int, cdn)
+    targets = session.execute(
+        select(
+            _count_if(RsyncTargetRow.requested.is_(True)),
+            _count_if(RsyncTargetRow.ok.is_(True)),
+            _count_if(RsyncTargetRow.ok.is_(False)),
+        ).where(RsyncTargetRow.updateid == uid)
+    ).one()
+    update.targets_requested, update.targets_ok, update.targets_failed = map(int, targets)
+    update.files_count = int(
+        session.execute(select(func.count()).select_from(FileRow).where(FileRow.updateid == uid)).scalar_one()
+    )
+    update.requested_by = update.pull_requested_by or update.push_requested_by or update.update_requested_by
+    _refresh_batches(session, update)
+    reported = (
+        update.ips_ok + update.ips_failed + update.servers_ok + update.servers_failed
+        + update.cdn_dirs_ok + update.cdn_dirs_failed
+    ) > 0
+    update.stage, update.status = derive_stage(update, results_reported=reported)
+
+
+def _refresh_batches(session: Session, update: UpdateRow) -> None:
+    """Batch counts, and which batch (if any) waits for a go-ahead: the one after a batch that
+    finished with ``await_confirm``, not confirmed yet, with no later batch finished."""
+    rows = session.scalars(select(BatchRow).where(BatchRow.updateid == update.updateid)).all()
+    finished = [r for r in rows if r.finished_at is not None]
+    update.batches_total = max((r.batches for r in finished if r.batches), default=None)
+    update.batches_finished = len(finished)
+    confirmed = {r.batch for r in rows if r.confirmed_by}
+    last_finished = max((r.batch for r in finished), default=0)
+    waiting = [
+        r.batch + 1 for r in finished
+        if r.next == "await_confirm" and r.batch == last_finished and r.batch + 1 not in confirmed
+    ]
+    update.awaiting_batch = waiting[0] if waiting and update.completed_at is None else None
+
+
+def snapshot(session: Session) -> dict[str, list[dict[str, Any]]]:
+    """Every status view row as plain values, sorted by primary key: two equal views give equal snapshots."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for model in VIEW_TABLES:
+        table = model.__table__
+        rows = session.execute(select(table).order_by(*table.primary_key.columns)).mappings().all()
+        out[table.name] = [
+            {k: as_utc(v) if isinstance(v, datetime) else v for k, v in row.items()} for row in rows
+        ]
+    return out

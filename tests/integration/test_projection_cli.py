@@ -1,0 +1,115 @@
+"""``hotupdate db upgrade``, ``projection run`` and ``dashboard serve`` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import inspect
+
+from bus.publisher import AsyncPublisher
+from bus.topology import ServiceQueue, Topology, declare_all
+from domain.db import make_engine
+from projections.service import SERVICE
+from tests.projection_support import hot_server_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+# The subcommands as `hotupdate` runs them, whether or not cli/main.py lists the module yet.
+_ENTRY = (
+    "import argparse, logging, sys\n"
+    "from cli import projection_cmd\n"
+    "parser = argparse.ArgumentParser(prog='hotupdate')\n"
+    "projection_cmd.register(parser.add_subparsers(dest='command', required=True))\n"
+    "args = parser.parse_args()\n"
+    "logging.basicConfig(level=logging.INFO)\n"
+    "sys.exit(args.func(args))\n"
+)
+
+
+def _hotupdate(*args: str) -> list[str]:
+    return [sys.executable, "-c", _ENTRY, *args]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"did not stop on SIGTERM:\n{out.decode(errors='replace')}") from None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_db_upgrade_creates_the_projection_tables(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    done = subprocess.run(_hotupdate("db", "upgrade", "--url", url, "--branch", "projection"), cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    engine = make_engine(url)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"projection_event_log", "projection_head", "projection_updates", "projection_rejected"} <= tables
+    assert "cmdb_hot_updates" not in tables
+
+
+@pytest.mark.rabbit
+@pytest.mark.slow
+def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    flow = hot_server_flow()
+    port = _free_port()
+    consumer = subprocess.Popen(_hotupdate("projection", "run", "--database-url", url, "--amqp-url", amqp_url),
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    dashboard = subprocess.Popen(
+        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        published = False
+        detail = None
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:
+                state = httpx.get(f"{base}/api/state", timeout=2)
+            except httpx.HTTPError:
+                continue
+            if not published and state.status_code == 200:
+                asyncio.run(_declare_and_publish(amqp_url, [env for env, _ in flow]))
+                published = True
+            detail = httpx.get(f"{base}/api/updates/{flow[0][0].updateid}", timeout=2)
+            if detail.status_code == 200 and detail.json()["event_count"] == len(flow):
+                break
+        assert detail is not None and detail.status_code == 200, detail
+        assert detail.json()["stage"] == "completed"
+        assert "text/html" in httpx.get(f"{base}/updates/{flow[0][0].updateid}", timeout=2).headers["content-type"]
+    finally:
+        consumer_code, consumer_out = _stop(consumer)
+        dashboard_code, dashboard_out = _stop(dashboard)
+    assert consumer_code == 0, consumer_out
+    # uvicorn shuts down gracefully, then re-raises the signal so supervisors see why it ended
+    assert dashboard_code in (0, -signal.SIGTERM), dashboard_out
+    assert "Finished server process" in dashboard_out
+
+
+async def _declare_and_publish(url, envelopes):
+    # The projection's queue, declared as `projection run` declares it, so nothing published is unroutable.
+    await declare_all(url, Topology(), [ServiceQueue(service=SERVICE, bindings=("#",))])
+    async with AsyncPublisher(url) as pub:
+        for env in envelopes:
+            await pub.publish(env)
