@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not args.verbose:  # the AMQP clients narrate every channel at INFO
+        for noisy in ("pika", "aio_pika", "aiormq", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     code: int = args.func(args)
     return code
 
