@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = (
     "cli.notifier_cmd",  # notifier deliveries
     "cli.cmdb_cmd",  # cmdb serve|hash-token, update start|push|status
     "cli.projection_cmd",  # projection run, dashboard serve, db upgrade
+    "cli.audit_cmd",  # log verify|export, replay (rebuild the view, or --publish a slice)
 )
 
 

@@ -1,0 +1,325 @@
+"""Replaying the event log: rebuild the status view in another database, or re-publish a slice.
+
+A rebuild copies the source's log rows verbatim (so the target's log verifies and the
+dashboard shows each update's raw events), checking each row's link in the hash chain as
+it goes, and folds every event into the view through :func:`projections.ingest.apply_logged`:
+the same step, and the same reducers, as the live projection. The reducers take their
+times from the events only, so the same log gives the same view, field for field.
+Transactions span ``batch_size`` events.
+
+Re-publishing sends the stored envelopes to the events exchange with
+:data:`bus.publisher.REPLAYED_HEADER` set: live consumers ack and ignore them unless they
+opted in (``ConsumerService(accept_replayed=True)``), which a new consumer catching up does.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Engine, delete, func, insert, literal, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from bus.envelope import Envelope, EnvelopeError
+from bus.publisher import REPLAYED_HEADER
+from bus.registry import DEFAULT_REGISTRY
+from domain.db import make_engine, upgrade
+from projections import log as event_log
+from projections import view
+from projections.audit import LogFilter, iter_rows, read_head
+from projections.ingest import apply_logged
+from projections.models import (
+    GENESIS_HASH,
+    VIEW_TABLES,
+    AppliedEvent,
+    LoggedEvent,
+    RejectedEvent,
+    UpdateRow,
+    as_utc,
+)
+
+log = logging.getLogger(__name__)
+
+LOG_POSITION_HEADER = "x-hotupdate-log-position"
+"""Set on a re-published event: its position in the log it came from."""
+
+Progress = Callable[[int, int], None]
+"""Called with (events done, events in all) as a replay goes on."""
+
+
+class ReplayError(Exception):
+    """The replay cannot be done as asked (the reason is fit to show the operator)."""
+
+
+class TargetNotEmpty(ReplayError):
+    pass
+
+
+class SourceLogBroken(ReplayError):
+    def __init__(self, position: int, reason: str, replayed: int) -> None:
+        super().__init__(
+            f"the source log is broken at position {position}: {reason}; "
+            f"the target holds the view of the {replayed} events before it"
+        )
+        self.position, self.reason, self.replayed = position, reason, replayed
+
+
+@dataclass(frozen=True)
+class Unapplied:
+    """A logged event the view could not take (the live projection could not either)."""
+
+    position: int
+    event_id: str
+    type: str
+    reason: str
+
+
+@dataclass
+class ReplayResult:
+    events: int = 0
+    applied: int = 0
+    last_position: int = 0
+    last_hash: str = GENESIS_HASH
+    unapplied: list[Unapplied] = field(default_factory=list)
+
+
+# --- rebuilding the view ---------------------------------------------------------------------
+
+
+def replay(
+    source_url: str,
+    target_url: str,
+    *,
+    until_position: int | None = None,
+    until_time: datetime | None = None,
+    force: bool = False,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    """Rebuild the status view of ``source_url``'s log in ``target_url`` (migrated first).
+
+    Only the log up to ``until_position``, and up to the last event received at or before
+    ``until_time``, is replayed. A target holding projection data is refused unless
+    ``force``, which empties its projection tables first.
+    """
+    if batch_size < 1:
+        raise ReplayError(f"a batch holds at least one event, not {batch_size}")
+    if same_database(source_url, target_url):
+        raise ReplayError("the target is the source database")
+    upgrade(target_url, "projection")
+    source, target = make_engine(source_url), make_engine(target_url)
+    try:
+        prepare_target(target, force=force)
+        with Session(source) as session:
+            end = replay_end(session, until_position=until_position, until_time=until_time)
+            return _rebuild(session, target, end, batch_size=batch_size, progress=progress)
+    finally:
+        source.dispose()
+        target.dispose()
+
+
+def replay_end(session: Session, *, until_position: int | None = None, until_time: datetime | None = None) -> int:
+    """The last position to replay: the head, or less if a position or a time bounds it."""
+    end = read_head(session)[0]
+    if until_position is not None:
+        end = min(end, until_position)
+    if until_time is not None:
+        # The view at that instant is the log's prefix committed by then: it ends before
+        # the first event received later (received times grow with positions).
+        later = session.execute(
+            select(func.min(LoggedEvent.position)).where(
+                LoggedEvent.received_at > until_time.astimezone(UTC), LoggedEvent.position <= end
+            )
+        ).scalar_one_or_none()
+        if later is not None:
+            end = later - 1
+    return max(end, 0)
+
+
+def prepare_target(target: Engine, *, force: bool) -> None:
+    """Refuse a target with projection data (unless ``force``: then empty its projection tables)."""
+    tables: tuple[type[Any], ...] = (LoggedEvent, AppliedEvent, RejectedEvent, *VIEW_TABLES)
+    with Session(target) as session, session.begin():
+        head = event_log.lock_head(session)
+        used = [
+            model.__tablename__ for model in tables
+            if session.execute(select(literal(1)).select_from(model).limit(1)).first() is not None
+        ]
+        if head.position and not used:
+            used.append("projection_head")
+        if not used:
+            return
+        if not force:
+            raise TargetNotEmpty(f"the target already holds data ({', '.join(used)}); pass --force to replace it")
+        log.warning("replay: emptying the target's %s", ", ".join(used))
+        for model in tables:
+            session.execute(delete(model))
+        head.position, head.hash = 0, GENESIS_HASH
+        head.version += 1  # an open dashboard on the target reloads
+        event_log.store_head(session, head)
+
+
+def _rebuild(source: Session, target: Engine, end: int, *, batch_size: int, progress: Progress | None) -> ReplayResult:
+    result = ReplayResult()
+    if progress:
+        progress(0, end)
+    columns = LoggedEvent.__table__.columns
+    while result.last_position < end:
+        rows = source.execute(
+            select(LoggedEvent.__table__)
+            .where(LoggedEvent.position > result.last_position, LoggedEvent.position <= end)
+            .order_by(LoggedEvent.position)
+            .limit(batch_size)
+        ).mappings().all()
+        if not rows:  # the head promised rows that are not there
+            raise SourceLogBroken(result.last_position + 1, "rows are missing", result.events)
+        broken = _replay_batch(target, [{c.name: _utc(row[c.name]) for c in columns} for row in rows], result)
+        if progress:
+            progress(result.events, end)
+        if broken is not None:
+            raise SourceLogBroken(broken[0], broken[1], result.events)
+    return result
+
+
+def _utc(value: Any) -> Any:
+    # SQLite hands back naive UTC; PostgreSQL would read a naive value in its session's zone.
+    return as_utc(value) if isinstance(value, datetime) else value
+
+
+def _replay_batch(target: Engine, rows: list[dict[str, Any]], result: ReplayResult) -> tuple[int, str] | None:
+    """Copy and apply ``rows`` in one transaction; returns (position, reason) of a row that broke the chain."""
+    broken: tuple[int, str] | None = None
+    with Session(target) as session, session.begin():
+        head = event_log.lock_head(session)
+        good: list[dict[str, Any]] = []
+        position, prev_hash = head.position, head.hash
+        for row in rows:
+            problem = event_log.row_problem(_chain_row(row), position + 1, prev_hash)
+            if problem:
+                broken = (row["position"], problem)
+                break
+            good.append(row)
+            position, prev_hash = row["position"], row["hash"]
+        if good:
+            # All of the batch's log rows first: a failing reducer's savepoint must not take one along.
+            session.execute(insert(LoggedEvent), good)
+        touched: dict[str, None] = {}  # the updates to refresh, in first-touched order
+        for row in good:
+            problem = _apply(session, row)
+            if problem:
+                result.unapplied.append(Unapplied(row["position"], row["event_id"], row["type"], problem))
+            else:
+                result.applied += 1
+                touched[row["updateid"]] = None
+        for updateid in touched:
+            view.refresh(session, session.get_one(UpdateRow, updateid))
+        head.position, head.hash = position, prev_hash
+        head.version += 1
+        event_log.store_head(session, head)
+    result.events += len(good)
+    result.last_position, result.last_hash = position, prev_hash
+    return broken
+
+
+def _chain_row(row: dict[str, Any]) -> event_log.ChainRow:
+    return event_log.ChainRow(
+        row["position"], row["event_id"], row["type"], row["updateid"], row["prev_hash"], row["hash"], row["envelope"]
+    )
+
+
+def _apply(session: Session, row: dict[str, Any]) -> str:
+    """Fold one logged event into the view as the live projection does; the reason if it could not."""
+    try:
+        envelope = Envelope.from_bytes(row["envelope"].encode("utf-8"))
+        event = DEFAULT_REGISTRY.decode(envelope)
+    except ValueError as exc:  # EnvelopeError and the registry's errors: the catalogue changed since
+        return f"cannot be decoded: {exc}"
+    try:
+        # Counts, stage and status are derived once per update per batch (in _replay_batch).
+        apply_logged(session, envelope, event, row["position"], derive=False)
+    except Exception as exc:  # the live projection left it unapplied for the same reason
+        return f"{type(exc).__name__}: {exc}"
+    return ""
+
+
+def same_database(a: str, b: str) -> bool:
+    """Whether two URLs name the same database (best effort: SQLite paths resolved, host names looked up)."""
+    ua, ub = make_url(a), make_url(b)
+    if ua.get_backend_name() != ub.get_backend_name():
+        return False
+    if ua.get_backend_name() == "sqlite":
+        if not ua.database or not ub.database or ":memory:" in (ua.database, ub.database):
+            return False
+        return Path(ua.database).resolve() == Path(ub.database).resolve()
+    return (ua.port, ua.database) == (ub.port, ub.database) and bool(_addresses(ua.host) & _addresses(ub.host))
+
+
+def _addresses(host: str | None) -> frozenset[str]:
+    try:
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host or "localhost", None))
+    except OSError:
+        return frozenset({host or ""})
+
+
+# --- re-publishing a slice ---------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """What re-publishing needs of a publisher (:class:`bus.publisher.SyncPublisher` is one)."""
+
+    def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope: ...
+
+
+def count_selected(session: Session, selection: LogFilter) -> tuple[int, int]:
+    """(rows selected up to the head, the head's position)."""
+    head = read_head(session)[0]
+    count = session.execute(
+        select(func.count()).select_from(LoggedEvent).where(LoggedEvent.position <= head, *selection.conditions())
+    ).scalar_one()
+    return int(count), head
+
+
+def publish_slice(
+    engine: Engine, publisher: Publisher, selection: LogFilter, *, progress: Progress | None = None
+) -> int:
+    """Re-publish the selected events in log order, marked as replayed; returns how many were published.
+
+    Each row's own hash is checked first, and its envelope must serialise back to the
+    stored bytes, so what is published is exactly what was logged (same id, same bytes).
+    """
+    with Session(engine) as session:
+        total, head = count_selected(session, selection)
+        done = 0
+        if progress:
+            progress(0, total)
+        for position, envelope in _verified_envelopes(iter_rows(session, selection, up_to=head)):
+            publisher.publish(envelope, headers={REPLAYED_HEADER: True, LOG_POSITION_HEADER: position})
+            done += 1
+            if progress:
+                progress(done, total)
+    return done
+
+
+def _verified_envelopes(rows: Iterator[Any]) -> Iterator[tuple[int, Envelope]]:
+    for row in rows:
+        chain = event_log.ChainRow(row.position, row.event_id, row.type, row.updateid, row.prev_hash, row.hash,
+                                   row.envelope)
+        problem = event_log.row_problem(chain, row.position, row.prev_hash)
+        if problem:
+            raise ReplayError(f"position {row.position} does not verify ({problem}); nothing after it was published")
+        stored = row.envelope.encode("utf-8")
+        try:
+            envelope = Envelope.from_bytes(stored)
+        except EnvelopeError as exc:
+            raise ReplayError(f"position {row.position} is not a valid envelope any more ({exc}); "
+                              "nothing after it was published") from None
+        if envelope.to_bytes() != stored:
+            raise ReplayError(f"position {row.position}: the stored envelope does not serialise back to the same "
+                              "bytes (the envelope model changed?); nothing after it was published")
+        yield row.position, envelope
