@@ -222,13 +222,14 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
     try:
         async with Probe(amqp_url) as probe, AsyncPublisher(amqp_url) as publisher:
             await probe.bind(binding(FilesPulled), binding(PullFailed))
-            ours = make_envelope(REQUEST, source="tests", updateid=UPDATE_ID, project="ssss", area="cn")
+            ours = make_envelope(REQUEST, source="hotupdate/cmdb", updateid=UPDATE_ID, project="ssss", area="cn")
             missing = make_envelope(
-                REQUEST.model_copy(update={"version": "1"}), source="tests", updateid="u-2", project="ssss", area="cn"
+                REQUEST.model_copy(update={"version": "1"}),
+                source="hotupdate/cmdb", updateid="u-2", project="ssss", area="cn",
             )
             # another receiver's project: this service is not bound to it
             await publisher.publish(
-                make_envelope(REQUEST, source="tests", updateid="u-3", project="snqxz", area="cn")
+                make_envelope(REQUEST, source="hotupdate/cmdb", updateid="u-3", project="snqxz", area="cn")
             )
             await publisher.publish(ours)
             await publisher.publish(missing)
@@ -246,3 +247,31 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
     failed = DEFAULT_REGISTRY.decode(envelopes[missing.id])
     assert isinstance(failed, PullFailed) and failed.reason == "version_missing"
     assert not (receiver.backup_root / "hot_server" / "snqxz").exists()
+
+
+@pytest.mark.rabbit
+async def test_pull_request_from_a_source_that_is_not_the_cmdb_is_parked_and_nothing_is_copied(
+        amqp_url, receiver, tmp_path):
+    from bus.parking import ParkingQueues
+
+    _write_version(receiver, FILES)
+    config = parse_config(
+        {"amqp_url": amqp_url, "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+         "receivers": {"recv1": receiver.model_dump(mode="json")}},
+        tmp_path / "config.yaml",
+    )
+    service = build_service(config, "recv1")
+    await service.start()
+    try:
+        async with AsyncPublisher(amqp_url) as pub:
+            await pub.publish(make_envelope(REQUEST, source="tools/someone-else", updateid=UPDATE_ID,
+                                            project="ssss", area="cn"))
+            for _ in range(100):
+                if service.parked:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        await service.stop()
+    parked = await asyncio.to_thread(ParkingQueues(amqp_url).peek, "file_pull.recv1")
+    assert len(parked) == 1 and "provenance: source 'tools/someone-else'" in parked[0].reason
+    assert not _backup(receiver).exists()

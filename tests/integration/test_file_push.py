@@ -318,7 +318,7 @@ async def test_pull_then_push_through_the_broker_lands_files_on_the_daemon(amqp_
             await probe.bind(binding(FilesPulled), binding(FilesPushed), binding(PushFailed))
             pull = make_envelope(
                 PullRequested(update_type="hot_server", version=VERSION, area_name="大陆", requested_by="alice"),
-                source="tests", updateid=UPDATE_ID, project="ssss", area="cn",
+                source="hotupdate/cmdb", updateid=UPDATE_ID, project="ssss", area="cn",
             )
             await publisher.publish(pull)
             (pulled_msg,) = await probe.wait_for(1)
@@ -326,7 +326,7 @@ async def test_pull_then_push_through_the_broker_lands_files_on_the_daemon(amqp_
             pulled = DEFAULT_REGISTRY.decode(pulled_env)
             assert isinstance(pulled, FilesPulled)
             push = make_envelope(
-                _request(config, files=pulled.files), source="tests", updateid=UPDATE_ID, project="ssss",
+                _request(config, files=pulled.files), source="hotupdate/cmdb", updateid=UPDATE_ID, project="ssss",
                 area="cn", sequence=pulled_env.sequence + 1, causationid=pulled_env.id,
             )
             await publisher.publish(push)
