@@ -21,7 +21,8 @@ HEADER = """# Benchmarks
 Speed and memory goals are measured here, never in timed tests. Every figure is taken against
 a floor run in the same invocation on the same machine (a bare library loop, or the same work
 done directly), and reported as a ratio and as absolute numbers. Run them with
-`.venv/bin/python -m bench <name>` (names: see `bench/__main__.py`); each rewrites its own
+`.venv/bin/python -m bench.<name>` (`bench.bus`, `bench.executor`, `bench.projection`, `bench.replay`,
+`bench.dashboard`, `bench.soak`); each rewrites its own
 section below.
 """
 
