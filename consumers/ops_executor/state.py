@@ -14,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, Text, select
+from sqlalchemy import Boolean, DateTime, Executable, ForeignKey, Integer, String, Text, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -198,6 +201,7 @@ class StateStore:
         if migrate:
             upgrade(url, "ops_executor")
         self._engine = make_engine(url)
+        self._server_writer: _GroupCommit | None = None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -361,6 +365,19 @@ class StateStore:
             except IntegrityError:
                 session.rollback()
 
+    def record_servers(self, rows: list[dict[str, object]]) -> None:
+        """Record many servers' results in one transaction; a row already recorded is kept (first wins)."""
+        dialect = self._engine.dialect.name
+        statement: Executable
+        if dialect == "postgresql":
+            statement = postgresql_insert(ExecutorServerResult).on_conflict_do_nothing()
+        elif dialect == "sqlite":
+            statement = sqlite_insert(ExecutorServerResult).on_conflict_do_nothing()
+        else:
+            raise NotImplementedError(f"executor state on {dialect}: use SQLite or PostgreSQL")
+        with self._engine.begin() as connection:
+            connection.execute(statement, rows)
+
     def server_results(self, update_id: str) -> dict[ServerKey, ServerOutcome]:
         with Session(self._engine) as session:
             rows = session.scalars(
@@ -434,7 +451,20 @@ class StateStore:
         return await asyncio.to_thread(self.abort_of, update_id)
 
     async def arecord_server(self, update_id: str, key: ServerKey, outcome: ServerOutcome) -> None:
-        await asyncio.to_thread(self.record_server, update_id, key, outcome)
+        """Record a server's result, returning once it is committed.
+
+        Results arriving together (many IPs in parallel) share one transaction: a commit
+        per server dominated a large update's CPU (see BENCHMARKS.md, benchmark 3).
+        """
+        loop = asyncio.get_running_loop()
+        if self._server_writer is None or self._server_writer.loop is not loop:
+            self._server_writer = _GroupCommit(loop, self.record_servers)
+        group, ip, server = key
+        await self._server_writer.submit({
+            "update_id": update_id, "group": group, "ip": ip, "server": server,
+            "update_status": outcome.update.status, "update_data": outcome.update.data,
+            "erl_status": outcome.erl.status, "erl_data": outcome.erl.data, "recorded_at": _now(),
+        })
 
     async def aserver_results(self, update_id: str) -> dict[ServerKey, ServerOutcome]:
         return await asyncio.to_thread(self.server_results, update_id)
@@ -450,3 +480,38 @@ class StateStore:
 
     async def aunfinished(self) -> list[UpdateRecord]:
         return await asyncio.to_thread(self.unfinished)
+
+
+class _GroupCommit:
+    """Writes rows submitted while a write is under way together, in the next transaction.
+
+    Each submitter waits for the commit that holds its row, so "recorded" still means
+    committed before the caller goes on; one writer at a time keeps SQLite's lock uncontended.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, write: Callable[[list[dict[str, object]]], None]) -> None:
+        self.loop = loop
+        self._write = write
+        self._pending: list[tuple[dict[str, object], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def submit(self, row: dict[str, object]) -> None:
+        done: asyncio.Future[None] = self.loop.create_future()
+        self._pending.append((row, done))
+        if self._writer is None or self._writer.done():
+            self._writer = self.loop.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._write, [row for row, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
