@@ -45,6 +45,12 @@ class World:
     rsync_password: str
     cookie: str = field(default_factory=lambda: "demo" + secrets.token_hex(8))
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Erlang short names are unique per host: a second world (a test beside a demo) needs its own.
+    node_prefix: str = field(default_factory=lambda: f"{NODE_PREFIX}{secrets.token_hex(3)}_")
+
+    def node(self, server: str) -> str:
+        """The Erlang node name of a game server of this world."""
+        return self.node_prefix + server
 
     @property
     def config_file(self) -> Path:
@@ -162,7 +168,7 @@ def config(world: World, password_file: Path) -> dict[str, Any]:
                 "runner": {
                     "kind": "local",
                     "server_root": str(world.root / "hosts" / "{ip}" / "{server}"),
-                    "erl_cmd": ["erl_call", "-sname", NODE_PREFIX + "{server}", "-c", "{cookie}", "-e"],
+                    "erl_cmd": ["erl_call", "-sname", world.node_prefix + "{server}", "-c", "{cookie}", "-e"],
                 },
             }
         },
