@@ -55,6 +55,26 @@ class Children:
         self.children.append(child)
         return child
 
+    def get(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
+
+    def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Send ``sig`` to child ``name``'s whole group and forget it (fault tests: kill -9 one component)."""
+        child = self.get(name)
+        if child.process is not None:
+            _signal_group(child.process.pid, sig)
+            child.process.wait(timeout=30)
+            _signal_group(child.process.pid, signal.SIGKILL)
+        if child._log is not None:
+            child._log.close()
+        self.children.remove(child)
+
+    def restart(self, name: str) -> Child:
+        """Kill -9 child ``name`` and start it again with the same command line."""
+        args = self.get(name).argv[3:]  # after ``python -m cli.main``
+        self.kill(name)
+        return self.start(name, *args)
+
     def dead(self) -> list[Child]:
         return [c for c in self.children if not c.alive]
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ from demo.erlang import ErlangNodes
 from demo.processes import Children
 from demo.rsyncd import RsyncDaemon, free_port
 from demo.scenario import Operator, Outcome, ScenarioError, hot_client, hot_server
-from demo.world import CDN_DIRS, CDN_ROOT, FAILING, MODULE, NODE_PREFIX, SERVERS, World, build, code_dir
+from demo.world import CDN_DIRS, CDN_ROOT, FAILING, MODULE, SERVERS, World, build, code_dir
 
 DEMO_VHOST = "hotupdate-demo"
 
@@ -59,7 +60,7 @@ def _wait_http(url: str, children: Children, timeout: float = 60) -> None:
     raise ScenarioError(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _wait_consumers(amqp_url: str, queues: list[str], children: Children, timeout: float = 60) -> None:
+def wait_consumers(amqp_url: str, queues: list[str], children: Children, timeout: float = 60) -> None:
     import pika  # only for this readiness probe
 
     deadline = time.monotonic() + timeout
@@ -84,10 +85,61 @@ def _wait_consumers(amqp_url: str, queues: list[str], children: Children, timeou
         raise ScenarioError(f"no consumer on {', '.join(pending)} after {timeout:.0f}s")
 
 
+CONSUMER_QUEUES = {
+    "file_pull": "hotupdate.file_pull.recv1",
+    "file_push": "hotupdate.file_push.recv1",
+    "ops_executor": "hotupdate.ops_executor.ops1",
+    "projection": "hotupdate.projection",
+    "cmdb": "hotupdate.cmdb",
+}
+
+
+@dataclass
+class Components:
+    """The running components of one world: their processes and how to reach them."""
+
+    children: Children
+    argv: dict[str, list[str]]  # name → ``hotupdate`` arguments, to start one again after a crash
+    cmdb_url: str
+    dashboard_url: str
+
+
+def component_args(world: World, amqp_url: str, cmdb_port: int, dash_port: int) -> dict[str, list[str]]:
+    config = str(world.config_file)
+    return {
+        "file_pull": ["consume", "file-pull", "--config", config, "--receiver", "recv1",
+                      "--processed-db", world.db_url("file_pull")],
+        "file_push": ["consume", "file-push", "--config", config, "--receiver", "recv1",
+                      "--processed-db", world.db_url("file_push")],
+        "ops_executor": ["consume", "ops-executor", "--config", config, "--ops-manager", "ops1"],
+        "projection": ["projection", "run", "--database-url", world.db_url("projection"), "--amqp-url", amqp_url],
+        "cmdb": ["cmdb", "serve", "--config", config, "--port", str(cmdb_port)],
+        "dashboard": ["dashboard", "serve", "--database-url", world.db_url("projection"), "--port", str(dash_port)],
+    }
+
+
+def start_components(world: World, amqp_url: str, stack: ExitStack, *, verbose: bool = False,
+                     extra_env: dict[str, str] | None = None) -> Components:
+    """Start every component as its own process (stopped by ``stack``) and wait until each answers."""
+    env = {**os.environ, "HOTUPDATE_CONFIG": str(world.config_file), "HOTUPDATE_AMQP_URL": amqp_url,
+           **(extra_env or {})}
+    children = Children(world.logs, env, verbose=verbose)
+    stack.callback(children.stop_all)
+    cmdb_port, dash_port = free_port(), free_port()
+    argv = component_args(world, amqp_url, cmdb_port, dash_port)
+    for name, args in argv.items():
+        children.start(name, *args)
+    system = Components(children, argv, f"http://127.0.0.1:{cmdb_port}", f"http://127.0.0.1:{dash_port}/")
+    _wait_http(system.cmdb_url + "/healthz", children)
+    _wait_http(system.dashboard_url, children)
+    wait_consumers(amqp_url, list(CONSUMER_QUEUES.values()), children)
+    return system
+
+
 def _node_versions(nodes: ErlangNodes, world: World) -> dict[str, str]:
     versions = {}
     for _group, _ip, server in world.all_servers():
-        versions[server] = nodes.apply(NODE_PREFIX + server, MODULE, "version")
+        versions[server] = nodes.apply(world.node(server), MODULE, "version")
     return versions
 
 
@@ -135,29 +187,10 @@ def run(args: argparse.Namespace) -> int:
         nodes = ErlangNodes(world.cookie)
         stack.callback(nodes.stop_all)
         for _group, ip, server in world.all_servers():
-            nodes.start(NODE_PREFIX + server, world.server_dir(ip, server), code_dir(world, ip, server))
+            nodes.start(world.node(server), world.server_dir(ip, server), code_dir(world, ip, server))
         print(f"{len(nodes.pids)} Erlang game servers running {MODULE} version 1")
-        env = {**os.environ, "HOTUPDATE_CONFIG": str(world.config_file), "HOTUPDATE_AMQP_URL": amqp_url}
-        children = Children(world.logs, env, verbose=args.verbose)
-        stack.callback(children.stop_all)
-        cmdb_port, dash_port = free_port(), free_port()
-        config = str(world.config_file)
-        children.start("file_pull", "consume", "file-pull", "--config", config, "--receiver", "recv1",
-                       "--processed-db", world.db_url("file_pull"))
-        children.start("file_push", "consume", "file-push", "--config", config, "--receiver", "recv1",
-                       "--processed-db", world.db_url("file_push"))
-        children.start("ops_executor", "consume", "ops-executor", "--config", config, "--ops-manager", "ops1")
-        children.start("projection", "projection", "run", "--database-url", world.db_url("projection"),
-                       "--amqp-url", amqp_url)
-        children.start("cmdb", "cmdb", "serve", "--config", config, "--port", str(cmdb_port))
-        children.start("dashboard", "dashboard", "serve", "--database-url", world.db_url("projection"),
-                       "--port", str(dash_port))
-        cmdb_url, dashboard_url = f"http://127.0.0.1:{cmdb_port}", f"http://127.0.0.1:{dash_port}/"
-        _wait_http(cmdb_url + "/healthz", children)
-        _wait_http(dashboard_url, children)
-        _wait_consumers(amqp_url, ["hotupdate.file_pull.recv1", "hotupdate.file_push.recv1",
-                                   "hotupdate.ops_executor.ops1", "hotupdate.projection", "hotupdate.cmdb"],
-                        children)
+        system = start_components(world, amqp_url, stack, verbose=args.verbose)
+        children, cmdb_url, dashboard_url = system.children, system.cmdb_url, system.dashboard_url
         print("every component is up: file_pull, file_push, ops_executor, projection, cmdb, dashboard")
         operator = Operator(cmdb_url, world.token)
         stack.callback(operator.close)
