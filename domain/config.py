@@ -190,6 +190,9 @@ class Operator(_Model):
 class CmdbConfig(_Model):
     database_url: str = "sqlite:///cmdb.db"
     operators: list[Operator] = Field(default_factory=list)
+    stall_after_seconds: float = Field(
+        default=300, gt=0, description="an unfinished update with no event for this long is reported stalled"
+    )
 
 
 class ProjectionConfig(_Model):
@@ -239,6 +242,22 @@ class HotupdateConfig(_Model):
             return self.projects[key]
         except KeyError:
             raise ConfigError(f"unknown project {key!r} (known: {', '.join(sorted(self.projects))})") from None
+
+    def receiver(self, name: str) -> ReceiverConfig:
+        """The version receiver ``name``, or a ConfigError naming the known ones."""
+        try:
+            return self.receivers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.receivers)) or "none"
+            raise ConfigError(f"receivers.{name}: no such version receiver (known: {known})") from None
+
+    def ops_manager(self, name: str) -> OpsManagerConfig:
+        """The ops manager ``name``, or a ConfigError naming the known ones."""
+        try:
+            return self.ops_managers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.ops_managers)) or "none"
+            raise ConfigError(f"ops_managers.{name}: no such ops manager (known: {known})") from None
 
     def receiver_for(self, project: str) -> str | None:
         for name, receiver in self.receivers.items():

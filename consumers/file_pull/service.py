@@ -12,17 +12,9 @@ from bus.idempotency import ProcessedStore
 from bus.provenance import Provenance
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.file_pull.handlers import handle_pull_requested
-from domain.config import ConfigError, HotupdateConfig, ReceiverConfig
+from domain.config import HotupdateConfig
 
 ROLE = "file_pull"
-
-
-def receiver_config(config: HotupdateConfig, name: str) -> ReceiverConfig:
-    try:
-        return config.receivers[name]
-    except KeyError:
-        known = ", ".join(sorted(config.receivers)) or "none"
-        raise ConfigError(f"receivers.{name}: no such version receiver (known: {known})") from None
 
 
 def build_service(
@@ -34,7 +26,7 @@ def build_service(
     prefetch: int = 4,
 ) -> ConsumerService:
     """The file_pull consumer of ``receiver_name``, bound only to the projects that receiver serves."""
-    receiver = receiver_config(config, receiver_name)
+    receiver = config.receiver(receiver_name)
     service = f"{ROLE}.{receiver_name}"
     # The handler is typed for its own event; the table's Handler type is the common denominator.
     handler = cast(Handler, partial(handle_pull_requested, receiver=receiver))

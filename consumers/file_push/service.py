@@ -12,22 +12,14 @@ from bus.idempotency import ProcessedStore
 from bus.provenance import Provenance
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.file_push.handlers import PushSettings, handle_push_requested
-from domain.config import ConfigError, HotupdateConfig, ReceiverConfig
+from domain.config import HotupdateConfig
 
 ROLE = "file_push"
 
 
-def receiver_config(config: HotupdateConfig, name: str) -> ReceiverConfig:
-    try:
-        return config.receivers[name]
-    except KeyError:
-        known = ", ".join(sorted(config.receivers)) or "none"
-        raise ConfigError(f"receivers.{name}: no such version receiver (known: {known})") from None
-
-
 def push_settings(config: HotupdateConfig, receiver_name: str, *, rsync: str = "rsync") -> PushSettings:
     """The handler's view of the configuration: this receiver and only the projects it serves."""
-    receiver = receiver_config(config, receiver_name)
+    receiver = config.receiver(receiver_name)
     return PushSettings(
         receiver=receiver, projects={p: config.projects[p] for p in receiver.projects}, rsync=rsync
     )

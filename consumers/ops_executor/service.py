@@ -23,19 +23,11 @@ from consumers.ops_executor.handlers import (
 )
 from consumers.ops_executor.runner import HostRunner
 from consumers.ops_executor.state import StateStore
-from domain.config import ConfigError, HotupdateConfig, OpsManagerConfig
+from domain.config import HotupdateConfig
 
 log = logging.getLogger(__name__)
 
 ROLE = "ops_executor"
-
-
-def ops_manager_config(config: HotupdateConfig, name: str) -> OpsManagerConfig:
-    try:
-        return config.ops_managers[name]
-    except KeyError:
-        known = ", ".join(sorted(config.ops_managers)) or "none"
-        raise ConfigError(f"ops_managers.{name}: no such ops manager (known: {known})") from None
 
 
 class _PublishingEmitter:
@@ -111,7 +103,7 @@ def build_service(
     Its state lives at ``state_url`` (default: the config's ``state_url``); handled event ids at
     ``processed_url`` (default: the state database).
     """
-    manager = ops_manager_config(config, ops_manager)
+    manager = config.ops_manager(ops_manager)
     url = state_url or manager.state_url
     store = StateStore(url)
     executor = Executor(
