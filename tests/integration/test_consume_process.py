@@ -66,7 +66,9 @@ async def test_consume_file_pull_serves_until_sigterm_then_exits_cleanly(amqp_ur
         async with Probe(amqp_url) as probe, AsyncPublisher(amqp_url) as publisher:
             await probe.bind(binding(FilesPulled))
             request = PullRequested(update_type="hot_server", version="7", area_name="大陆", requested_by="alice")
-            await publisher.publish(make_envelope(request, source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn"))
+            await publisher.publish(
+                make_envelope(request, source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn")
+            )
             (message,) = await probe.wait_for(1)
         proc.send_signal(signal.SIGTERM)
         lines = await asyncio.to_thread(_wait_for_line, proc, "stopped")
