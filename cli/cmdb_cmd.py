@@ -1,4 +1,5 @@
-"""``hotupdate cmdb serve|hash-token`` and ``hotupdate update start|push|status`` (an HTTP client of the CMDB).
+"""``hotupdate cmdb serve|hash-token`` and ``hotupdate update start|push|status|abort|confirm|retry-failed|rollback``
+(an HTTP client of the CMDB).
 
 The update commands print the CMDB's JSON answer and exit 0, or print its message and
 exit 1, so scripts can chain them; ``status --wait`` polls until the update needs the
@@ -70,7 +71,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     push.add_argument("--file", action="append", dest="files", help="a pulled file to push (repeatable)")
     push.add_argument("--server", action="append", dest="servers", help="hot_server: only this server (repeatable)")
     push.add_argument("--cdn-dir", action="append", dest="cdn_dirs", help="hot_client: only this CDN dir (repeatable)")
+    _add_rollout(push)
     push.set_defaults(func=_push)
+
+    abort = update_sub.add_parser(
+        "abort", parents=[client], help="abort a running update: what started finishes, nothing more starts"
+    )
+    abort.add_argument("update_id")
+    abort.add_argument("--reason", default="", help="why (kept with the update and sent to the executor)")
+    abort.set_defaults(func=_action, action="abort")
+
+    confirm = update_sub.add_parser(
+        "confirm", parents=[client], help="go ahead with the next batch after a failed one (--on-failure confirm)"
+    )
+    confirm.add_argument("update_id")
+    confirm.set_defaults(func=_action, action="confirm")
+
+    retry = update_sub.add_parser(
+        "retry-failed", parents=[client],
+        help="a new linked update of the same files on exactly the failed or not-run servers (CDN dirs)",
+    )
+    retry.add_argument("update_id")
+    _add_rollout(retry)
+    retry.set_defaults(func=_action, action="retry-failed")
+
+    rollback = update_sub.add_parser(
+        "rollback", parents=[client],
+        help="a new linked update applying the previous completed version to the same targets",
+    )
+    rollback.add_argument("update_id")
+    _add_rollout(rollback)
+    rollback.set_defaults(func=_action, action="rollback")
 
     status = update_sub.add_parser("status", parents=[client], help="show an update's state")
     status.add_argument("update_id")
@@ -78,6 +109,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--wait", action="store_true", help="poll until the update needs the operator or is over")
     status.add_argument("--wait-timeout", type=float, default=600.0)
     status.set_defaults(func=_status)
+
+
+def _add_rollout(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--batch-size", type=int, help="run the targets in batches of N IPs (CDN dirs)")
+    size.add_argument("--batch-percent", type=int, help="batches of P%% of the targets (rounded up)")
+    parser.add_argument("--pause", type=float, dest="pause_seconds", help="seconds between batches")
+    parser.add_argument(
+        "--on-failure", choices=("stop", "continue", "confirm"),
+        help="a failed batch: stop the rest (default), continue, or wait for 'update confirm'",
+    )
+
+
+def _rollout(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The rollout plan from the options; None when none was given (one batch)."""
+    plan = {key: getattr(args, key) for key in ("batch_size", "batch_percent", "pause_seconds", "on_failure")
+            if getattr(args, key, None) is not None}
+    return plan or None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -131,8 +180,24 @@ def _start(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
-    body = {key: getattr(args, key) for key in ("files", "servers", "cdn_dirs") if getattr(args, key) is not None}
+    body: dict[str, Any] = {
+        key: getattr(args, key) for key in ("files", "servers", "cdn_dirs") if getattr(args, key) is not None
+    }
+    rollout = _rollout(args)
+    if rollout is not None:
+        body["rollout"] = rollout
     return _call(args, "POST", f"/api/updates/{args.update_id}/push", body)
+
+
+def _action(args: argparse.Namespace) -> int:
+    """abort, confirm, retry-failed, rollback: ``POST /api/updates/<id>/<action>``."""
+    body: dict[str, Any] = {}
+    if args.action == "abort" and args.reason:
+        body["reason"] = args.reason
+    rollout = _rollout(args)
+    if rollout is not None:
+        body["rollout"] = rollout
+    return _call(args, "POST", f"/api/updates/{args.update_id}/{args.action}", body)
 
 
 def _status(args: argparse.Namespace) -> int:

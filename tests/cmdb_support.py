@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from bus.envelope import Envelope
 from bus.events import (
+    BatchFinished,
     CdnDirFinished,
     Event,
     FileEntry,
@@ -181,6 +182,25 @@ def ip_finished(request: Envelope, ip: str, ok: bool = True, offset: int = 2) ->
     event = IpFinished(version=request.data["version"], ip=ip, group=group,
                        update_data={s: result for s in servers}, erl_data={s: result for s in servers})
     return answer(request, event, offset=offset, key=ip, source=EXECUTOR)
+
+
+def ip_finished_servers(request: Envelope, ip: str, ok: dict[str, bool], offset: int = 2) -> Envelope:
+    """*IP finished* with a result per server: ``ok`` says which of the IP's servers succeeded."""
+    group, servers = next((g, ips[ip]) for g, ips in request.data["update_server_list"].items() if ip in ips)
+    update = {s: ServerResult(data="ok" if ok[s] else "更新失败,不执行erl命令", status=ok[s]) for s in servers}
+    erl = {s: ServerResult(data="ok" if ok[s] else "更新失败,不执行erl命令", status=ok[s]) for s in servers}
+    event = IpFinished(version=request.data["version"], ip=ip, group=group, update_data=update, erl_data=erl)
+    return answer(request, event, offset=offset, key=ip, source=EXECUTOR)
+
+
+def batch_finished(
+    request: Envelope, batch: int, batches: int, next_: str, ips: list[str], failed: int = 0, offset: int = 20
+) -> Envelope:
+    event = BatchFinished.model_validate({
+        "batch": batch, "batches": batches, "ips": ips, "ok_count": len(ips) - failed, "failed_count": failed,
+        "next": next_,
+    })
+    return answer(request, event, offset=offset + batch, key=str(batch), source=EXECUTOR)
 
 
 def cdn_dir_finished(request: Envelope, cdn_dir: str, ok: bool = True, offset: int = 2) -> Envelope:

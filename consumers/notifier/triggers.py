@@ -2,8 +2,8 @@
 
 One row per event class. A row says every kind the event can give (the notifier's queue is
 bound to an event type only for projects with a webhook wanting one of them), how to tell
-the kind of one event, and a one-line summary for people. Adding a notifying event, such
-as issue 9's *update stalled*, is adding its row:
+the kind of one event, and a one-line summary for people. Adding a notifying event is
+adding its row, as *update stalled* is:
 
     UpdateStalled: Trigger.always("stalled", _stalled_summary),
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from bus.events import Event, PullFailed, PushFailed, UpdateCompleted
+from bus.events import Event, Outcome, PullFailed, PushFailed, UpdateCompleted, UpdateStalled
 from domain.config import NotificationKind
 
 E = TypeVar("E", bound=Event)
@@ -38,29 +38,32 @@ class Trigger(Generic[E]):
         return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
 
 
-def _completion_outcome(event: UpdateCompleted) -> str:
-    # Issue 9's *update completed* says how an unsuccessful update ended (failed, stopped,
-    # aborted); before it, only final_result did. Read it when the event has it.
-    outcome = getattr(event, "outcome", None)
-    if not event.final_result and isinstance(outcome, str) and outcome:
-        return outcome
-    return "completed" if event.final_result else "failed"
+_KIND_OF_OUTCOME: Mapping[Outcome, NotificationKind] = {
+    "succeeded": "completed",
+    "failed": "failed",
+    "stopped": "failed",  # stopped at a failing batch: the rollout failed
+    "aborted": "aborted",
+}
+_WORDS_OF_OUTCOME: Mapping[Outcome, str] = {
+    "succeeded": "completed", "failed": "failed", "stopped": "stopped", "aborted": "aborted",
+}
 
 
 def _completed_kind(event: UpdateCompleted) -> NotificationKind:
-    outcome = _completion_outcome(event)
-    if outcome == "completed":
-        return "completed"
-    if outcome == "aborted":
-        return "aborted"
-    return "failed"  # failed, or stopped at a failing batch
+    return _KIND_OF_OUTCOME[event.outcome]
 
 
 def _completed_summary(event: UpdateCompleted) -> str:
     counts = f" ({event.ok_count} ok, {event.failed_count} failed)" if event.ok_count or event.failed_count else ""
-    not_run = getattr(event, "not_run", None) or []
-    unrun = f", {len(not_run)} not run" if not_run else ""
-    return f"{event.update_type} {event.version} {_completion_outcome(event)}{counts}{unrun}: {event.final_data}"
+    unrun = f", {len(event.not_run)} not run" if event.not_run else ""
+    return f"{event.update_type} {event.version} {_WORDS_OF_OUTCOME[event.outcome]}{counts}{unrun}: {event.final_data}"
+
+
+def _stalled_summary(event: UpdateStalled) -> str:
+    since = event.last_event_at.isoformat(timespec="seconds")
+    silent = ", ".join(event.silent_targets) if event.silent_targets else "no target named"
+    return (f"stalled: no event for {event.stalled_after_seconds:g}s (last at {since}); "
+            f"{len(event.silent_targets)} silent: {silent}")
 
 
 def _pull_failed_summary(event: PullFailed) -> str:
@@ -76,4 +79,5 @@ TRIGGERS: Mapping[type[Event], Trigger[Any]] = {
     UpdateCompleted: Trigger(frozenset({"completed", "failed", "aborted"}), _completed_kind, _completed_summary),
     PullFailed: Trigger.always("failed", _pull_failed_summary),
     PushFailed: Trigger.always("failed", _push_failed_summary),
+    UpdateStalled: Trigger.always("stalled", _stalled_summary),
 }

@@ -22,9 +22,11 @@ from producers.cmdb.errors import (
     UnknownProject,
 )
 from producers.cmdb.schemas import (
+    AbortRequest,
     CreatedResponse,
     ErrorResponse,
     FilesResponse,
+    LinkedUpdateRequest,
     PushRequest,
     StartUpdateRequest,
     UpdateResponse,
@@ -48,7 +50,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 
 
 router = APIRouter(prefix="/api/updates", responses=_ERRORS)
-"""Operator actions to come (abort, retry failed, rollback, confirm) are more ``POST /{update_id}/<action>`` here."""
+"""Operator actions are ``POST /{update_id}/<action>``; one refused by the update's state is a 409 saying why."""
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -78,8 +80,43 @@ def push_update(
 ) -> UpdateResponse:
     """Push the chosen files (all by default) to the area's rsync targets."""
     choice = body or PushRequest()
-    cmd = service.PushUpdate(files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs)
+    cmd = service.PushUpdate(
+        files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs, rollout=choice.rollout
+    )
     return UpdateResponse.model_validate(service.push_update(db, cfg, update_id, cmd, requested_by=operator))
+
+
+@router.post("/{update_id}/abort")
+def abort_update(
+    update_id: str, operator: OperatorDep, db: DatabaseDep, body: AbortRequest | None = None
+) -> UpdateResponse:
+    """Abort a requested or running update: what started finishes, nothing more starts."""
+    reason = body.reason if body else ""
+    return UpdateResponse.model_validate(service.abort_update(db, update_id, operator, reason))
+
+
+@router.post("/{update_id}/confirm")
+def confirm_batch(update_id: str, operator: OperatorDep, db: DatabaseDep) -> UpdateResponse:
+    """The go-ahead for the next batch after a failed one (rollout ``on_failure: confirm``)."""
+    return UpdateResponse.model_validate(service.confirm_batch(db, update_id, operator))
+
+
+@router.post("/{update_id}/retry-failed", status_code=status.HTTP_201_CREATED)
+def retry_failed(
+    update_id: str, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep, body: LinkedUpdateRequest | None = None
+) -> UpdateResponse:
+    """A new update, linked to this one, of its files on exactly its failed or not-run servers (CDN dirs)."""
+    rollout = body.rollout if body else None
+    return UpdateResponse.model_validate(service.retry_failed(db, cfg, update_id, operator, rollout))
+
+
+@router.post("/{update_id}/rollback", status_code=status.HTTP_201_CREATED)
+def roll_back(
+    update_id: str, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep, body: LinkedUpdateRequest | None = None
+) -> UpdateResponse:
+    """A new update, linked to this one, applying the previous completed version to the same targets."""
+    rollout = body.rollout if body else None
+    return UpdateResponse.model_validate(service.roll_back(db, cfg, update_id, operator, rollout))
 
 
 def create_app(

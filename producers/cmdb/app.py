@@ -1,4 +1,5 @@
-"""Running the CMDB: the HTTP API, the outbox relay and the process-manager consumer in one process.
+"""Running the CMDB: the HTTP API, the outbox relay, the process-manager consumer and the stall
+detector in one process.
 
 The API accepts requests even while the broker is down: they wait in the outbox, the
 relay keeps retrying, and the consumer keeps trying to start, until the broker is back.
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from producers.cmdb.bootstrap import CmdbRuntime
+from producers.cmdb.stalls import watch_stalls
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ async def run(runtime: CmdbRuntime, *, host: str, port: int, stop: asyncio.Event
     server = _Server(uvicorn.Config(runtime.api, log_config=None, lifespan="off"))
     relay = asyncio.create_task(runtime.relay.run(stop), name="cmdb-outbox-relay")
     consumer = asyncio.create_task(_start_when_reachable(runtime, stop), name="cmdb-consumer-start")
+    stalls = asyncio.create_task(
+        watch_stalls(runtime.database, runtime.config.cmdb.stall_after_seconds, stop), name="cmdb-stall-detector"
+    )
     http = asyncio.create_task(server.serve(sockets=[listener]), name="cmdb-http")
     try:
         stopping = asyncio.create_task(stop.wait())
@@ -51,6 +56,7 @@ async def run(runtime: CmdbRuntime, *, host: str, port: int, stop: asyncio.Event
         stop.set()
         server.should_exit = True  # finish in-flight requests, then close
         await asyncio.gather(http, return_exceptions=True)
+        await asyncio.gather(stalls, return_exceptions=True)
         await asyncio.gather(relay, return_exceptions=True)
         started = await consumer
         if started:

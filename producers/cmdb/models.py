@@ -57,6 +57,22 @@ class HotUpdate(Base):
     update_targets: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     narrowed: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    # Issue 9: how the update relates to parent_id, its rollout plan, and (for a retry or a
+    # rollback, which the CMDB pushes itself once pulled) the files to push:
+    # {"files": [names], "md5": {name: md5} | null (the pulled files must still match)}.
+    relation: Mapped[str | None] = mapped_column(String(16))
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    auto_push: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # From the executor: the completion's outcome and not-run targets, the latest batch finished.
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    completion_reason: Mapped[str | None] = mapped_column(Text)  # the reason once every result is in
+    not_run: Mapped[list[str] | None] = mapped_column(JSON)
+    last_batch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Stall detection: when the executor (or the operator's go-ahead) last moved the update, and
+    # the silence period a stall was already reported for (one report per period).
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stalled_for: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
     # The chain of events, so late or stale events can be recognised and sequences continued.
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     pull_event_id: Mapped[str | None] = mapped_column(String(128))

@@ -11,8 +11,15 @@ The pull, push and execution steps map onto states like this::
     pull_requested ─ FilesPulled → pulled ─ (operator pushes) → push_requested
                    └ PullFailed  → pull_failed                  ├ FilesPushed → update_requested (+ UpdateRequested)
                                                                 └ PushFailed  → push_failed
-    update_requested ─ UpdateStarted / IpFinished / CdnDirFinished → running
-                     └ UpdateCompleted → completed | failed
+    update_requested ─ UpdateStarted / IpFinished / CdnDirFinished / BatchFinished → running
+    running ─ BatchFinished(next=await_confirm) → awaiting_confirm ─ (operator confirms) → running
+    update_requested | running | awaiting_confirm ─ (operator aborts) → aborting
+    … ─ UpdateCompleted → completed | failed | stopped | aborted (by its outcome), or
+                          finishing while an expected target's result is still missing; the
+                          last result then moves it to the outcome's state.
+
+A retry or rollback (``auto_push`` set) is pushed by the CMDB itself once pulled: its files
+and targets were fixed when the operator asked for it.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bus.events import (
+    BatchFinished,
     CdnDirFinished,
     Event,
     FileEntry,
@@ -33,21 +42,29 @@ from bus.events import (
     IpFinished,
     PullFailed,
     PushFailed,
+    PushRequested,
+    RolloutPlan,
+    RsyncTargetRef,
     UpdateCompleted,
     UpdateRequested,
     UpdateStarted,
 )
 from bus.handling import Incoming, child_envelope
 from producers.cmdb.database import CmdbDatabase
+from producers.cmdb.expected import cdn_target_name, ip_target_name, missing_targets
 from producers.cmdb.models import HotUpdate, TargetResult, utcnow
 from producers.cmdb.outbox import enqueue
 from producers.cmdb.service import SOURCE
-from producers.cmdb.states import AWAITING_EXECUTION, AWAITING_PULL, AWAITING_PUSH, State
+from producers.cmdb.states import AWAITING_EXECUTION, AWAITING_PULL, AWAITING_PUSH, ENDED, State
 
 log = logging.getLogger(__name__)
 
 # Results may still arrive after the completion event (a retried delivery overtakes nothing).
-_REPORTABLE = frozenset({*AWAITING_EXECUTION, State.COMPLETED, State.FAILED})
+_REPORTABLE = frozenset({*AWAITING_EXECUTION, State.FINISHING, *ENDED})
+
+_STATE_OF_OUTCOME: dict[str, State] = {
+    "succeeded": State.COMPLETED, "failed": State.FAILED, "stopped": State.STOPPED, "aborted": State.ABORTED,
+}
 
 
 def on_files_pulled(msg: Incoming[FilesPulled], database: CmdbDatabase) -> None:
@@ -61,6 +78,8 @@ def on_files_pulled(msg: Incoming[FilesPulled], database: CmdbDatabase) -> None:
         row.state = State.PULLED
         row.pulled_at = utcnow()
         row.pulled_event_id = msg.envelope.id
+        if row.auto_push is not None:
+            _push_automatically(session, msg, row)
 
 
 def on_pull_failed(msg: Incoming[PullFailed], database: CmdbDatabase) -> None:
@@ -92,6 +111,7 @@ def on_files_pushed(msg: Incoming[FilesPushed], database: CmdbDatabase) -> None:
         row.state = State.UPDATE_REQUESTED
         row.update_event_id = envelope.id
         row.update_requested_at = utcnow()
+        row.last_event_at = row.update_requested_at  # the executor's silence is measured from here
         row.saw_sequence(envelope.sequence)
         enqueue(session, envelope)
 
@@ -127,34 +147,108 @@ def on_ip_finished(msg: Incoming[IpFinished], database: CmdbDatabase) -> None:
         "update_data": {k: v.model_dump() for k, v in event.update_data.items()},
         "erl_data": {k: v.model_dump() for k, v in event.erl_data.items()},
     }
-    _record_result(msg, database, kind="ip", target=event.ip, ok=ok, detail=detail)
+    _record_result(msg, database, kind="ip", target=(event.ip, event.group), ok=ok, detail=detail)
 
 
 def on_cdn_dir_finished(msg: Incoming[CdnDirFinished], database: CmdbDatabase) -> None:
     """Record one CDN dir's result."""
     event = msg.event
     detail = {"cdn_root_url": event.cdn_root_url, "cdn_dir": event.cdn_dir, "data": event.data}
-    target = f"{event.cdn_root_url}/{event.cdn_dir}"
+    target = cdn_target_name(event.cdn_root_url, event.cdn_dir)
     _record_result(msg, database, kind="cdn_dir", target=target, ok=event.status, detail=detail)
 
 
+def on_batch_finished(msg: Incoming[BatchFinished], database: CmdbDatabase) -> None:
+    """Record the latest batch; a failed batch under ``on_failure: confirm`` waits for the operator."""
+    with database.transaction() as session:
+        row = _waiting(session, msg, _REPORTABLE)  # handled concurrently: it may come after the completion
+        if row is None:
+            return
+        event = msg.event
+        if row.last_batch is not None and event.batch <= int(row.last_batch["batch"]):
+            log.info("update %s: batch %d already recorded; %s ignored", row.id, event.batch, msg.envelope.id)
+            return
+        row.last_batch = {
+            "batch": event.batch, "batches": event.batches, "next": event.next,
+            "ok_count": event.ok_count, "failed_count": event.failed_count, "event_id": msg.envelope.id,
+        }
+        _mark_running(row)
+        if event.next == "await_confirm" and row.state == State.RUNNING:
+            row.state = State.AWAITING_CONFIRM
+            row.reason = (f"batch {event.batch} of {event.batches} failed ({event.failed_count} failed, "
+                          f"{event.ok_count} ok): confirm to run batch {event.batch + 1}, or abort")
+
+
 def on_update_completed(msg: Incoming[UpdateCompleted], database: CmdbDatabase) -> None:
-    """The update is over: completed when everything succeeded, else failed with the executor's words."""
+    """The executor is done: the update ends by its outcome once every expected target's result is in."""
     with database.transaction() as session:
         row = _waiting(session, msg, AWAITING_EXECUTION)
         if row is None:
             return
         event = msg.event
         row.final_data = event.final_data
-        row.finished_at = utcnow()
-        if event.final_result:
-            row.state = State.COMPLETED
+        row.outcome = event.outcome
+        row.not_run = list(event.not_run)
+        counts = f" ({event.failed_count} failed, {event.ok_count} ok)" if event.failed_count else ""
+        not_run = f"; not run: {', '.join(event.not_run)}" if event.not_run else ""
+        outcome = "" if event.outcome in ("failed", "succeeded") else f"{event.outcome}: "
+        row.completion_reason = None if event.final_result else f"{outcome}{event.final_data}{counts}{not_run}"
+        refused = not event.final_result and not (event.ok_count or event.failed_count or event.not_run)
+        missing = [] if refused else missing_targets(row, _reported(session, row))
+        if missing:
+            _await_results(row, missing)
         else:
-            row.state = State.FAILED
-            counts = f" ({event.failed_count} failed, {event.ok_count} ok)" if event.failed_count else ""
-            not_run = f"; not run: {', '.join(event.not_run)}" if event.not_run else ""
-            outcome = "" if event.outcome == "failed" else f"{event.outcome}: "
-            row.reason = f"{outcome}{event.final_data}{counts}{not_run}"
+            _finish(row)
+
+
+def _await_results(row: HotUpdate, missing: list[str]) -> None:
+    """The completion is in, some results are not: say which, instead of claiming the outcome."""
+    row.state = State.FINISHING
+    row.reason = (f"completion ({row.outcome}) received, but no result yet from "
+                  f"{len(missing)} target(s): {', '.join(missing)}")
+
+
+def _finish(row: HotUpdate) -> None:
+    row.state = _STATE_OF_OUTCOME.get(row.outcome or "failed", State.FAILED)
+    row.reason = row.completion_reason
+    row.finished_at = utcnow()
+
+
+def _reported(session: Session, row: HotUpdate) -> set[str]:
+    return set(session.scalars(select(TargetResult.target).where(TargetResult.update_id == row.id)).all())
+
+
+def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUpdate) -> None:
+    """A retry or rollback: push the files fixed when the operator asked for it, if the pull still has them."""
+    plan = row.auto_push or {}
+    pulled = {f.file_name: f for f in msg.event.files}
+    names: list[str] = list(plan.get("files") or [])
+    absent = [n for n in names if n not in pulled]
+    md5: dict[str, str] = plan.get("md5") or {}
+    changed = [n for n in names if n in pulled and n in md5 and pulled[n].file_md5 != md5[n]]
+    if absent or changed or not names:
+        why = "; ".join(filter(None, [
+            f"the version no longer has {', '.join(absent)}" if absent else "",
+            f"the version's {', '.join(changed)} changed since" if changed else "",
+            "no file to push" if not names else "",
+        ]))
+        row.reason = f"not pushed automatically: {why}; choose the files and push by hand"
+        return
+    push = PushRequested(
+        update_type=row.update_type,
+        version=row.version,
+        files=[pulled[n] for n in names],
+        targets=[RsyncTargetRef.model_validate(t) for t in row.rsync_targets or []],
+        requested_by=row.requested_by,
+    )
+    envelope = child_envelope(msg.envelope, push, source=SOURCE, offset=1)
+    row.state = State.PUSH_REQUESTED
+    row.push_requested_by = row.requested_by
+    row.chosen_files = [pulled[n].model_dump(mode="json") for n in names]
+    row.push_event_id = envelope.id
+    row.push_requested_at = utcnow()
+    row.saw_sequence(envelope.sequence)
+    enqueue(session, envelope)
 
 
 def update_request(row: HotUpdate) -> UpdateRequested:
@@ -166,6 +260,9 @@ def update_request(row: HotUpdate) -> UpdateRequested:
         "ops_manager": row.ops_manager or "",
         "update_file_list": [FileEntry.model_validate(f) for f in row.chosen_files or []],
         "requested_by": row.push_requested_by or row.requested_by,
+        "rollout": RolloutPlan.model_validate(row.rollout) if row.rollout else None,
+        "parent_id": row.parent_id if row.relation else None,
+        "relation": row.relation,
     }
     if row.update_type == "hot_client":
         return UpdateRequested(**common, client_type=row.client_type, data=targets.get("data"))
@@ -175,12 +272,21 @@ def update_request(row: HotUpdate) -> UpdateRequested:
 
 
 def _record_result(
-    msg: Incoming[Event], database: CmdbDatabase, *, kind: str, target: str, ok: bool, detail: dict[str, Any]
+    msg: Incoming[Event],
+    database: CmdbDatabase,
+    *,
+    kind: str,
+    target: str | tuple[str, str],
+    ok: bool,
+    detail: dict[str, Any],
 ) -> None:
     with database.transaction() as session:
         row = _waiting(session, msg, _REPORTABLE)
         if row is None:
             return
+        if isinstance(target, tuple):  # (ip, group): named as the executor keys it
+            server_list = (row.update_targets or {}).get("update_server_list") or {}
+            target = ip_target_name(server_list, *target)
         if session.get(TargetResult, (row.id, kind, target)) is not None:
             log.info("update %s: %s %s already reported; %s ignored", row.id, kind, target, msg.envelope.id)
             return
@@ -190,8 +296,15 @@ def _record_result(
                 event_id=msg.envelope.id, reported_at=utcnow(),
             )
         )
+        session.flush()
         if row.state == State.UPDATE_REQUESTED:  # the started event may still be on its way
             _mark_running(row)
+        elif row.state == State.FINISHING:
+            missing = missing_targets(row, _reported(session, row))
+            if missing:
+                _await_results(row, missing)
+            else:
+                _finish(row)
 
 
 def _mark_running(row: HotUpdate) -> None:
@@ -218,6 +331,7 @@ def _waiting(
                  env.type, env.id, env.causationid, row.id)
         return None
     row.saw_sequence(env.sequence)
+    row.last_event_at = utcnow()
     return row
 
 
@@ -231,6 +345,7 @@ HANDLERS: dict[type[Event], PmHandler] = {
     UpdateStarted: on_update_started,
     IpFinished: on_ip_finished,
     CdnDirFinished: on_cdn_dir_finished,
+    BatchFinished: on_batch_finished,
     UpdateCompleted: on_update_completed,
 }
 """What the CMDB reacts to: the consumer's bindings and handler table are built from this."""

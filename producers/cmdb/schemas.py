@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from bus.events import FileEntry
+from bus.events import FileEntry, RolloutPlan
 from domain.types import RelativeFileName, ServerName, UpdateType, Version
 
 
@@ -39,6 +39,17 @@ class PushRequest(_Body):
     cdn_dirs: list[str] | None = Field(
         default=None, description="hot_client: only these CDN dirs (<cdn_dir> or <cdn_root_url>/<cdn_dir>)"
     )
+    rollout: RolloutPlan | None = Field(default=None, description="batches; absent: every target in one batch")
+
+
+class AbortRequest(_Body):
+    reason: str = Field(default="", max_length=1000, description="why, for the record and the executor's log")
+
+
+class LinkedUpdateRequest(_Body):
+    """Retry failed or rollback: the new update's rollout plan (absent: one batch)."""
+
+    rollout: RolloutPlan | None = None
 
 
 class CreatedResponse(BaseModel):
@@ -93,6 +104,18 @@ class UpdateResponse(BaseModel):
     update_requested_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    relation: str | None = Field(default=None, description="retry_failed or rollback of parent_id")
+    rollout: dict[str, Any] | None = None
+    outcome: str | None = Field(default=None, description="the executor's: succeeded, failed, stopped, aborted")
+    not_run: list[str] = Field(default_factory=list, description="targets the executor never started")
+    last_batch: dict[str, Any] | None = Field(default=None, description="the latest batch finished")
+    last_event_at: datetime | None = None
+    stalled_for: datetime | None = Field(
+        default=None, description="set to last_event_at when that silence was reported as a stall"
+    )
+    missing_targets: list[str] = Field(
+        default_factory=list, description="expected IPs (ip/group) or CDN dirs with no result and not in not_run"
+    )
     results: list[TargetResultResponse]
 
 

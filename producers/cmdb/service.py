@@ -1,9 +1,20 @@
-"""What operators can do with hot updates: start, push, look. Each call is one transaction.
+"""What operators can do with hot updates: start, push, look, and control a running one.
 
-A call that publishes writes the state change and the event into the outbox together,
-so a refused request publishes nothing and an accepted one publishes exactly its event.
-Operator actions added later (abort, retry failed, rollback, confirm) follow the same
-shape: load with a lock, ``require`` the state, change it, ``enqueue`` the event.
+Each call is one transaction. A call that publishes writes the state change and the
+event into the outbox together, so a refused request publishes nothing and an accepted
+one publishes exactly its event. The operator actions of issue 9 have the same shape:
+load with a lock, ``require`` the state, change it, ``enqueue`` the event.
+
+- abort → *update abort requested*; confirm → *batch confirmed* for the batch after the
+  one that said ``await_confirm``.
+- retry failed and rollback make a *new* update linked to the original (``parent_id``,
+  ``relation``). The ops manager finds an update's files under a directory named by the
+  update's id (:mod:`domain.layout`), so the new update is pulled and pushed again like
+  any other; the CMDB pushes it itself once pulled (``auto_push``), with the files and
+  targets fixed here: a retry pushes the original's files (same names, same md5) to
+  exactly its failed or not-run servers (CDN dirs); a rollback pushes the files of the
+  latest earlier *completed* update of the same project, area and type with another
+  version, to the original's targets, with that update's Erlang commands.
 """
 
 from __future__ import annotations
@@ -18,16 +29,34 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bus.events import Event, FileEntry, PullRequested, PushRequested
+from bus.envelope import Envelope, derived_event_id
+from bus.events import (
+    BatchConfirmed,
+    Event,
+    FileEntry,
+    PullRequested,
+    PushRequested,
+    RolloutPlan,
+    UpdateAbortRequested,
+)
 from bus.registry import make_envelope
 from domain.config import HotupdateConfig
 from domain.types import UpdateType
 from producers.cmdb.areas import project_config, resolve_area
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.errors import BadState, InvalidChoice, NotFound
+from producers.cmdb.expected import failed_or_unrun, missing_targets
 from producers.cmdb.models import HotUpdate, TargetResult, as_utc, utcnow
 from producers.cmdb.outbox import enqueue
-from producers.cmdb.states import CAN_PUSH, State, require
+from producers.cmdb.states import (
+    CAN_ABORT,
+    CAN_CONFIRM,
+    CAN_PUSH,
+    CAN_RETRY_FAILED,
+    CAN_ROLL_BACK,
+    State,
+    require,
+)
 from producers.cmdb.targets import rsync_targets, update_targets
 
 SOURCE = "hotupdate/cmdb"
@@ -55,6 +84,7 @@ class PushUpdate:
     files: Sequence[str] | None = None
     servers: Sequence[str] | None = None
     cdn_dirs: Sequence[str] | None = None
+    rollout: RolloutPlan | None = None  # None: one batch
 
 
 @dataclass(frozen=True)
@@ -98,6 +128,14 @@ class UpdateView:
     update_requested_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    relation: str | None = None
+    rollout: dict[str, Any] | None = None
+    outcome: str | None = None
+    not_run: list[str] = field(default_factory=list)
+    last_batch: dict[str, Any] | None = None
+    last_event_at: datetime | None = None
+    stalled_for: datetime | None = None
+    missing_targets: list[str] = field(default_factory=list)  # expected, no result, not in not_run
     results: list[TargetView] = field(default_factory=list)
 
 
@@ -190,10 +228,169 @@ def push_update(
         row.ops_manager = ops_manager
         row.update_targets = targets
         row.narrowed = cmd.servers is not None or cmd.cdn_dirs is not None
+        row.rollout = cmd.rollout.model_dump(mode="json") if cmd.rollout else None
         row.push_event_id = envelope.id
         row.push_requested_at = utcnow()
         enqueue(session, envelope)
         return _view(session, row)
+
+
+def abort_update(database: CmdbDatabase, update_id: str, requested_by: str, reason: str = "") -> UpdateView:
+    """Ask the executor to start nothing more; queue *update abort requested*."""
+    with database.transaction() as session:
+        row = _load(session, update_id, lock=True)
+        require(update_id, row.state, CAN_ABORT, "abort")
+        event = _event(UpdateAbortRequested, requested_by=requested_by, reason=reason)
+        enqueue(session, _own_envelope(row, event))
+        row.state = State.ABORTING
+        row.reason = f"abort requested by {requested_by}" + (f": {reason}" if reason else "")
+        return _view(session, row)
+
+
+def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> UpdateView:
+    """The go-ahead for the batch after the failed one; queue *batch confirmed*."""
+    with database.transaction() as session:
+        row = _load(session, update_id, lock=True)
+        require(update_id, row.state, CAN_CONFIRM, "confirm")
+        last = row.last_batch or {}
+        if last.get("next") != "await_confirm":  # the state says it waits; the batch must say so too
+            raise BadState(f"cannot confirm update {update_id}: its latest finished batch does not await a go-ahead")
+        batch = int(last["batch"]) + 1
+        event = _event(BatchConfirmed, batch=batch, confirmed_by=confirmed_by)
+        enqueue(session, _own_envelope(row, event, event_id=derived_event_id(last["event_id"], event.type_name())))
+        row.state = State.RUNNING
+        row.reason = f"batch {batch} confirmed by {confirmed_by}"
+        row.last_event_at = utcnow()  # the executor's silence is measured from the go-ahead
+        return _view(session, row)
+
+
+def retry_failed(
+    database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
+    rollout: RolloutPlan | None = None,
+) -> UpdateView:
+    """A new update of the same version and files on exactly the failed or not-run servers (CDN dirs)."""
+    with database.transaction() as session:
+        parent = _load(session, update_id, lock=True)
+        require(update_id, parent.state, CAN_RETRY_FAILED, "retry-failed")
+        results = session.scalars(select(TargetResult).where(TargetResult.update_id == parent.id)).all()
+        targets = failed_or_unrun(parent, results)
+        if not any(targets.values()):
+            raise BadState(f"cannot retry-failed update {update_id}: no server or CDN dir failed or was left unrun")
+        files = [FileEntry.model_validate(f) for f in parent.chosen_files or []]
+        child = _start_linked(
+            session, config, parent, relation="retry_failed", version=parent.version, files=files,
+            erlang_cmd_list=list(parent.erlang_cmd_list or []), targets=targets, requested_by=requested_by,
+            rollout=rollout,
+        )
+        return _view(session, child)
+
+
+def roll_back(
+    database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
+    rollout: RolloutPlan | None = None,
+) -> UpdateView:
+    """A new update applying the previous completed version of the same project/area/type to the same targets."""
+    with database.transaction() as session:
+        parent = _load(session, update_id, lock=True)
+        require(update_id, parent.state, CAN_ROLL_BACK, "rollback")
+        previous = previous_completed(session, parent)
+        if previous is None:
+            raise BadState(
+                f"cannot rollback update {update_id}: no earlier {parent.update_type} update of "
+                f"{parent.project}/{parent.area_code} with another version than {parent.version} has completed"
+            )
+        files = [FileEntry.model_validate(f) for f in previous.chosen_files or []]
+        child = _start_linked(
+            session, config, parent, relation="rollback", version=previous.version, files=files,
+            erlang_cmd_list=list(previous.erlang_cmd_list or []), targets=dict(parent.update_targets or {}),
+            requested_by=requested_by, rollout=rollout,
+        )
+        return _view(session, child)
+
+
+def previous_completed(session: Session, row: HotUpdate) -> HotUpdate | None:
+    """The latest completed update before ``row``: same project, area code, type (client type); another version."""
+    query = (
+        select(HotUpdate)
+        .where(
+            HotUpdate.project == row.project,
+            HotUpdate.area_code == row.area_code,
+            HotUpdate.update_type == row.update_type,
+            HotUpdate.state == State.COMPLETED,
+            HotUpdate.version != row.version,
+            HotUpdate.created_at < row.created_at,
+            HotUpdate.id != row.id,
+        )
+        .order_by(HotUpdate.finished_at.desc(), HotUpdate.created_at.desc())
+    )
+    if row.update_type == "hot_client":
+        query = query.where(HotUpdate.client_type == row.client_type)
+    return session.scalars(query.limit(1)).first()
+
+
+def _start_linked(
+    session: Session,
+    config: HotupdateConfig,
+    parent: HotUpdate,
+    *,
+    relation: str,
+    version: str,
+    files: list[FileEntry],
+    erlang_cmd_list: list[str],
+    targets: dict[str, Any],
+    requested_by: str,
+    rollout: RolloutPlan | None,
+) -> HotUpdate:
+    """Record the linked update and queue its *pull requested*; the process manager pushes it once pulled."""
+    if not files:
+        raise BadState(f"update {parent.id} pushed no files to repeat")
+    proj = project_config(config, parent.project)
+    refs, ops_manager = rsync_targets(parent.project, proj, parent.area_name)
+    update_id = str(uuid.uuid4())
+    pull = _event(
+        PullRequested, update_type=parent.update_type, version=version, area_name=parent.area_name,
+        client_type=parent.client_type, requested_by=requested_by,
+    )
+    envelope = make_envelope(
+        pull, source=SOURCE, updateid=update_id, project=parent.project, area=parent.area_code, sequence=0
+    )
+    now = utcnow()
+    child = HotUpdate(
+        id=update_id,
+        parent_id=parent.id,
+        relation=relation,
+        project=parent.project,
+        area_name=parent.area_name,
+        area_code=parent.area_code,
+        update_type=parent.update_type,
+        client_type=parent.client_type,
+        version=version,
+        requested_by=requested_by,
+        state=State.PULL_REQUESTED,
+        erlang_cmd_list=erlang_cmd_list,
+        rsync_targets=[t.model_dump(mode="json") for t in refs],
+        ops_manager=ops_manager,
+        update_targets=targets,
+        narrowed=True,
+        rollout=rollout.model_dump(mode="json") if rollout else None,
+        auto_push={"files": [f.file_name for f in files], "md5": {f.file_name: f.file_md5 for f in files}},
+        last_sequence=0,
+        pull_event_id=envelope.id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(child)
+    session.flush()  # the parent link must exist before the outbox row refers to the update
+    enqueue(session, envelope)
+    return child
+
+
+def _own_envelope(row: HotUpdate, event: Event, *, event_id: str | None = None) -> Envelope:
+    """An event the CMDB adds to a requested update's chain (caused by its *update requested*)."""
+    return make_envelope(
+        event, source=SOURCE, updateid=row.id, project=row.project, area=row.area_code,
+        sequence=row.next_sequence(), causationid=row.update_event_id, event_id=event_id,
+    )
 
 
 def get_update(database: CmdbDatabase, update_id: str) -> UpdateView:
@@ -281,5 +478,14 @@ def _view(session: Session, row: HotUpdate) -> UpdateView:
         update_requested_at=as_utc(row.update_requested_at),
         started_at=as_utc(row.started_at),
         finished_at=as_utc(row.finished_at),
+        relation=row.relation,
+        rollout=row.rollout,
+        outcome=row.outcome,
+        not_run=list(row.not_run or []),
+        last_batch=row.last_batch,
+        last_event_at=as_utc(row.last_event_at),
+        stalled_for=as_utc(row.stalled_for),
+        missing_targets=missing_targets(row, {r.target for r in results})
+        if row.update_requested_at is not None else [],
         results=[TargetView(r.kind, r.target, r.ok, r.detail, as_utc(r.reported_at)) for r in results],
     )

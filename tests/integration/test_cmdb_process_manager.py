@@ -85,7 +85,7 @@ def _requested(database: CmdbDatabase, config: HotupdateConfig, **overrides: Any
 def test_the_process_manager_has_one_handler_per_event_it_reacts_to():
     assert sorted(e.event_name for e in HANDLERS) == sorted([
         "files.pulled", "pull.failed", "files.pushed", "push.failed",
-        "update.started", "ip.finished", "cdn_dir.finished", "update.completed",
+        "update.started", "ip.finished", "cdn_dir.finished", "batch.finished", "update.completed",
     ])
 
 
@@ -219,25 +219,55 @@ def test_failed_ip_and_failed_completion_mark_the_update_failed(database, config
     update_id, request = _requested(database, config)
     on_ip_finished(incoming(ip_finished(request, "127.0.0.12", ok=False)), database)
     assert row(database, update_id).state == State.RUNNING  # a result implies the update started
+    for offset, ip in enumerate(("127.0.0.11", "127.0.0.21", "127.0.0.31"), start=3):
+        on_ip_finished(incoming(ip_finished(request, ip, offset=offset)), database)
     on_update_completed(incoming(update_completed(request, ok=False)), database)
     saved = row(database, update_id)
     assert saved.state == State.FAILED
     assert saved.reason == "部分失败 (1 failed, 3 ok)"
-    [result] = service.get_update(database, update_id).results
+    result = next(r for r in service.get_update(database, update_id).results if r.target == "127.0.0.12")
     assert (result.kind, result.target, result.ok) == ("ip", "127.0.0.12", False)
     assert result.detail["update_data"]["qq_3"] == {"data": "更新失败,不执行erl命令", "status": False}
 
 
-def test_an_aborted_update_is_failed_and_names_what_did_not_run(database, config):
+def test_a_completion_before_some_results_says_what_is_missing_until_they_arrive(database, config):
+    update_id, request = _requested(database, config)
+    on_ip_finished(incoming(ip_finished(request, "127.0.0.12", ok=False)), database)
+    on_update_completed(incoming(update_completed(request, ok=False)), database)
+    view = service.get_update(database, update_id)
+    assert view.state == State.FINISHING
+    assert view.missing_targets == ["127.0.0.11", "127.0.0.21", "127.0.0.31"]
+    assert "no result yet from 3 target(s): 127.0.0.11, 127.0.0.21, 127.0.0.31" in (view.reason or "")
+    for offset, ip in enumerate(("127.0.0.11", "127.0.0.21"), start=3):
+        on_ip_finished(incoming(ip_finished(request, ip, offset=offset)), database)
+    assert service.get_update(database, update_id).missing_targets == ["127.0.0.31"]
+    on_ip_finished(incoming(ip_finished(request, "127.0.0.31", offset=5)), database)
+    view = service.get_update(database, update_id)
+    assert (view.state, view.missing_targets, view.reason) == (State.FAILED, [], "部分失败 (1 failed, 3 ok)")
+    assert view.finished_at is not None
+
+
+def test_an_aborted_update_is_aborted_and_names_what_did_not_run(database, config):
     update_id, request = _requested(database, config)
     on_ip_finished(incoming(ip_finished(request, "127.0.0.11")), database)
-    completed = update_completed(request, ok=False, outcome="aborted", not_run=["127.0.0.12", "127.0.0.21"])
+    completed = update_completed(request, ok=False, outcome="aborted",
+                                 not_run=["127.0.0.12", "127.0.0.21", "127.0.0.31"])
     on_update_completed(incoming(completed), database)
     saved = row(database, update_id)
-    assert saved.state == State.FAILED
+    assert saved.state == State.ABORTED
+    assert saved.outcome == "aborted"
     assert saved.reason is not None
     assert saved.reason.startswith("aborted: ")
-    assert saved.reason.endswith("not run: 127.0.0.12, 127.0.0.21")
+    assert saved.reason.endswith("not run: 127.0.0.12, 127.0.0.21, 127.0.0.31")
+
+
+def test_a_stopped_rollout_is_stopped(database, config):
+    update_id, request = _requested(database, config)
+    on_ip_finished(incoming(ip_finished(request, "127.0.0.11", ok=False)), database)
+    completed = update_completed(request, ok=False, outcome="stopped",
+                                 not_run=["127.0.0.12", "127.0.0.21", "127.0.0.31"])
+    on_update_completed(incoming(completed), database)
+    assert row(database, update_id).state == State.STOPPED
 
 
 def test_a_redelivered_ip_result_is_recorded_once(database, config):
@@ -254,8 +284,14 @@ def test_a_result_arriving_after_completion_is_still_recorded(database, config):
     on_cdn_dir_finished(incoming(cdn_dir_finished(request, "s1")), database)
     on_update_started(incoming(update_started(request)), database)  # late: changes nothing
     view = service.get_update(database, update_id)
+    assert view.state == State.FINISHING
+    assert view.missing_targets == ["res.ssss.chuangyunet.com/t1"]
+    on_cdn_dir_finished(incoming(cdn_dir_finished(request, "t1", offset=3)), database)
+    view = service.get_update(database, update_id)
     assert view.state == State.COMPLETED
-    assert [(r.kind, r.target) for r in view.results] == [("cdn_dir", "res.ssss.chuangyunet.com/s1")]
+    assert [(r.kind, r.target) for r in view.results] == [
+        ("cdn_dir", "res.ssss.chuangyunet.com/s1"), ("cdn_dir", "res.ssss.chuangyunet.com/t1")
+    ]
 
 
 def test_events_for_an_unknown_update_are_ignored(database, config):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from bus.events import CATALOGUE, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted
+from bus.events import CATALOGUE, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted, UpdateStalled
 from bus.registry import make_envelope
 from consumers.notifier.payload import notification_for
 from consumers.notifier.sending import backoff_seconds, classify
@@ -42,13 +42,30 @@ def test_a_successful_completion_notifies_completed_and_an_unsuccessful_one_fail
 @pytest.mark.parametrize(("outcome", "kind", "words"), [
     ("failed", "failed", "failed"), ("stopped", "failed", "stopped"), ("aborted", "aborted", "aborted"),
 ])
-def test_a_completion_that_says_how_it_ended_notifies_accordingly(outcome, kind, words):
-    # Issue 9's completion carries an outcome; read duck-typed so this holds whichever version is current.
-    event = SimpleNamespace(update_type="hot_server", version="9", final_result=False, final_data="see not_run",
+def test_a_completion_notifies_by_its_typed_outcome(outcome, kind, words):
+    event = UpdateCompleted(update_type="hot_server", version="9", final_result=False, final_data="see not_run",
                             ok_count=1, failed_count=0, outcome=outcome, not_run=["10.1.1.2", "10.1.1.3"])
     trigger = TRIGGERS[UpdateCompleted]
     assert trigger.classify(event) == kind
     assert trigger.summary(event) == f"hot_server 9 {words} (1 ok, 0 failed), 2 not run: see not_run"
+
+
+def test_a_succeeded_outcome_notifies_completed():
+    event = UpdateCompleted(update_type="hot_client", version="9", final_result=True, final_data="ok",
+                            outcome="succeeded", ok_count=2)
+    assert TRIGGERS[UpdateCompleted].classify(event) == "completed"
+    assert TRIGGERS[UpdateCompleted].summary(event) == "hot_client 9 completed (2 ok, 0 failed): ok"
+
+
+def test_a_stalled_update_notifies_stalled_naming_the_silent_targets():
+    event = UpdateStalled(silent_targets=["10.0.0.5", "10.0.0.7/cross"], stalled_after_seconds=300,
+                          last_event_at=datetime(2026, 11, 24, 10, 0, tzinfo=UTC))
+    trigger = TRIGGERS[UpdateStalled]
+    assert trigger.kinds == {"stalled"}
+    assert trigger.classify(event) == "stalled"
+    assert trigger.summary(event) == (
+        "stalled: no event for 300s (last at 2026-11-24T10:00:00+00:00); 2 silent: 10.0.0.5, 10.0.0.7/cross"
+    )
 
 
 def test_failed_pulls_and_pushes_notify_failed_with_the_reason():
@@ -123,8 +140,9 @@ def test_the_queue_binds_only_projects_with_webhooks_and_only_the_events_they_wa
         "csxy": [{"url": "https://c.example.com/h", "secret": "0123456789abcdef", "events": ["stalled"]}],
     })
     assert set(notifier_bindings(config)) == {
-        "ssss.*.update.completed.*", "ssss.*.pull.failed.*", "ssss.*.push.failed.*",
+        "ssss.*.update.completed.*", "ssss.*.pull.failed.*", "ssss.*.push.failed.*", "ssss.*.update.stalled.*",
         "snqxz.*.update.completed.*",
+        "csxy.*.update.stalled.*",
     }
 
 
