@@ -193,6 +193,7 @@ class _ServerTargets:
         updater, job = self._updater, self._job
         batch = self._batches[number - 1]
         done = await self._store.aserver_results(self._uid)
+        started = await self._store.astarted_servers(self._uid) - done.keys()
         stop = halt if may_start else _halted()
         results: dict[ServerKey, ServerOutcome] = {}
         not_started: set[str] = set()
@@ -200,8 +201,12 @@ class _ServerTargets:
         async def record(key: ServerKey, outcome: ServerOutcome) -> None:
             await self._store.arecord_server(self._uid, key, outcome)
 
+        async def mark_started(key: ServerKey) -> None:
+            await self._store.astart_server(self._uid, key)
+
         async def one_ip(unit: IpUnit) -> None:
-            by_server = await updater.run_ip(job, unit, done, record, stop)
+            by_server = await updater.run_ip(job, unit, done, record, stop, started=started,
+                                             mark_started=mark_started)
             if by_server is None:
                 not_started.add(unit.key)
                 return

@@ -19,6 +19,7 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,8 @@ class ServerJob:
 
 
 Record = Callable[[ServerKey, ServerOutcome], Awaitable[None]]
+MarkStarted = Callable[[ServerKey], Awaitable[None]]
+INTERRUPTED_UNKNOWN = "执行中断, 结果未知, 未重新执行"  # cut off mid-way by a crash: never re-run by itself
 
 
 class ServerUpdater:
@@ -123,10 +126,14 @@ class ServerUpdater:
         self._ip_timeout = ip_timeout
 
     async def run_ip(self, job: ServerJob, unit: IpUnit, done: Mapping[ServerKey, ServerOutcome],
-                     record: Record, halt: asyncio.Event | None = None) -> dict[str, ServerOutcome] | None:
+                     record: Record, halt: asyncio.Event | None = None, *,
+                     started: AbstractSet[ServerKey] = frozenset(),
+                     mark_started: MarkStarted | None = None) -> dict[str, ServerOutcome] | None:
         """Every server of ``unit`` not in ``done``, in order, within the per-IP deadline.
 
-        None if ``halt`` was set before the IP started (nothing recorded, nothing run).
+        None if ``halt`` was set before the IP started (nothing recorded, nothing run). A server
+        in ``started`` (work began in an earlier process that died before recording a result)
+        is reported as interrupted, not run again: its files or commands may already have run.
         """
         results: dict[str, ServerOutcome] = {
             s: done[(unit.group, unit.ip, s)] for s in unit.servers if (unit.group, unit.ip, s) in done
@@ -155,6 +162,14 @@ class ServerUpdater:
                              job.update_id, unit.ip)
                     await self._fill(unit, results, ABORTED_NOT_STARTED, record, erl=ABORTED_SKIPPED_ERL)
                     return results
+                key = (unit.group, unit.ip, server)
+                if key in started:
+                    unknown = ServerResult(data=INTERRUPTED_UNKNOWN, status=False)
+                    await record(key, ServerOutcome(unknown, unknown))
+                    results[server] = ServerOutcome(unknown, unknown)
+                    continue
+                if mark_started is not None:
+                    await mark_started(key)
                 try:
                     async with asyncio.timeout_at(deadline):
                         outcome = await self.run_server(job, unit.group, unit.ip, server, applied)

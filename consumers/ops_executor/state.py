@@ -112,6 +112,21 @@ class ExecutorServerResult(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ExecutorServerStart(Base):
+    """A server something was started on. With no result beside it, its process was cut off mid-way:
+    what ran is unknown, so it is reported as interrupted and never run a second time by itself."""
+
+    __tablename__ = "executor_server_starts"
+
+    update_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("executor_updates.update_id", ondelete="CASCADE"), primary_key=True
+    )
+    group: Mapped[str] = mapped_column(String(16), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(64), primary_key=True)
+    server: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class ExecutorCdnResult(Base):
     __tablename__ = "executor_cdn_results"
 
@@ -202,6 +217,7 @@ class StateStore:
             upgrade(url, "ops_executor")
         self._engine = make_engine(url)
         self._server_writer: _GroupCommit | None = None
+        self._start_writer: _GroupCommit | None = None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -367,12 +383,27 @@ class StateStore:
 
     def record_servers(self, rows: list[dict[str, object]]) -> None:
         """Record many servers' results in one transaction; a row already recorded is kept (first wins)."""
+        self._insert_new(ExecutorServerResult, rows)
+
+    def record_starts(self, rows: list[dict[str, object]]) -> None:
+        """Note that work is starting on these servers (before any file or command reaches them)."""
+        self._insert_new(ExecutorServerStart, rows)
+
+    def started_servers(self, update_id: str) -> set[ServerKey]:
+        with Session(self._engine) as session:
+            rows = session.execute(
+                select(ExecutorServerStart.group, ExecutorServerStart.ip, ExecutorServerStart.server)
+                .where(ExecutorServerStart.update_id == update_id)
+            ).all()
+            return {(r[0], r[1], r[2]) for r in rows}
+
+    def _insert_new(self, model: type[Base], rows: list[dict[str, object]]) -> None:
         dialect = self._engine.dialect.name
         statement: Executable
         if dialect == "postgresql":
-            statement = postgresql_insert(ExecutorServerResult).on_conflict_do_nothing()
+            statement = postgresql_insert(model).on_conflict_do_nothing()
         elif dialect == "sqlite":
-            statement = sqlite_insert(ExecutorServerResult).on_conflict_do_nothing()
+            statement = sqlite_insert(model).on_conflict_do_nothing()
         else:
             raise NotImplementedError(f"executor state on {dialect}: use SQLite or PostgreSQL")
         with self._engine.begin() as connection:
@@ -465,6 +496,19 @@ class StateStore:
             "update_status": outcome.update.status, "update_data": outcome.update.data,
             "erl_status": outcome.erl.status, "erl_data": outcome.erl.data, "recorded_at": _now(),
         })
+
+    async def astart_server(self, update_id: str, key: ServerKey) -> None:
+        """Record that ``key`` is starting, returning once committed (grouped like results)."""
+        loop = asyncio.get_running_loop()
+        if self._start_writer is None or self._start_writer.loop is not loop:
+            self._start_writer = _GroupCommit(loop, self.record_starts)
+        group, ip, server = key
+        await self._start_writer.submit(
+            {"update_id": update_id, "group": group, "ip": ip, "server": server, "started_at": _now()}
+        )
+
+    async def astarted_servers(self, update_id: str) -> set[ServerKey]:
+        return await asyncio.to_thread(self.started_servers, update_id)
 
     async def aserver_results(self, update_id: str) -> dict[ServerKey, ServerOutcome]:
         return await asyncio.to_thread(self.server_results, update_id)
