@@ -1,11 +1,20 @@
-"""Taking events into the projection: one database transaction per batch, a savepoint per event.
+"""Taking events into the projection: one database transaction per batch.
 
 For each event of a batch, in one transaction: (1) append it to the log unless its id is
 there already; (2) fold it into the status view and record it as applied, unless it was
-applied already. Each step has its own savepoint, so one event whose reducer fails is left
-logged-but-unapplied (its message is retried, and the retry applies it) without undoing
-the rest of the batch. A redelivered event finds both its log row and its applied row and
-changes nothing. If the transaction itself fails, nothing of the batch is kept.
+applied already. One event whose reducer fails is left logged-but-unapplied (its message is
+retried, and the retry applies it) without undoing the rest of the batch. A redelivered
+event finds both its log row and its applied row and changes nothing. If the transaction
+itself fails, nothing of the batch is kept.
+
+A batch is first tried the fast way (:func:`_ingest_fast`): which ids are logged and applied
+is read with one query each, the log rows (hash chain computed in Python) and applied rows
+are written with one multi-row INSERT each, the view's rows are read a scope at a time
+(:class:`projections.view.RowCache`), and each touched update's counts and stage are derived
+once at the end. If anything in it raises (a reducer, a database error), that transaction is
+rolled back and the batch is done again the careful way (:func:`_ingest_careful`): a savepoint
+per step of each event, so exactly the failing events are left out, as before. Both give the
+same log and the same view (a function of which events are applied, not of how).
 """
 
 from __future__ import annotations
@@ -18,14 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
 from bus.events import Event
 from projections import log as event_log
 from projections import view
-from projections.models import AppliedEvent, RejectedEvent
+from projections.models import AppliedEvent, LoggedEvent, RejectedEvent
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +75,94 @@ def ingest_batch(
 
     Raises only if the transaction as a whole failed (then nothing was kept).
     """
+    if not items:
+        return []
+    try:
+        return _ingest_fast(engine, items, clock)
+    except Exception as exc:  # redo it event by event, so only what fails is left out
+        logger.info("projection: batch of %d goes event by event: %r", len(items), exc)
+    return _ingest_careful(engine, items, clock)
+
+
+_IN_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-parameter limit
+
+
+def _chunks(values: list[str]) -> list[list[str]]:
+    return [values[i:i + _IN_CHUNK] for i in range(0, len(values), _IN_CHUNK)]
+
+
+def _ingest_fast(
+    engine: Engine, items: Sequence[tuple[Envelope, Event]], clock: Callable[[], datetime]
+) -> list[Outcome]:
+    """The whole batch in one go; raises (having kept nothing) if any event's step fails."""
+    with Session(engine) as session, session.begin():
+        session.info[view.ROW_CACHE] = view.RowCache()
+        head = event_log.lock_head(session)
+        received_at = clock().astimezone(UTC)
+        ids = list(dict.fromkeys(envelope.id for envelope, _ in items))
+        logged: dict[str, tuple[int, str]] = {}
+        applied: set[str] = set()
+        for chunk in _chunks(ids):
+            logged.update(
+                (r.event_id, (r.position, r.envelope)) for r in session.execute(
+                    select(LoggedEvent.event_id, LoggedEvent.position, LoggedEvent.envelope)
+                    .where(LoggedEvent.event_id.in_(chunk)))
+            )
+            applied.update(session.scalars(select(AppliedEvent.event_id).where(AppliedEvent.event_id.in_(chunk))))
+        view.prefetch_updates(session, (envelope.updateid for envelope, _ in items))
+        view.prefetch_servers(session, (event for _, event in items), (envelope for envelope, _ in items))
+        log_rows: list[dict[str, Any]] = []
+        applied_rows: list[dict[str, Any]] = []
+        touched: dict[str, None] = {}
+        outcomes: list[Outcome] = []
+        for envelope, event in items:
+            prior = logged.get(envelope.id)
+            appended = prior is None
+            if prior is None:
+                if envelope.sequence > _MAX_SEQUENCE:
+                    error: Exception = ValueError(
+                        f"sequence {envelope.sequence} is out of range (max {_MAX_SEQUENCE})")
+                    logger.warning("projection: could not log %s %s: %s", envelope.type, envelope.id, error)
+                    outcomes.append(Outcome(envelope.id, "failed", None, error))
+                    continue
+                row = event_log.log_row(head, envelope, received_at)
+                head.position, head.hash = row["position"], row["hash"]
+                log_rows.append(row)
+                position = row["position"]
+                logged[envelope.id] = (position, row["envelope"])
+            else:
+                position, text = prior
+                if not _same_fact(text, envelope):
+                    error = ConflictingDuplicate(
+                        f"event id {envelope.id} is already logged at position {position} with different content")
+                    logger.warning("projection: could not log %s %s: %s", envelope.type, envelope.id, error)
+                    outcomes.append(Outcome(envelope.id, "failed", None, error))
+                    continue
+            if envelope.id in applied:
+                outcomes.append(Outcome(envelope.id, "appended" if appended else "duplicate", position))
+                continue
+            view.apply(session, envelope, event, derive=False)
+            applied.add(envelope.id)
+            applied_rows.append({"event_id": envelope.id, "position": position, "updateid": envelope.updateid})
+            touched[envelope.updateid] = None
+            outcomes.append(Outcome(envelope.id, "appended" if appended else "applied_late", position))
+        # Core executemany: the ORM's bulk path would build an object's worth of state per row
+        connection = session.connection()
+        if log_rows:
+            connection.execute(insert(LoggedEvent), log_rows)
+        if applied_rows:
+            connection.execute(insert(AppliedEvent), applied_rows)
+        view.refresh_all(session, touched)
+        if any(o.changed for o in outcomes):
+            head.version += 1
+        event_log.store_head(session, head)
+    return outcomes
+
+
+def _ingest_careful(
+    engine: Engine, items: Sequence[tuple[Envelope, Event]], clock: Callable[[], datetime]
+) -> list[Outcome]:
+    """Event by event, a savepoint per step: a failing event is left out, the rest kept."""
     with Session(engine) as session, session.begin():
         head = event_log.lock_head(session)
         received_at = clock()

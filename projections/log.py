@@ -18,6 +18,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -72,28 +73,33 @@ def find(session: Session, event_id: str) -> LoggedEvent | None:
     return session.execute(select(LoggedEvent).where(LoggedEvent.event_id == event_id)).scalar_one_or_none()
 
 
+def log_row(head: Head, envelope: Envelope, received_at: datetime) -> dict[str, Any]:
+    """The column values of ``envelope``'s log row after ``head`` (for a multi-row INSERT)."""
+    canonical = envelope.to_bytes()
+    return {
+        "position": head.position + 1,
+        "event_id": envelope.id,
+        "type": envelope.type,
+        "updateid": envelope.updateid,
+        "project": envelope.project,
+        "area": envelope.area,
+        "source": envelope.source.replace("\x00", "\ufffd"),  # PostgreSQL text cannot hold NUL
+        "sequence": envelope.sequence,
+        "event_time": envelope.time.astimezone(UTC),  # SQLite keeps wall-clock text: store UTC only
+        "received_at": received_at.astimezone(UTC),
+        "envelope": canonical.decode("utf-8"),
+        "prev_hash": head.hash,
+        "hash": chain_hash(head.hash, canonical),
+    }
+
+
 def append(session: Session, head: Head, envelope: Envelope, received_at: datetime) -> LoggedEvent:
     """Add ``envelope`` after ``head`` (the caller checked it is not logged yet).
 
     ``head`` is not changed: the caller advances it (:meth:`Head.advance`) once the
     savepoint holding this row is released, so a rolled-back row leaves no gap.
     """
-    canonical = envelope.to_bytes()
-    row = LoggedEvent(
-        position=head.position + 1,
-        event_id=envelope.id,
-        type=envelope.type,
-        updateid=envelope.updateid,
-        project=envelope.project,
-        area=envelope.area,
-        source=envelope.source.replace("\x00", "\ufffd"),  # PostgreSQL text cannot hold NUL
-        sequence=envelope.sequence,
-        event_time=envelope.time.astimezone(UTC),  # SQLite keeps wall-clock text: store UTC only
-        received_at=received_at.astimezone(UTC),
-        envelope=canonical.decode("utf-8"),
-        prev_hash=head.hash,
-        hash=chain_hash(head.hash, canonical),
-    )
+    row = LoggedEvent(**log_row(head, envelope, received_at))
     session.add(row)
     session.flush()
     return row

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from projections.log import HEAD_ID
@@ -143,7 +143,7 @@ def _timeline(u: UpdateRow) -> list[StageStep]:
     return steps
 
 
-def _server_rank(row: ServerRow, not_run_ips: set[str]) -> int:
+def _server_rank(row: Any, not_run_ips: set[str]) -> int:
     """Failed first, then silent, then never started, then ok: what an operator has to look at comes first."""
     if row.reported and row.ok is False:
         return 0
@@ -152,15 +152,52 @@ def _server_rank(row: ServerRow, not_run_ips: set[str]) -> int:
     return 3
 
 
-def update_detail(session: Session, updateid: str, *, events_limit: int = 1000) -> UpdateDetail | None:
+def _server_page(session: Session, updateid: str, not_run_ips: set[str], offset: int, limit: int | None
+                 ) -> tuple[list[ServerRow], int]:
+    """One page of an update's servers in the detail's order (failed first), and how many there are.
+
+    The database sorts and pages (an update of 10,000 servers would otherwise build 10,000 rows
+    per request), by the same rank as :func:`_server_rank`, then IP and name in code-point order
+    (PostgreSQL's "C" collation; SQLite's default compares that way already).
+    """
+    total = int(session.execute(
+        select(func.count()).select_from(ServerRow).where(ServerRow.updateid == updateid)).scalar_one())
+    if limit is None:
+        servers = session.scalars(select(ServerRow).where(ServerRow.updateid == updateid)).all()
+        return sorted(servers, key=lambda r: (_server_rank(r, not_run_ips), r.ip, r.server))[offset:], total
+    ip_not_run = (
+        select(IpRow.ip)
+        .where(IpRow.updateid == updateid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
+        .exists()
+    )
+    rank = case(
+        (and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False)), 0),
+        (and_(ServerRow.reported.is_(False), ip_not_run), 2),
+        (ServerRow.reported.is_(False), 1),
+        else_=3,
+    )
+    bind = session.get_bind()
+    ip_col, server_col = ServerRow.ip, ServerRow.server
+    if bind.dialect.name == "postgresql":
+        ip_col, server_col = ServerRow.ip.collate("C"), ServerRow.server.collate("C")  # type: ignore[assignment]
+    servers = session.scalars(
+        select(ServerRow).where(ServerRow.updateid == updateid)
+        .order_by(rank, ip_col, server_col).offset(offset).limit(limit)
+    ).all()
+    return list(servers), total
+
+
+def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
+                  servers_limit: int | None = None) -> UpdateDetail | None:
+    """One update's detail; ``servers_limit`` servers from ``servers_offset`` in the failed-first order
+    (all of them when None)."""
     u = session.get(UpdateRow, updateid)
     if u is None:
         return None
     ips = session.scalars(select(IpRow).where(IpRow.updateid == updateid)).all()
     ips = sorted(ips, key=lambda r: (0 if r.ok is False else 3 if r.reported else 2 if r.not_run else 1, r.ip))
     not_run_ips = {r.ip for r in ips if r.not_run}
-    servers = session.scalars(select(ServerRow).where(ServerRow.updateid == updateid)).all()
-    servers = sorted(servers, key=lambda r: (_server_rank(r, not_run_ips), r.ip, r.server))
+    servers, servers_total = _server_page(session, updateid, not_run_ips, servers_offset, servers_limit)
     cdn = session.scalars(
         select(CdnDirRow).where(CdnDirRow.updateid == updateid).order_by(CdnDirRow.cdn_root_url, CdnDirRow.cdn_dir)
     ).all()
@@ -240,6 +277,8 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000) 
                          erl_text=r.erl_text, finished_at=_utc(r.finished_at))
             for r in servers
         ],
+        servers_total=servers_total,
+        servers_offset=servers_offset,
         cdn_dir_list=[
             CdnDirStatus(cdn_root_url=r.cdn_root_url, cdn_dir=r.cdn_dir, expected=r.expected, not_run=r.not_run,
                          status=r.status,

@@ -193,19 +193,74 @@ def _utc(value: Any) -> Any:
 
 
 def _replay_batch(target: Engine, rows: list[dict[str, Any]], result: ReplayResult) -> tuple[int, str] | None:
-    """Copy and apply ``rows`` in one transaction; returns (position, reason) of a row that broke the chain."""
+    """Copy and apply ``rows`` in one transaction; returns (position, reason) of a row that broke the chain.
+
+    Tried in one go first (view rows cached, one multi-row INSERT for the applied rows); if a
+    reducer raises, that transaction is rolled back and the batch is done event by event,
+    a savepoint each, so exactly the events the live projection could not apply are left out.
+    """
+    try:
+        return _replay_batch_fast(target, rows, result)
+    except Exception as exc:
+        log.debug("replay: batch at %d goes event by event: %r", rows[0]["position"], exc)
+    return _replay_batch_careful(target, rows, result)
+
+
+def _replay_batch_fast(target: Engine, rows: list[dict[str, Any]], result: ReplayResult) -> tuple[int, str] | None:
     broken: tuple[int, str] | None = None
+    unapplied: list[Unapplied] = []
+    with Session(target) as session, session.begin():
+        session.info[view.ROW_CACHE] = view.RowCache()
+        head = event_log.lock_head(session)
+        good, position, prev_hash, broken = _chained(rows, head)
+        decoded: list[tuple[dict[str, Any], Envelope, Any]] = []
+        for row in good:
+            try:
+                envelope = Envelope.from_bytes(row["envelope"].encode("utf-8"))
+                decoded.append((row, envelope, DEFAULT_REGISTRY.decode(envelope)))
+            except ValueError as exc:  # as in _apply: the catalogue changed since
+                unapplied.append(Unapplied(row["position"], row["event_id"], row["type"], f"cannot be decoded: {exc}"))
+        connection = session.connection()
+        if good:
+            connection.execute(insert(LoggedEvent), good)
+        view.prefetch_updates(session, (envelope.updateid for _, envelope, _ in decoded))
+        view.prefetch_servers(session, (event for _, _, event in decoded), (envelope for _, envelope, _ in decoded))
+        applied_rows = []
+        for row, envelope, event in decoded:
+            view.apply(session, envelope, event, derive=False)  # raises: the careful path takes over
+            applied_rows.append({"event_id": envelope.id, "position": row["position"], "updateid": envelope.updateid})
+        if applied_rows:
+            connection.execute(insert(AppliedEvent), applied_rows)
+        view.refresh_all(session, (r["updateid"] for r in applied_rows))
+        head.position, head.hash = position, prev_hash
+        head.version += 1
+        event_log.store_head(session, head)
+    result.unapplied.extend(sorted(unapplied, key=lambda u: u.position))
+    result.applied += len(applied_rows)
+    result.events += len(good)
+    result.last_position, result.last_hash = position, prev_hash
+    return broken
+
+
+def _chained(rows: list[dict[str, Any]], head: event_log.Head
+             ) -> tuple[list[dict[str, Any]], int, str, tuple[int, str] | None]:
+    """The rows that chain on from ``head`` (up to the first that does not), the new end, and what broke."""
+    good: list[dict[str, Any]] = []
+    position, prev_hash = head.position, head.hash
+    for row in rows:
+        problem = event_log.row_problem(_chain_row(row), position + 1, prev_hash)
+        if problem:
+            return good, position, prev_hash, (row["position"], problem)
+        good.append(row)
+        position, prev_hash = row["position"], row["hash"]
+    return good, position, prev_hash, None
+
+
+def _replay_batch_careful(target: Engine, rows: list[dict[str, Any]], result: ReplayResult
+                          ) -> tuple[int, str] | None:
     with Session(target) as session, session.begin():
         head = event_log.lock_head(session)
-        good: list[dict[str, Any]] = []
-        position, prev_hash = head.position, head.hash
-        for row in rows:
-            problem = event_log.row_problem(_chain_row(row), position + 1, prev_hash)
-            if problem:
-                broken = (row["position"], problem)
-                break
-            good.append(row)
-            position, prev_hash = row["position"], row["hash"]
+        good, position, prev_hash, broken = _chained(rows, head)
         if good:
             # All of the batch's log rows first: a failing reducer's savepoint must not take one along.
             session.execute(insert(LoggedEvent), good)

@@ -235,7 +235,9 @@ class UpdateDetail(UpdateSummary):
     last_progress_at: datetime | None
     timeline: list[StageStep]
     ip_list: list[IpStatus]
-    server_list: list[ServerStatus] = Field(description="failed first, then silent, then ok")
+    server_list: list[ServerStatus] = Field(description="failed first, then silent, then ok (one page of them)")
+    servers_total: int = Field(0, description="the update's servers in all (server_list may hold a page of them)")
+    servers_offset: int = Field(0, description="where server_list starts in the failed-first order")
     cdn_dir_list: list[CdnDirStatus]
     rsync_target_list: list[RsyncTargetStatus]
     file_list: list[FileStatus]

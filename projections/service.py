@@ -150,11 +150,17 @@ def build_service(
     provenance: Provenance | None = None,
     migrate: bool = True,
     service: str = SERVICE,
+    max_batch: int | None = None,
 ) -> tuple[ConsumerService, Projection]:
-    """The projection consumer on its own quorum queue bound to every routing key."""
+    """The projection consumer on its own quorum queue bound to every routing key.
+
+    A batch holds at most ``max_batch`` events (default: half the prefetch), so while one
+    batch is being committed the broker has already delivered the next one's messages.
+    """
     if migrate:
         upgrade(database_url, "projection")
-    projection = Projection(make_engine(database_url), max_batch=prefetch)
+    batch = max_batch if max_batch is not None else max(1, prefetch // 2)
+    projection = Projection(make_engine(database_url), max_batch=batch)
     consumer = ConsumerService(
         amqp_url=amqp_url,
         topology=topology,

@@ -16,14 +16,16 @@ and a replay of the log in any order rebuilds the same view. Duplicates never ge
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import ColumnElement, String, and_, bindparam, case, func, insert, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
@@ -63,6 +65,7 @@ from projections.models import (
 )
 
 Reducer = Callable[[Session, UpdateRow, Envelope, Any], None]
+R = TypeVar("R")
 
 
 class ViewLimitError(ValueError):
@@ -179,51 +182,258 @@ def _identity(update: UpdateRow, envelope: Envelope, update_type: str | None, ve
 # --- target rows --------------------------------------------------------------------
 
 
+ROW_CACHE = "projections.view.rows"
+"""``session.info`` key of the transaction's :class:`RowCache`, when the caller installed one."""
+
+
+class RowCache:
+    """The view rows a transaction has read or added, so a batch reads each row at most once.
+
+    Without it every target row is a ``session.get``, and a miss is a SELECT that first
+    flushes the session (autoflush): per server of an update request, per server of an
+    *IP finished*. With it, rows are loaded a *scope* at a time (all of an update's rows of
+    a table, or of one IP's servers) with autoflush off, and rows added since are found
+    here; a key absent from a loaded scope is known to be absent. An update that is not in
+    the database has no target rows either (reducers create both in one step), so a new
+    update's scopes are all known to be empty.
+
+    Install it only where the whole transaction is either kept or rolled back as one
+    (a savepoint rolled back under it would leave rows here that are gone from the session).
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[type[Any], dict[tuple[Any, ...], Any]] = {}
+        self.scopes: set[tuple[type[Any], tuple[str, ...]]] = set()
+        self.servers_by_ip: dict[tuple[str, str], dict[str, ServerRow]] = {}
+        self.new: dict[type[Any], list[NewRow]] = {}
+        self.loaded_rows: dict[type[Any], list[LoadedRow]] = {}
+
+    def remember_loaded(self, model: type[Any], values: dict[str, Any]) -> None:
+        """Keep a row read from the database (unless the batch holds that row already)."""
+        key = tuple(values[c.name] for c in model.__table__.primary_key.columns)
+        if key in self.rows.get(model, {}):
+            return
+        row = LoadedRow(values)
+        self.loaded_rows.setdefault(model, []).append(row)
+        self.remember(model, key, row)
+
+    def remember(self, model: type[Any], key: tuple[Any, ...], row: Any) -> Any:
+        row = self.rows.setdefault(model, {}).setdefault(key, row)
+        if model is ServerRow:
+            self.servers_by_ip.setdefault((key[0], key[1]), {}).setdefault(key[2], row)
+        return row
+
+    def loaded(self, model: type[Any], scope: tuple[str, ...]) -> bool:
+        return (model, scope[:1]) in self.scopes or (model, scope) in self.scopes
+
+
+_TARGET_MODELS: tuple[type[Any], ...] = (IpRow, ServerRow, CdnDirRow, RsyncTargetRow, FileRow, BatchRow)
+
+
+class NewRow:
+    """A target row first created in this batch, as a plain object with the table's columns as attributes.
+
+    The reducers only read and set attributes, so they cannot tell it from a mapped row; it skips
+    the ORM's per-object bookkeeping, which for the rows an update request creates (one per game
+    server) cost more than everything else. :func:`write_new_rows` inserts them, one multi-row
+    INSERT per table.
+    """
+
+    def __init__(self, defaults: dict[str, Any], values: dict[str, Any]) -> None:
+        self.__dict__.update(defaults)
+        self.__dict__.update(values)
+
+
+_DEFAULTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _column_defaults(model: type[Any]) -> dict[str, Any]:
+    """Each column's scalar default (None where it has none), by column name; computed once per model."""
+    if model in _DEFAULTS:
+        return _DEFAULTS[model]
+    out = {}
+    for column in model.__table__.columns:
+        default = column.default
+        out[column.key] = default.arg if default is not None and getattr(default, "is_scalar", False) else None
+    _DEFAULTS[model] = out
+    return out
+
+
+class LoadedRow(NewRow):
+    """A target row read from the database in this batch (plain, like :class:`NewRow`), and its values as read."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        super().__init__({}, values)
+        self.__dict__["_as_read"] = dict(values)
+
+
+_UPDATES: dict[type[Any], Any] = {}
+
+
+def _update_statement(model: type[Any]) -> Any:
+    """UPDATE of every non-key column by primary key, for executemany (bind names prefixed: SQLAlchemy
+    reserves the column names for its own parameters)."""
+    if model not in _UPDATES:
+        table = model.__table__
+        keys = {c.name for c in table.primary_key.columns}
+        _UPDATES[model] = (
+            sql_update(table)
+            .where(*(table.c[k] == bindparam(f"k_{k}") for k in sorted(keys)))
+            .values({c.name: bindparam(f"v_{c.name}") for c in table.columns if c.name not in keys})
+        )
+    return _UPDATES[model]
+
+
+def write_new_rows(session: Session) -> None:
+    """Flush the session, then write the batch's plain rows: INSERT the :class:`NewRow` ones, UPDATE
+    the :class:`LoadedRow` ones that changed (needed before counting them in SQL)."""
+    session.flush()
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is None:
+        return
+    connection = session.connection()
+    for model, rows in cache.new.items():
+        names = list(_column_defaults(model))
+        if rows:
+            connection.execute(insert(model), [{n: row.__dict__[n] for n in names} for row in rows])
+    cache.new = {}
+    for model, loaded in cache.loaded_rows.items():
+        table = model.__table__
+        keys = {c.name for c in table.primary_key.columns}
+        params = []
+        for row in loaded:
+            now = {c.name: row.__dict__[c.name] for c in table.columns}
+            if now != row.__dict__["_as_read"]:
+                params.append({(f"k_{n}" if n in keys else f"v_{n}"): v for n, v in now.items()})
+                row.__dict__["_as_read"] = now
+        if params:
+            connection.execute(_update_statement(model), params)
+
+
+def _load_scope(session: Session, cache: RowCache, model: type[Any], scope: tuple[str, ...]) -> None:
+    table = model.__table__
+    columns = (table.c.updateid, table.c.ip) if len(scope) == 2 else (table.c.updateid,)
+    # Core, not the ORM: the rows become plain LoadedRows (no autoflush: the batch's rows are in the cache)
+    query = select(table).where(*(c == v for c, v in zip(columns, scope, strict=True)))
+    for values in session.connection().execute(query).mappings():
+        cache.remember_loaded(model, dict(values))
+    cache.scopes.add((model, scope))
+
+
+def prefetch_updates(session: Session, updateids: Iterable[str]) -> None:
+    """Read the update rows of a batch in one query (a no-op without a :class:`RowCache`)."""
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    wanted = [u for u in dict.fromkeys(updateids) if not cache or not cache.loaded(UpdateRow, (u,))]
+    if cache is None or not wanted:
+        return
+    with session.no_autoflush:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            for row in session.scalars(select(UpdateRow).where(UpdateRow.updateid.in_(chunk))):
+                cache.remember(UpdateRow, (row.updateid,), row)
+            for updateid in chunk:
+                cache.scopes.add((UpdateRow, (updateid,)))
+                if (updateid,) not in cache.rows.get(UpdateRow, {}):  # a new update has no target rows yet
+                    cache.scopes.update((model, (updateid,)) for model in _TARGET_MODELS)
+
+
+def prefetch_servers(session: Session, events: Iterable[Event], envelopes: Iterable[Envelope]) -> None:
+    """Read the server rows the batch's *IP finished* events will touch, one query per update
+    (a no-op without a :class:`RowCache`)."""
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is None:
+        return
+    wanted: dict[str, dict[str, None]] = {}
+    for event, envelope in zip(events, envelopes, strict=True):
+        if (isinstance(event, IpFinished) and len(event.ip) <= 128
+                and not cache.loaded(ServerRow, (envelope.updateid, event.ip))):
+            wanted.setdefault(envelope.updateid, {})[event.ip] = None
+    table = ServerRow.__table__
+    connection = session.connection()
+    for updateid, ips in wanted.items():
+        names = list(ips)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            query = select(table).where(table.c.updateid == updateid, table.c.ip.in_(chunk))
+            for values in connection.execute(query).mappings():
+                cache.remember_loaded(ServerRow, dict(values))
+            cache.scopes.update((ServerRow, (updateid, ip)) for ip in chunk)
+
+
+def _get(session: Session, model: type[R], key: tuple[Any, ...], scope: tuple[str, ...]) -> R | None:
+    """The row of ``model`` at ``key`` (in ``scope``: its update, or its update and IP), or None."""
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is None:
+        return session.get(model, key)
+    rows = cache.rows.get(model, {})
+    if key in rows:
+        return rows[key]  # type: ignore[no-any-return]
+    if not cache.loaded(model, scope):
+        _load_scope(session, cache, model, scope)
+    return cache.rows.get(model, {}).get(key)
+
+
+def _add(session: Session, model: type[R], key: tuple[Any, ...], **values: Any) -> R:
+    """A new row of ``model``: a mapped one, or with a :class:`RowCache` a :class:`NewRow` (typed as the model)."""
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is None:
+        row = model(**values)
+        session.add(row)
+        return row
+    new = NewRow(_column_defaults(model), values)
+    cache.new.setdefault(model, []).append(new)
+    return cast(R, cache.remember(model, key, new))
+
+
 def _ip_row(session: Session, updateid: str, ip: str) -> IpRow:
     ip = _fits(ip, 128, "IP")
-    row = session.get(IpRow, (updateid, ip))
+    row = _get(session, IpRow, (updateid, ip), (updateid,))
     if row is None:
-        row = IpRow(updateid=updateid, ip=ip, expected=False, reported=False, servers_ok=0, servers_failed=0)
-        session.add(row)
+        row = _add(session, IpRow, (updateid, ip), updateid=updateid, ip=ip, expected=False, reported=False,
+                   not_run=False, servers_ok=0, servers_failed=0)
     return row
 
 
 def _server_row(session: Session, updateid: str, ip: str, server: str) -> ServerRow:
     ip = _fits(ip, 128, "IP")
-    row = session.get(ServerRow, (updateid, ip, server))
+    row = _get(session, ServerRow, (updateid, ip, server), (updateid, ip))
     if row is None:
-        row = ServerRow(updateid=updateid, ip=ip, server=server, expected=False, reported=False)
-        session.add(row)
+        row = _add(session, ServerRow, (updateid, ip, server), updateid=updateid, ip=ip, server=server,
+                   expected=False, reported=False)
     return row
+
+
+def _prefetch_servers(session: Session, updateid: str) -> None:
+    """Load all of an update's server rows at once (an update request touches each of them)."""
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is not None and not cache.loaded(ServerRow, (updateid,)):
+        _load_scope(session, cache, ServerRow, (updateid,))
 
 
 def _cdn_row(session: Session, updateid: str, root: str, cdn_dir: str) -> CdnDirRow:
     root = _fits(root, 255, "CDN root URL")
-    row = session.get(CdnDirRow, (updateid, root, cdn_dir))
+    row = _get(session, CdnDirRow, (updateid, root, cdn_dir), (updateid,))
     if row is None:
-        row = CdnDirRow(updateid=updateid, cdn_root_url=root, cdn_dir=cdn_dir, expected=False)
-        session.add(row)
+        row = _add(session, CdnDirRow, (updateid, root, cdn_dir), updateid=updateid, cdn_root_url=root,
+                   cdn_dir=cdn_dir, expected=False)
     return row
 
 
 def _target_row(session: Session, updateid: str, name: str) -> RsyncTargetRow:
-    row = session.get(RsyncTargetRow, (updateid, name))
+    row = _get(session, RsyncTargetRow, (updateid, name), (updateid,))
     if row is None:
-        row = RsyncTargetRow(updateid=updateid, name=name, requested=False)
-        session.add(row)
+        row = _add(session, RsyncTargetRow, (updateid, name), updateid=updateid, name=name, requested=False)
     return row
 
 
 def _file(session: Session, updateid: str, entry: FileEntry, envelope: Envelope, rank: int, flag: str) -> None:
     name_key = hashlib.sha256(entry.file_name.encode("utf-8")).hexdigest()
     key = order_key(envelope, rank)
-    row = session.get(FileRow, (updateid, name_key))
+    row = _get(session, FileRow, (updateid, name_key), (updateid,))
     if row is None:
-        row = FileRow(
-            updateid=updateid, name_key=name_key, file_name=entry.file_name, file_md5=entry.file_md5,
-            size=entry.size, pulled=False, pushed=False, in_update=False, source_key=key,
-        )
-        session.add(row)
+        row = _add(session, FileRow, (updateid, name_key),
+                   updateid=updateid, name_key=name_key, file_name=entry.file_name, file_md5=entry.file_md5,
+                   size=entry.size, pulled=False, pushed=False, in_update=False, source_key=key)
     elif key >= row.source_key:
         row.file_md5, row.size, row.source_key = entry.file_md5, entry.size, key
     setattr(row, flag, True)
@@ -332,6 +542,8 @@ def on_update_requested(session: Session, update: UpdateRow, env: Envelope, even
         update.parent_updateid, update.relation = event.parent_id, event.relation
     for entry in event.update_file_list:
         _file(session, update.updateid, entry, env, rank=3, flag="in_update")
+    if event.update_server_list:
+        _prefetch_servers(session, update.updateid)
     for group, hosts in (event.update_server_list or {}).items():
         for ip, servers in hosts.items():
             ip_row = _ip_row(session, update.updateid, ip)
@@ -383,7 +595,6 @@ def on_ip_finished(session: Session, update: UpdateRow, env: Envelope, event: Ip
         row.erl_status = erl.status if erl else None
         row.erl_text = _text(erl.data) if erl else None
         row.finished_at, row.result_key = _when(env), key
-    session.flush()
     _refresh_ip(session, ip_row)
 
 
@@ -430,10 +641,9 @@ def _not_run_targets(names: list[str]) -> list[tuple[str, tuple[str, str]]]:
 
 
 def _batch_row(session: Session, updateid: str, batch: int) -> BatchRow:
-    row = session.get(BatchRow, (updateid, batch))
+    row = _get(session, BatchRow, (updateid, batch), (updateid,))
     if row is None:
-        row = BatchRow(updateid=updateid, batch=batch)
-        session.add(row)
+        row = _add(session, BatchRow, (updateid, batch), updateid=updateid, batch=batch)
     return row
 
 
@@ -517,14 +727,19 @@ def apply(session: Session, envelope: Envelope, event: Event, *, derive: bool = 
     of it: they are a function of the rows alone, so a replay refreshes each update once
     per batch instead of after every event, and gets the same view.
     """
-    update = session.get(UpdateRow, envelope.updateid)
+    update = _get(session, UpdateRow, (envelope.updateid,), (envelope.updateid,))
     if update is None:
+        # a mapped row even in a batch: refresh writes its counts after the target rows are in
         update = UpdateRow(
             updateid=envelope.updateid, project=envelope.project, area=envelope.area, winners={},
             stage="unknown", status="in_progress", first_event_at=_when(envelope), last_event_at=_when(envelope),
             event_count=0, batches_finished=0,
         )
         session.add(update)
+        cache: RowCache | None = session.info.get(ROW_CACHE)
+        if cache is not None:  # not in the database, so none of its target rows are either
+            cache.remember(UpdateRow, (envelope.updateid,), update)
+            cache.scopes.update((model, (envelope.updateid,)) for model in _TARGET_MODELS)
     if _wins(update, "scope", envelope):
         update.project, update.area = envelope.project, envelope.area
     reducer = REDUCERS.get(type(event))
@@ -545,6 +760,18 @@ def _count_if(condition: ColumnElement[bool]) -> ColumnElement[int]:
 
 
 def _refresh_ip(session: Session, ip_row: IpRow) -> None:
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is not None:
+        # every server row of the IP is (then) in the cache: count there instead of flushing and asking
+        if not cache.loaded(ServerRow, (ip_row.updateid, ip_row.ip)):
+            _load_scope(session, cache, ServerRow, (ip_row.updateid, ip_row.ip))
+        rows = cache.servers_by_ip.get((ip_row.updateid, ip_row.ip), {}).values()
+        ok = sum(1 for r in rows if r.reported and r.ok is True)
+        failed = sum(1 for r in rows if r.reported and r.ok is False)
+        ip_row.servers_ok, ip_row.servers_failed = ok, failed
+        ip_row.ok = (failed == 0) if ip_row.reported else None
+        return
+    session.flush()
     ok, failed = session.execute(
         select(
             _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
@@ -555,58 +782,67 @@ def _refresh_ip(session: Session, ip_row: IpRow) -> None:
     ip_row.ok = (int(failed) == 0) if ip_row.reported else None
 
 
-def refresh(session: Session, update: UpdateRow) -> None:
-    """Recompute the update's counts from its target rows, then its stage and status."""
-    session.flush()
-    uid = update.updateid
+@functools.cache
+def _count_statements() -> tuple[Any, ...]:
+    """The count queries of :func:`refresh`, built once (building them per update cost more than running them)."""
+    uid = bindparam("uid", type_=String)
     ip_not_run = (
         select(IpRow.ip)
         .where(IpRow.updateid == uid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
         .exists()
     )
-    servers = session.execute(
-        select(
-            _count_if(ServerRow.expected.is_(True)),
-            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
-            _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False))),
-            _count_if(and_(ServerRow.expected.is_(True), ServerRow.reported.is_(False), ~ip_not_run)),
-            _count_if(and_(ServerRow.reported.is_(False), ip_not_run)),
-        ).where(ServerRow.updateid == uid)
-    ).one()
+    servers = select(
+        _count_if(ServerRow.expected.is_(True)),
+        _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
+        _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False))),
+        _count_if(and_(ServerRow.expected.is_(True), ServerRow.reported.is_(False), ~ip_not_run)),
+        _count_if(and_(ServerRow.reported.is_(False), ip_not_run)),
+    ).where(ServerRow.updateid == uid)
+    ips = select(
+        _count_if(IpRow.expected.is_(True)),
+        _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(True))),
+        _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(False))),
+        _count_if(and_(IpRow.expected.is_(True), IpRow.reported.is_(False), IpRow.not_run.is_(False))),
+        _count_if(and_(IpRow.reported.is_(False), IpRow.not_run.is_(True))),
+    ).where(IpRow.updateid == uid)
+    cdn = select(
+        _count_if(CdnDirRow.expected.is_(True)),
+        _count_if(CdnDirRow.status.is_(True)),
+        _count_if(CdnDirRow.status.is_(False)),
+        _count_if(and_(CdnDirRow.expected.is_(True), CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(False))),
+        _count_if(and_(CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(True))),
+    ).where(CdnDirRow.updateid == uid)
+    targets = select(
+        _count_if(RsyncTargetRow.requested.is_(True)),
+        _count_if(RsyncTargetRow.ok.is_(True)),
+        _count_if(RsyncTargetRow.ok.is_(False)),
+    ).where(RsyncTargetRow.updateid == uid)
+    files = select(func.count()).select_from(FileRow).where(FileRow.updateid == uid)
+    batches = select(BatchRow).where(BatchRow.updateid == uid)
+    statements: tuple[Any, ...] = (servers, ips, cdn, targets, files, batches)
+    return statements
+
+
+def refresh(session: Session, update: UpdateRow, *, flush: bool = True) -> None:
+    """Recompute the update's counts from its target rows, then its stage and status.
+
+    ``flush=False``: the caller flushed the target rows already and turned autoflush off.
+    """
+    if flush:
+        session.flush()
+    params = {"uid": update.updateid}
+    q_servers, q_ips, q_cdn, q_targets, q_files, _ = _count_statements()
+    servers = session.execute(q_servers, params).one()
     (update.servers_expected, update.servers_ok, update.servers_failed, update.servers_pending,
      update.servers_not_run) = map(int, servers)
-    ips = session.execute(
-        select(
-            _count_if(IpRow.expected.is_(True)),
-            _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(True))),
-            _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(False))),
-            _count_if(and_(IpRow.expected.is_(True), IpRow.reported.is_(False), IpRow.not_run.is_(False))),
-            _count_if(and_(IpRow.reported.is_(False), IpRow.not_run.is_(True))),
-        ).where(IpRow.updateid == uid)
-    ).one()
+    ips = session.execute(q_ips, params).one()
     update.ips_expected, update.ips_ok, update.ips_failed, update.ips_pending, update.ips_not_run = map(int, ips)
-    cdn = session.execute(
-        select(
-            _count_if(CdnDirRow.expected.is_(True)),
-            _count_if(CdnDirRow.status.is_(True)),
-            _count_if(CdnDirRow.status.is_(False)),
-            _count_if(and_(CdnDirRow.expected.is_(True), CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(False))),
-            _count_if(and_(CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(True))),
-        ).where(CdnDirRow.updateid == uid)
-    ).one()
+    cdn = session.execute(q_cdn, params).one()
     (update.cdn_dirs_expected, update.cdn_dirs_ok, update.cdn_dirs_failed, update.cdn_dirs_pending,
      update.cdn_dirs_not_run) = map(int, cdn)
-    targets = session.execute(
-        select(
-            _count_if(RsyncTargetRow.requested.is_(True)),
-            _count_if(RsyncTargetRow.ok.is_(True)),
-            _count_if(RsyncTargetRow.ok.is_(False)),
-        ).where(RsyncTargetRow.updateid == uid)
-    ).one()
+    targets = session.execute(q_targets, params).one()
     update.targets_requested, update.targets_ok, update.targets_failed = map(int, targets)
-    update.files_count = int(
-        session.execute(select(func.count()).select_from(FileRow).where(FileRow.updateid == uid)).scalar_one()
-    )
+    update.files_count = int(session.execute(q_files, params).scalar_one())
     update.requested_by = update.pull_requested_by or update.push_requested_by or update.update_requested_by
     _refresh_batches(session, update)
     reported = (
@@ -616,10 +852,28 @@ def refresh(session: Session, update: UpdateRow) -> None:
     update.stage, update.status = derive_stage(update, results_reported=reported)
 
 
+def refresh_all(session: Session, updateids: Iterable[str]) -> None:
+    """:func:`refresh` each of ``updateids`` (once per batch is enough: derived fields depend on rows only)."""
+    # One flush for all: refresh reads target rows only and writes update rows only, so the
+    # update rows it changes need not be flushed between one update's refresh and the next.
+    write_new_rows(session)
+    with session.no_autoflush:
+        for updateid in dict.fromkeys(updateids):
+            update = _get(session, UpdateRow, (updateid,), (updateid,))
+            if update is None:
+                update = session.get_one(UpdateRow, updateid)
+            refresh(session, update, flush=False)
+
+
 def _refresh_batches(session: Session, update: UpdateRow) -> None:
     """Batch counts, and which batch (if any) waits for a go-ahead: the one after a batch that
     finished with ``await_confirm``, not confirmed yet, with no later batch finished."""
-    rows = session.scalars(select(BatchRow).where(BatchRow.updateid == update.updateid)).all()
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    rows: list[BatchRow]
+    if cache is not None and cache.loaded(BatchRow, (update.updateid,)):
+        rows = [r for r in cache.rows.get(BatchRow, {}).values() if r.updateid == update.updateid]
+    else:
+        rows = list(session.scalars(_count_statements()[-1], {"uid": update.updateid}).all())
     finished = [r for r in rows if r.finished_at is not None]
     update.batches_total = max((r.batches for r in finished if r.batches), default=None)
     update.batches_finished = len(finished)

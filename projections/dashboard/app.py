@@ -214,10 +214,14 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
     @app.get("/api/updates/{updateid}", response_model=UpdateDetail, tags=["updates"],
              responses={404: {"description": "no such update"}})
     def api_update(updateid: str, db: Db,
-                   events_limit: Annotated[int, Query(ge=0, le=100_000)] = 1000) -> UpdateDetail:
-        """One update: timeline, per-IP and per-server results (failed first), CDN dirs, rsync targets,
-        files, its raw events in log order, and its rejected events."""
-        detail = queries.update_detail(db, updateid, events_limit=events_limit)
+                   events_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
+                   servers_offset: Annotated[int, Query(ge=0)] = 0,
+                   servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> UpdateDetail:
+        """One update: timeline, per-IP and per-server results (failed first; one page of servers:
+        ``servers_offset``, ``servers_limit``, ``servers_total``), CDN dirs, rsync targets, files, its
+        first raw events in log order (``events_limit``, ``events_total``), and its rejected events."""
+        detail = queries.update_detail(db, updateid, events_limit=events_limit, servers_offset=servers_offset,
+                                       servers_limit=servers_limit)
         if detail is None:
             raise HTTPException(status_code=404, detail=f"no update {updateid!r}")
         return detail

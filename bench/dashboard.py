@@ -1,0 +1,343 @@
+"""Dashboard benchmark: API latency over a large view, and event-to-visible latency on an open stream.
+
+Setup (SQLite file, migrated): 10,000 updates' rows inserted directly into the status view
+(varied project, area, type, status and times), and one hot_server update of 1,000 IPs × 10
+servers (10,000 servers, 1% of them failed) taken in through ``ingest_batch`` like the live
+projection does (its request, start, 1,000 *IP finished*, completion), so its detail page has
+real rows and a real log.
+
+The dashboard (``projections.dashboard.create_app``, plus one trivial route returning a constant:
+the floor) is served by uvicorn in its own process on loopback. An httpx async client sends a
+fixed number of requests per endpoint, 8 at a time, and records each request's latency.
+
+Event-to-visible: with an SSE stream (``/api/stream``) open, new events are ingested at 500/s
+(a batch of 10 every 20 ms, as the projection commits them); for each batch, the time from its
+commit to the arrival of the ``change`` notice covering its last log position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import insert
+
+from bench.projection_events import FILES, decode, stream
+from bench.report import Section, write
+from bus.envelope import Envelope
+from bus.events import IpFinished, ServerResult, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.handling import child_envelope
+from bus.registry import DEFAULT_REGISTRY, make_envelope
+from domain.db import make_engine, upgrade
+from projections.ingest import ingest_batch
+from projections.models import UpdateRow
+
+BIG = "b1900000-0000-4000-8000-000000000000"
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+STATUSES = ("succeeded", "failed", "in_progress", "stalled", "aborted")
+
+
+def _summary_rows(n: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        status = STATUSES[i % len(STATUSES)]
+        first = T0 + timedelta(minutes=3 * i)
+        rows.append({
+            "updateid": f"00000000-0000-4000-9000-{i:012d}", "project": ("ssss", "wxmj", "xyjh")[i % 3],
+            "area": ("cn", "tw", "vn", "kr")[i % 4], "update_type": "hot_client" if i % 5 == 4 else "hot_server",
+            "version": "004200000", "stage": "completed" if status in ("succeeded", "failed") else "started",
+            "status": status, "final_result": status == "succeeded", "winners": {}, "first_event_at": first,
+            "last_event_at": first + timedelta(minutes=2), "event_count": 27, "batches_finished": 0,
+            "requested_by": "alice", "servers_expected": 100, "servers_ok": 99, "servers_failed": 1,
+            "servers_pending": 0, "servers_not_run": 0, "ips_expected": 20, "ips_ok": 19, "ips_failed": 1,
+            "ips_pending": 0, "ips_not_run": 0, "cdn_dirs_expected": 0, "cdn_dirs_ok": 0, "cdn_dirs_failed": 0,
+            "cdn_dirs_pending": 0, "cdn_dirs_not_run": 0, "targets_requested": 1, "targets_ok": 1,
+            "targets_failed": 0, "files_count": 2,
+        })
+    return rows
+
+
+def _big_update(ips: int, servers: int) -> list[Envelope]:
+    hosts = {f"10.{i // 250}.{i % 250}.7": [f"g{i}_{j}" for j in range(servers)] for i in range(ips)}
+    request = make_envelope(
+        UpdateRequested(update_type="hot_server", version="004200000", ops_manager="ops1", update_file_list=FILES,
+                        update_server_list={"game": hosts}, requested_by="bob",
+                        erlang_cmd_list=["c:l(role_server)."]),
+        source="hotupdate/cmdb", updateid=BIG, project="ssss", area="cn", sequence=5)
+    envs = [request, child_envelope(request, UpdateStarted(update_type="hot_server", version="004200000",
+                                                            ops_manager="ops1", ips=list(hosts)),
+                                    source="hotupdate/ops_executor/ops1", offset=1)]
+    ok = ServerResult(data="applied", status=True)
+    bad = ServerResult(data="更新失败,不执行erl命令", status=False)
+    failed = 0
+    for n, (ip, names) in enumerate(hosts.items()):
+        results = {s: (bad if (n * servers + k) % 100 == 0 else ok) for k, s in enumerate(names)}
+        failed += sum(not r.status for r in results.values())
+        envs.append(child_envelope(request, IpFinished(version="004200000", ip=ip, group="game",
+                                                       update_data=results, erl_data=results),
+                                   source="hotupdate/ops_executor/ops1", offset=2 + n, key=ip))
+    envs.append(child_envelope(request, UpdateCompleted(
+        update_type="hot_server", version="004200000", final_result=False, final_data=f"{failed} failed",
+        ok_count=ips * servers - failed, failed_count=failed), source="hotupdate/ops_executor/ops1", offset=2 + ips))
+    return envs
+
+
+def populate(url: str, updates: int, ips: int, servers: int) -> None:
+    upgrade(url, "projection")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        rows = _summary_rows(updates)
+        for start in range(0, len(rows), 2000):
+            conn.execute(insert(UpdateRow), rows[start:start + 2000])
+    items = [(e, DEFAULT_REGISTRY.decode(e)) for e in _big_update(ips, servers)]
+    for start in range(0, len(items), 200):
+        outcomes = ingest_batch(engine, items[start:start + 200])
+        assert all(o.status == "appended" for o in outcomes), outcomes
+    engine.dispose()
+
+
+# --- the server (a child process) -----------------------------------------------------------------
+
+
+def serve(url: str, port: int) -> None:
+    import uvicorn
+
+    from projections.dashboard import create_app
+
+    app = create_app(url)
+
+    @app.get("/bench/floor")
+    def floor() -> dict[str, str]:
+        return {"ok": "constant"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(url: str) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dashboard", "--serve", url, "--port", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/bench/floor", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the dashboard did not start")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+
+def _pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def load(base: str, path: str, requests: int, concurrency: int) -> tuple[list[float], int]:
+    """Latencies (ms) of ``requests`` GETs of ``path``, ``concurrency`` at a time; and the last body's size."""
+    latencies: list[float] = []
+    size = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        await client.get(path)  # warm up: connection, caches
+
+        async def worker() -> None:
+            nonlocal size
+            while not queue.empty():
+                queue.get_nowait()
+                t0 = time.perf_counter()
+                response = await client.get(path)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{path}: HTTP {response.status_code}")
+                size = len(response.content)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, size
+
+
+async def event_to_visible(base: str, url: str, rate: int, seconds: float) -> list[float]:
+    """Commit-to-notice latencies (ms) at ``rate`` events/s for ``seconds``."""
+    n = int(rate * seconds)
+    items = [decode(b) for b in stream(n // 20 + 20, start=100_000)][:n]
+    engine = make_engine(url)
+    committed: list[tuple[int, float]] = []  # (last position of the batch, commit time)
+    seen: list[tuple[int, float]] = []  # (position in a change notice, arrival time)
+    stop = threading.Event()
+    per_tick, tick = 10, 10 / rate
+
+    def produce() -> None:
+        position = None
+        next_at = time.perf_counter()
+        for start in range(0, len(items), per_tick):
+            outcomes = ingest_batch(engine, items[start:start + per_tick])
+            done = time.perf_counter()
+            position = max(o.position or 0 for o in outcomes)
+            committed.append((position, done))
+            next_at += tick
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+        stop.set()
+
+    async with (httpx.AsyncClient(base_url=base, timeout=None) as client,
+                client.stream("GET", "/api/stream") as response):
+        lines = response.aiter_lines()
+        async for line in lines:  # wait for the hello before producing
+            if line.startswith("event: hello"):
+                break
+        producer = threading.Thread(target=produce, name="bench-producer")
+        producer.start()
+
+        async def read() -> None:
+            async for line in lines:
+                if line.startswith("id: "):
+                    seen.append((int(line[4:].split(".")[0]), time.perf_counter()))
+
+        reader = asyncio.create_task(read())
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the last notices
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        producer.join()
+    engine.dispose()
+    latencies = []
+    for position, done in committed:
+        arrival = next((t for p, t in seen if p >= position), None)
+        if arrival is None:
+            raise RuntimeError(f"no change notice covered position {position}")
+        latencies.append((arrival - done) * 1000)
+    return latencies
+
+
+async def measure(base: str, url: str, requests: int, detail_requests: int, concurrency: int,
+                  rate: int, seconds: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    paths = {
+        "floor": ("/bench/floor", requests),
+        "list": ("/api/updates", requests),
+        "list filtered": ("/api/updates?project=ssss&status=failed&type=hot_server&page=3", requests),
+        "list by date": ("/api/updates?date_from=2026-11-10&date_to=2026-11-12", requests),
+        "detail": (f"/api/updates/{BIG}", detail_requests),
+    }
+    for name, (path, count) in paths.items():
+        out[name] = (path, *await load(base, path, count, concurrency))
+    out["visible"] = await event_to_visible(base, url, rate, seconds)
+    return out
+
+
+def main(updates: int, ips: int, servers: int, requests: int, detail_requests: int, concurrency: int,
+         rate: int, seconds: float) -> Section:
+    with tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'projection.db'}"
+        t0 = time.perf_counter()
+        populate(url, updates, ips, servers)
+        setup = time.perf_counter() - t0
+        with server(url) as base:
+            results = asyncio.run(measure(base, url, requests, detail_requests, concurrency, rate, seconds))
+    floor = results["floor"][1]
+    f50, f99 = _pct(floor, 50), _pct(floor, 99)
+    rows = [["measure", "requests", "floor p50 / p99 (constant route)", "p50", "p99", "p99 / floor p99",
+             "response", "goal met"]]
+    for name in ("list", "list filtered", "list by date", "detail"):
+        path, lat, size = results[name]
+        p99 = _pct(lat, 99)
+        rows.append([f"{name}: `{path}`", f"{len(lat)}", f"{f50:.1f} / {f99:.1f} ms", f"{_pct(lat, 50):.1f} ms",
+                     f"{p99:.1f} ms", f"{p99 / f99:.1f}×", f"{size / 1024:,.0f} KiB",
+                     "yes" if p99 < 100 else "no"])
+    vis = results["visible"]
+    rows.append([f"event to visible on an open `/api/stream`, {rate} events/s for {seconds:.0f} s",
+                 f"{len(vis)} batches", "", f"{statistics.median(vis):.0f} ms", f"{_pct(vis, 99):.0f} ms", "", "",
+                 "yes" if _pct(vis, 99) < 500 else "no"])
+    return Section(
+        name="dashboard",
+        title="5. Dashboard and API",
+        goal="p99 < 100 ms for the list and detail endpoints under loopback load; event-to-visible p99 < 500 ms",
+        table=rows,
+        notes=[
+            f"view: {updates:,} updates (rows inserted directly) plus one hot_server update of {ips:,} IPs × "
+            f"{servers} servers ({ips * servers:,} servers, 1% failed) ingested through `ingest_batch` "
+            f"({ips + 3:,} events); set up in {setup:.0f} s; SQLite file in WAL mode",
+            f"uvicorn (one worker process, the dashboard's read-only engine) on loopback; httpx async client in "
+            f"another process, {concurrency} requests in flight, latency per request; floor: a route returning a "
+            "constant JSON object, served by the same app and middleware",
+            "event to visible: the stream polls the head row every 200 ms (the dashboard is a separate process "
+            "from the projection) and sends a `change` notice naming the changed updates; measured from "
+            "`ingest_batch` returning (committed) to the notice arriving at the client",
+            "before this work the detail endpoint returned all 10,000 servers and 1,000 raw events (4.2 MiB): p50 "
+            "2,569 ms, p99 3,506 ms. Now `/api/updates/{id}` returns one page of servers (`servers_offset`, "
+            "`servers_limit`, default 500, and `servers_total`), sorted and paged by the database in the same "
+            "failed-first order, and the first 100 raw events by default (`events_limit`, `events_total` as before); "
+            "the HTML page still renders every server",
+            "no index was needed: the list's filters and its order (`last_event_at`) have single-column indexes "
+            "since projection_0001 and take 3–9 ms in-process on 10,000 updates; under 8 concurrent requests the "
+            "latencies are mostly queueing in the single uvicorn worker (compare the floor route's)",
+            "what remains short of p99 < 100 ms, and why: with 8 requests in flight on one uvicorn worker, a "
+            "request waits for the ones ahead of it, so p99 < 100 ms needs ≲ 12 ms of server time per request. The "
+            "list takes ≈ 5–7 ms of server time (query 3–9 ms in-process, then its 50 summaries validated twice: "
+            "built as pydantic models by the query, validated again by FastAPI's response_model, then serialised), "
+            "so its p50 is ≈ 40–55 ms and its p99 follows the machine's load (other work ran on these 2 cores: load "
+            "average ≈ 5). The detail of the 10,000-server update takes ≈ 50 ms: its 1,000 IPs (not paged), 500 "
+            "servers and 100 raw events (each *IP finished* envelope ≈ 2 KiB) as pydantic models, twice. Next steps: "
+            "page the IP list as the server list is, return the already-built models without FastAPI's second "
+            "validation, and run ≥ 2 uvicorn workers",
+        ],
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--updates", type=int, default=10_000)
+    parser.add_argument("--ips", type=int, default=1000)
+    parser.add_argument("--servers", type=int, default=10, help="per IP")
+    parser.add_argument("--requests", type=int, default=800)
+    parser.add_argument("--detail-requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.port)
+        return
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    write(main(args.updates, args.ips, args.servers, args.requests, args.detail_requests, args.concurrency,
+               args.rate, args.seconds))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,226 @@
+"""Projection ingest benchmark: events/s into the log and the status view, on SQLite and PostgreSQL.
+
+The same realistic stream (:mod:`bench.projection_events`: hot_server updates of 20 IPs × 5
+servers and hot_client updates of 4 CDN dirs, 20 updates interleaved) is pre-loaded into a
+queue, then consumed:
+
+- floor: a bare aio-pika consume-and-ack loop on the pre-loaded queue, same prefetch;
+- subject: the real projection service (``projections.service.build_service``: ConsumerService,
+  the batching ingestor, ``ingest_batch``), timed from start until the log's head holds every
+  event, once on SQLite (a file in WAL mode) and once on a fresh PostgreSQL database;
+- the database part alone: ``ingest_batch`` called directly with batches of the service's size,
+  on the events decoded beforehand (decoding is the consumer runtime's share).
+
+Each run gets a fresh vhost and a fresh database; the log is verified after each service run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import aio_pika
+import psycopg
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from bench.bus import drop_vhost, fresh_vhost, preload
+from bench.projection_events import decode, events_per_update, stream
+from bench.report import Section, write
+from bus.topology import ServiceQueue, Topology, declare_all
+from domain.db import make_engine, upgrade
+from projections import log as event_log
+from projections.ingest import ingest_batch
+from projections.models import LogHead, UpdateRow
+from projections.service import SERVICE, build_service, run
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def database(kind: str) -> Iterator[str]:
+    """A fresh, empty database URL of ``kind`` (sqlite or postgres), removed afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-projection-") as tmp:
+            yield f"sqlite:///{Path(tmp) / 'projection.db'}"
+        return
+    name = f"bench_projection_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def consume_floor(url: str, bodies: list[bytes], prefetch: int) -> float:
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=prefetch)
+    queue = await channel.declare_queue("floor", durable=True, arguments={"x-queue-type": "quorum"})
+    await preload(url, "floor", bodies)
+    done = asyncio.Event()
+    count = 0
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        nonlocal count
+        await message.ack()
+        count += 1
+        if count == len(bodies):
+            done.set()
+
+    t0 = time.perf_counter()
+    await queue.consume(on_message)
+    await done.wait()
+    elapsed = time.perf_counter() - t0
+    await connection.close()
+    return len(bodies) / elapsed
+
+
+def _head_position(engine: Engine) -> int:
+    with Session(engine) as s:
+        return int(s.execute(select(LogHead.position)).scalar_one_or_none() or 0)
+
+
+async def consume_service(url: str, database_url: str, bodies: list[bytes], prefetch: int, max_batch: int,
+                          updates: int) -> tuple[float, float, int]:
+    """(events/s, CPU ms per event of this process, batches) through the projection service."""
+    spec = ServiceQueue(service=SERVICE, bindings=("#",))
+    await declare_all(url, Topology(), [spec])
+    await preload(url, Topology().queue(SERVICE), bodies)
+    upgrade(database_url, "projection")
+    consumer, projection = build_service(amqp_url=url, database_url=database_url, prefetch=prefetch,
+                                         max_batch=max_batch, migrate=False)
+    watcher = make_engine(database_url)
+    stop = asyncio.Event()
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    task = asyncio.create_task(run(consumer, projection, stop))
+    try:
+        while await asyncio.to_thread(_head_position, watcher) < len(bodies):
+            if task.done():
+                task.result()
+                raise RuntimeError("the projection service stopped early")
+            await asyncio.sleep(0.02)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    finally:
+        stop.set()
+        await task
+    with Session(watcher) as s:
+        verified = event_log.verify(s)
+        n_updates = s.execute(select(func.count()).select_from(UpdateRow)).scalar_one()
+    watcher.dispose()
+    if not verified.ok or verified.count != len(bodies) or n_updates != updates:
+        raise RuntimeError(f"the projection is wrong: {verified.describe()}, {n_updates} updates of {updates}")
+    return len(bodies) / elapsed, cpu * 1000 / len(bodies), projection.ingestor.batches
+
+
+def ingest_direct(database_url: str, bodies: list[bytes], batch: int) -> tuple[float, float]:
+    """(events/s, CPU ms per event) of ingest_batch alone, on events decoded beforehand."""
+    items = [decode(b) for b in bodies]
+    upgrade(database_url, "projection")
+    engine = make_engine(database_url)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    for start in range(0, len(items), batch):
+        outcomes = ingest_batch(engine, items[start:start + batch])
+        if any(o.status != "appended" for o in outcomes):
+            raise RuntimeError(f"not appended: {[o for o in outcomes if o.status != 'appended'][:3]}")
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    engine.dispose()
+    return len(items) / elapsed, cpu * 1000 / len(items)
+
+
+def decode_rate(bodies: list[bytes]) -> float:
+    t0 = time.perf_counter()
+    for b in bodies:
+        decode(b)
+    return len(bodies) / (time.perf_counter() - t0)
+
+
+async def main(updates: int, prefetch: int, max_batch: int, kinds: list[str]) -> Section:
+    bodies = list(stream(updates))
+    n = len(bodies)
+    vhost, url = fresh_vhost()
+    try:
+        floor = await consume_floor(url, bodies, prefetch)
+    finally:
+        drop_vhost(vhost)
+    rows = [["measure", "floor (bare aio-pika consume + ack)", "hotupdate", "ratio to floor", "goal ≥ 2,000 ev/s"]]
+    notes = []
+    for kind in kinds:
+        vhost, url = fresh_vhost()
+        try:
+            with database(kind) as db:
+                rate, cpu, batches = await consume_service(url, db, bodies, prefetch, max_batch, updates)
+        finally:
+            drop_vhost(vhost)
+        rows.append([f"{kind}: projection service from the broker, {n:,} events", f"{floor:,.0f} ev/s",
+                     f"{rate:,.0f} ev/s", f"{rate / floor:.2f}", "yes" if rate >= 2000 else "no"])
+        notes.append(f"{kind} service run: {batches} batches (≈{n / max(batches, 1):.0f} events each), "
+                     f"{cpu:.2f} ms CPU per event in the service's process (runtime + ingest)")
+    for kind in kinds:
+        with database(kind) as db:
+            rate, cpu = ingest_direct(db, bodies, max_batch)
+        rows.append([f"{kind}: ingest_batch directly (no broker), batches of {max_batch}", "", f"{rate:,.0f} ev/s",
+                     "", "yes" if rate >= 2000 else "no"])
+        notes.append(f"{kind} ingest_batch alone: {cpu:.2f} ms CPU per event")
+    notes[:0] = [
+        f"{updates} updates (hot_server: 20 IPs × 5 servers, 27 events; every 5th hot_client: 4 CDN dirs, "
+        f"7 events; ≈{events_per_update():.1f} events per update), 20 updates interleaved, pre-loaded in a "
+        "quorum queue (persistent messages); fresh vhost and database per run",
+        f"prefetch {prefetch}, the service's batches up to {max_batch} events with a 5 ms linger: while one "
+        "batch commits, the next one's messages are already delivered",
+        f"decoding (envelope + event validation, what the runtime does per message): {decode_rate(bodies):,.0f} "
+        "ev/s on this machine",
+        "SQLite: one file in WAL mode, synchronous=NORMAL; PostgreSQL 15 on loopback, fresh database, default "
+        "settings (fsync on commit)",
+    ]
+    notes += [
+        "before this work (2026-11-24, same mix, SQLite): `ingest_batch` alone ≈ 76–150 ev/s. It spent its time in "
+        "a savepoint + flush per event, a SELECT (after an autoflush) per target row, and the update's counts and "
+        "stage recomputed with six queries after every event. Now a batch is tried in one go: logged/applied ids "
+        "read with one query each; log rows (hash chain computed in Python) and applied rows written with one "
+        "multi-row INSERT each; view rows read a scope at a time as plain objects (an update's rows of a table, "
+        "or the servers of the batch's IPs, one query per update), rows created in the batch inserted and rows "
+        "changed updated with one executemany per table; each touched update derived once per batch. If anything "
+        "in that raises, the transaction is rolled back and the batch is done event by event with savepoints as "
+        "before (tests check both paths give the same log, outcomes and view on SQLite and PostgreSQL)",
+        "what remains short of the goal through the broker: the service's process is CPU-bound on one core. Per "
+        "event: the consumer runtime and batching alone (parse, validate, dispatch, ack; measured with a no-op "
+        "ingest) ≈ 0.21 ms (≈ 4,800 ev/s), `ingest_batch` ≈ 0.27 ms (SQLite) / 0.39 ms (PostgreSQL), and the GIL "
+        "hand-offs between the event loop and the ingest thread ≈ 0.15 ms; the GIL runs both halves on one core in "
+        "turn while RabbitMQ takes most of the other. Next step: run the ingest in a worker process of its own (a "
+        "ProcessPoolExecutor was tried and reverted: its spawn start re-imports the caller's main module, which "
+        "breaks scripts without a `__main__` guard; a worker started by the `projection run` CLI would not have "
+        "that problem), and ack per batch (`multiple=True`) in bus/consumer.py",
+        "ingesting inline on the event loop instead of a thread was tried too: batches shrink to ≈ 30 events "
+        "(deliveries wait behind the ingest) and throughput drops to ≈ 600 ev/s",
+    ]
+    return Section(
+        name="projection",
+        title="2. Projection ingest (log + view)",
+        goal="≥ 2,000 events/s on SQLite and on PostgreSQL, through the broker, on this 2-core machine",
+        table=rows,
+        notes=notes,
+    )
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--updates", type=int, default=800, help="updates in the stream (≈23 events each)")
+    parser.add_argument("--prefetch", type=int, default=1000)
+    parser.add_argument("--max-batch", type=int, default=500)
+    parser.add_argument("--only", choices=["sqlite", "postgres"], action="append")
+    args = parser.parse_args()
+    kinds = args.only or ["sqlite", "postgres"]
+    write(asyncio.run(main(args.updates, args.prefetch, args.max_batch, kinds)))
+
+
+if __name__ == "__main__":
+    cli()
