@@ -69,12 +69,13 @@ PROFILED = [
     "hop to the default pool, a new ORM Session, a unit-of-work flush and a commit per row, from up to 16 "
     "IPs at once (threads contending for the GIL and SQLite's write lock); under 0.1 ms is the INFO log "
     "line per server (`ServerUpdater.run_server`); the rest (~0.2 ms) is timeouts, templates and result models",
-    "the fix (not made here: consumers/ops_executor/ is being changed by another piece of work): a group "
+    "made since (consumers/ops_executor/state.py, `_GroupCommit`): a group "
     "commit in `StateStore`: `arecord_server` queues the row and awaits a future; one flusher task writes "
     "every queued row in one transaction (`insert(...).on_conflict_do_nothing()` with SQLAlchemy Core, "
     "executemany, sqlite and postgresql dialects alike) on a single dedicated writer thread, then resolves "
     "the futures. Each server still returns only once its row is committed, so a server is still recorded "
-    "before the next one starts and never runs twice, and the first record still wins. A prototype "
+    "before the next one starts and never runs twice, and the first record still wins (a server's start "
+    "is recorded the same way, since a crash mid-server must not re-run it). The prototype "
     "patched into the executor process measured 1.25 ms/server of executor CPU instead of 1.94 and "
     "1.19× the floor at 1000 × 10 (a Core insert on one writer thread without grouping: ~1.3 ms/server)",
     "for floor and executor alike: Python 3.11's default ThreadedChildWatcher starts a thread per "
