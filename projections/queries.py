@@ -61,7 +61,21 @@ def _must_utc(value: datetime) -> datetime:
     return converted
 
 
-def _summary_fields(u: UpdateRow) -> dict[str, Any]:
+_SUMMARY_COLUMNS = tuple(
+    getattr(UpdateRow, name) for name in (
+        "updateid", "project", "area", "update_type", "version", "stage", "status", "requested_by", "final_result",
+        "final_data", "first_event_at", "last_event_at", "completed_at", "event_count",
+        "servers_expected", "servers_ok", "servers_failed", "servers_pending", "servers_not_run",
+        "ips_expected", "ips_ok", "ips_failed", "ips_pending", "ips_not_run",
+        "cdn_dirs_expected", "cdn_dirs_ok", "cdn_dirs_failed", "cdn_dirs_pending", "cdn_dirs_not_run",
+        "targets_requested", "targets_ok", "targets_failed", "files_count",
+    )
+)
+"""What :func:`_summary_fields` reads: a list selects only these (not the detail's JSON columns)."""
+
+
+def _summary_fields(u: Any) -> dict[str, Any]:
+    """``u``: an :class:`UpdateRow` or a row of :data:`_SUMMARY_COLUMNS`."""
     return {
         "updateid": u.updateid,
         "project": u.project,
@@ -105,13 +119,14 @@ def list_updates(session: Session, filters: UpdateFilters) -> UpdatePage:
         day_after = filters.date_to + timedelta(days=1)
         conditions.append(UpdateRow.first_event_at < datetime.combine(day_after, time(0), UTC))
     total = session.execute(select(func.count()).select_from(UpdateRow).where(*conditions)).scalar_one()
-    rows = session.scalars(
-        select(UpdateRow)
-        .where(*conditions)
-        .order_by(UpdateRow.last_event_at.desc(), UpdateRow.updateid)
-        .offset((filters.page - 1) * filters.page_size)
-        .limit(filters.page_size)
-    ).all()
+    order = (UpdateRow.last_event_at.desc(), UpdateRow.updateid)
+    # The page's ids first, then their rows: the database sorts narrow (time, id) pairs instead of
+    # whole rows (a filter matching thousands of updates sorted them all, row by row).
+    page_ids = (
+        select(UpdateRow.updateid).where(*conditions).order_by(*order)
+        .offset((filters.page - 1) * filters.page_size).limit(filters.page_size)
+    ).scalar_subquery()
+    rows = session.execute(select(*_SUMMARY_COLUMNS).where(UpdateRow.updateid.in_(page_ids)).order_by(*order)).all()
     return UpdatePage(
         items=[UpdateSummary(**_summary_fields(u)) for u in rows],
         total=total,
@@ -153,8 +168,11 @@ def _server_rank(row: Any, not_run_ips: set[str]) -> int:
 
 
 def _server_page(session: Session, updateid: str, not_run_ips: set[str], offset: int, limit: int | None
-                 ) -> tuple[list[ServerRow], int]:
+                 ) -> tuple[list[Any], int]:
     """One page of an update's servers in the detail's order (failed first), and how many there are.
+
+    A page comes back as plain rows (named like :class:`ServerRow`'s attributes): building ORM
+    instances for them cost more than the query.
 
     The database sorts and pages (an update of 10,000 servers would otherwise build 10,000 rows
     per request), by the same rank as :func:`_server_rank`, then IP and name in code-point order
@@ -165,38 +183,70 @@ def _server_page(session: Session, updateid: str, not_run_ips: set[str], offset:
     if limit is None:
         servers = session.scalars(select(ServerRow).where(ServerRow.updateid == updateid)).all()
         return sorted(servers, key=lambda r: (_server_rank(r, not_run_ips), r.ip, r.server))[offset:], total
-    ip_not_run = (
-        select(IpRow.ip)
-        .where(IpRow.updateid == updateid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
-        .exists()
-    )
-    rank = case(
-        (and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False)), 0),
-        (and_(ServerRow.reported.is_(False), ip_not_run), 2),
-        (ServerRow.reported.is_(False), 1),
-        else_=3,
-    )
-    bind = session.get_bind()
-    ip_col, server_col = ServerRow.ip, ServerRow.server
-    if bind.dialect.name == "postgresql":
-        ip_col, server_col = ServerRow.ip.collate("C"), ServerRow.server.collate("C")  # type: ignore[assignment]
-    servers = session.scalars(
-        select(ServerRow).where(ServerRow.updateid == updateid)
+    whens: list[tuple[Any, int]] = [(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False)), 0)]
+    if not_run_ips:
+        # Only a stopped or aborted update has IPs that never ran; everyone else skips this test
+        # (a correlated lookup per server row was most of the detail's query time).
+        ip_not_run = (
+            select(IpRow.ip)
+            .where(IpRow.updateid == updateid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
+            .exists()
+        )
+        whens.append((and_(ServerRow.reported.is_(False), ip_not_run), 2))
+    whens.append((ServerRow.reported.is_(False), 1))
+    rank = case(*whens, else_=3)
+    ip_col, server_col = _code_point(session, ServerRow.ip), _code_point(session, ServerRow.server)
+    page = session.execute(
+        select(*ServerRow.__table__.c).where(ServerRow.updateid == updateid)
         .order_by(rank, ip_col, server_col).offset(offset).limit(limit)
     ).all()
-    return list(servers), total
+    return list(page), total
+
+
+def _code_point(session: Session, column: Any) -> Any:
+    """``column`` ordered by code point on PostgreSQL ("C" collation), as SQLite orders it already."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column.collate("C")
+    return column
+
+
+def _ip_rank(row: Any) -> int:
+    """Failed first, then silent, then never started, then ok (the servers' order, per IP)."""
+    return 0 if row.ok is False else 3 if row.reported else 2 if row.not_run else 1
+
+
+def _ip_page(session: Session, updateid: str, offset: int, limit: int | None) -> tuple[list[Any], int]:
+    """One page of an update's IPs in the detail's order (failed first, by :func:`_ip_rank`, then IP),
+    and how many there are; all of them from ``offset`` when ``limit`` is None."""
+    total = int(session.execute(
+        select(func.count()).select_from(IpRow).where(IpRow.updateid == updateid)).scalar_one())
+    if limit is None:
+        ips = session.scalars(select(IpRow).where(IpRow.updateid == updateid)).all()
+        return sorted(ips, key=lambda r: (_ip_rank(r), r.ip))[offset:], total
+    rank = case(
+        (IpRow.ok.is_(False), 0),
+        (IpRow.reported.is_(True), 3),
+        (IpRow.not_run.is_(True), 2),
+        else_=1,
+    )
+    rows = session.execute(
+        select(*IpRow.__table__.c).where(IpRow.updateid == updateid)
+        .order_by(rank, _code_point(session, IpRow.ip)).offset(offset).limit(limit)
+    ).all()
+    return list(rows), total
 
 
 def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
-                  servers_limit: int | None = None) -> UpdateDetail | None:
-    """One update's detail; ``servers_limit`` servers from ``servers_offset`` in the failed-first order
-    (all of them when None)."""
+                  servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None
+                  ) -> UpdateDetail | None:
+    """One update's detail; ``servers_limit`` servers from ``servers_offset`` and ``ips_limit`` IPs from
+    ``ips_offset``, each in the failed-first order (all of them when the limit is None)."""
     u = session.get(UpdateRow, updateid)
     if u is None:
         return None
-    ips = session.scalars(select(IpRow).where(IpRow.updateid == updateid)).all()
-    ips = sorted(ips, key=lambda r: (0 if r.ok is False else 3 if r.reported else 2 if r.not_run else 1, r.ip))
-    not_run_ips = {r.ip for r in ips if r.not_run}
+    ips, ips_total = _ip_page(session, updateid, ips_offset, ips_limit)
+    not_run_ips = set(session.scalars(
+        select(IpRow.ip).where(IpRow.updateid == updateid, IpRow.not_run.is_(True))).all())
     servers, servers_total = _server_page(session, updateid, not_run_ips, servers_offset, servers_limit)
     cdn = session.scalars(
         select(CdnDirRow).where(CdnDirRow.updateid == updateid).order_by(CdnDirRow.cdn_root_url, CdnDirRow.cdn_dir)
@@ -210,7 +260,7 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
         select(func.count()).select_from(LoggedEvent).where(LoggedEvent.updateid == updateid)
     ).scalar_one()
     logged = session.execute(
-        select(LoggedEvent, AppliedEvent.event_id)
+        select(*LoggedEvent.__table__.c, AppliedEvent.event_id.label("applied_id"))
         .outerjoin(AppliedEvent, AppliedEvent.event_id == LoggedEvent.event_id)
         .where(LoggedEvent.updateid == updateid)
         .order_by(LoggedEvent.position)
@@ -220,8 +270,8 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
         select(RejectedEvent).where(RejectedEvent.updateid == updateid).order_by(RejectedEvent.id)
     ).all()
     batches = session.scalars(select(BatchRow).where(BatchRow.updateid == updateid).order_by(BatchRow.batch)).all()
-    children = session.scalars(
-        select(UpdateRow).where(UpdateRow.parent_updateid == updateid).order_by(UpdateRow.first_event_at)
+    children = session.execute(
+        select(*_SUMMARY_COLUMNS).where(UpdateRow.parent_updateid == updateid).order_by(UpdateRow.first_event_at)
     ).all()
     return UpdateDetail(
         **_summary_fields(u),
@@ -270,6 +320,8 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
                      servers_ok=r.servers_ok, servers_failed=r.servers_failed, finished_at=_utc(r.finished_at))
             for r in ips
         ],
+        ips_total=ips_total,
+        ips_offset=ips_offset,
         server_list=[
             ServerStatus(ip=r.ip, server=r.server, group=r.group, expected=r.expected, reported=r.reported,
                          not_run=not r.reported and r.ip in not_run_ips, ok=r.ok,
@@ -296,13 +348,14 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
                        in_update=r.in_update)
             for r in files
         ],
-        events=[_logged_out(row, applied is not None) for row, applied in logged],
+        events=[_logged_out(row, row.applied_id is not None) for row in logged],
         events_total=events_total,
         rejected=_rejected_out(session, rejected),
     )
 
 
-def _logged_out(row: LoggedEvent, applied: bool) -> LoggedEventOut:
+def _logged_out(row: Any, applied: bool) -> LoggedEventOut:
+    """``row``: a :class:`LoggedEvent` or a row of its columns."""
     return LoggedEventOut(
         position=row.position,
         event_id=row.event_id,

@@ -234,7 +234,10 @@ class UpdateDetail(UpdateSummary):
     stalled_after_seconds: float | None
     last_progress_at: datetime | None
     timeline: list[StageStep]
-    ip_list: list[IpStatus]
+    ip_list: list[IpStatus] = Field(description="failed first, then silent, then never started, then ok "
+                                                "(one page of them)")
+    ips_total: int = Field(0, description="the update's IPs in all (ip_list may hold a page of them)")
+    ips_offset: int = Field(0, description="where ip_list starts in the failed-first order")
     server_list: list[ServerStatus] = Field(description="failed first, then silent, then ok (one page of them)")
     servers_total: int = Field(0, description="the update's servers in all (server_list may hold a page of them)")
     servers_offset: int = Field(0, description="where server_list starts in the failed-first order")

@@ -27,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
@@ -86,7 +86,9 @@ class SecurityHeadersMiddleware:
 
 def read_only_engine(database_url: str) -> Engine:
     """An engine whose connections cannot write, whatever code runs on them."""
-    engine = make_engine(database_url)
+    # Pooled connections for as many requests as a worker has in flight under load: past the pool
+    # an overflow connection is opened (with its pragmas) and closed per request, costlier than a query.
+    engine = make_engine(database_url, pool_size=16)
 
     @event.listens_for(engine, "connect")
     def _read_only(dbapi_conn: Any, _record: Any) -> None:
@@ -165,6 +167,11 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
 
         return run_in_threadpool(run)
 
+    def read_json(fn: Callable[[Session], BaseModel]) -> Awaitable[Response]:
+        # One trip to the thread pool for the session, the query and the serialisation (a sync
+        # route with a session dependency took three), and the model is serialised once.
+        return read(lambda s: _json(fn(s)))
+
     def page(request: Request, name: str, db: Session, status_code: int = 200, **context: Any) -> HTMLResponse:
         # The live state is read before the page's data, so a change in between is reported by the stream.
         context.setdefault("live", queries.live_state(db))
@@ -206,36 +213,46 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
 
     # --- JSON twins ---------------------------------------------------------------------------
 
+    # The JSON twins return the query's already-validated models serialised once (a Response is sent
+    # as is); ``response_model`` still describes them in the OpenAPI schema.
+
     @app.get("/api/updates", response_model=UpdatePage, tags=["updates"])
-    def api_updates(filters: Annotated[UpdateFilters, Query()], db: Db) -> UpdatePage:
+    async def api_updates(filters: Annotated[UpdateFilters, Query()]) -> Response:
         """Hot updates matching the filters, most recently active first."""
-        return queries.list_updates(db, filters)
+        return await read_json(partial(queries.list_updates, filters=filters))
 
     @app.get("/api/updates/{updateid}", response_model=UpdateDetail, tags=["updates"],
              responses={404: {"description": "no such update"}})
-    def api_update(updateid: str, db: Db,
-                   events_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
-                   servers_offset: Annotated[int, Query(ge=0)] = 0,
-                   servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 500) -> UpdateDetail:
-        """One update: timeline, per-IP and per-server results (failed first; one page of servers:
-        ``servers_offset``, ``servers_limit``, ``servers_total``), CDN dirs, rsync targets, files, its
-        first raw events in log order (``events_limit``, ``events_total``), and its rejected events."""
-        detail = queries.update_detail(db, updateid, events_limit=events_limit, servers_offset=servers_offset,
-                                       servers_limit=servers_limit)
-        if detail is None:
+    async def api_update(updateid: str,
+                         events_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
+                         servers_offset: Annotated[int, Query(ge=0)] = 0,
+                         servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 500,
+                         ips_offset: Annotated[int, Query(ge=0)] = 0,
+                         ips_limit: Annotated[int, Query(ge=0, le=100_000)] = 100) -> Response:
+        """One update: timeline, per-IP and per-server results (failed first; one page of each:
+        ``ips_offset``, ``ips_limit``, ``ips_total`` and ``servers_offset``, ``servers_limit``,
+        ``servers_total``), CDN dirs, rsync targets, files, its first raw events in log order
+        (``events_limit``, ``events_total``), and its rejected events."""
+        def detail(s: Session) -> Response | None:
+            found = queries.update_detail(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
+                                          servers_limit=servers_limit, ips_offset=ips_offset, ips_limit=ips_limit)
+            return None if found is None else _json(found)
+
+        response = await read(detail)
+        if response is None:
             raise HTTPException(status_code=404, detail=f"no update {updateid!r}")
-        return detail
+        return response
 
     @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
     def api_rejected(db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
-                     page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> RejectedPage:
+                     page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
-        return queries.list_rejected(db, page=page_no, page_size=page_size)
+        return _json(queries.list_rejected(db, page=page_no, page_size=page_size))
 
     @app.get("/api/state", response_model=LiveState, tags=["live"])
-    def api_state(db: Db) -> LiveState:
+    def api_state(db: Db) -> Response:
         """The log's last position, the projection's change counter and the last rejection's id."""
-        return queries.live_state(db)
+        return _json(queries.live_state(db))
 
     @app.get("/api/stream", response_class=EventSourceResponse, tags=["live"])
     async def api_stream(
@@ -272,6 +289,10 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+def _json(model: BaseModel) -> Response:
+    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _changes(session: Session, *, before: LiveState, now: LiveState) -> LiveChange:

@@ -113,6 +113,19 @@ async def test_an_update_detail_has_its_timeline_grid_failed_first_files_and_eve
     assert (await client.get("/api/updates/no-such-update")).status_code == 404
 
 
+async def test_the_detail_pages_its_ips_failed_first_with_their_total(client):
+    url = f"/api/updates/{SERVER_ID}"
+    whole = (await client.get(url, params={"ips_limit": 100_000})).json()
+    ips = [i["ip"] for i in whole["ip_list"]]
+    assert whole["ips_total"] == len(ips) >= 2 and whole["ip_list"][0]["ok"] is False
+    ranks = [0 if i["ok"] is False else 3 if i["reported"] else 2 if i["not_run"] else 1 for i in whole["ip_list"]]
+    assert ranks == sorted(ranks)
+    pages = [(await client.get(url, params={"ips_offset": n, "ips_limit": 1})).json() for n in range(len(ips))]
+    assert [p["ip_list"][0]["ip"] for p in pages] == ips
+    assert {(p["ips_total"], p["ips_offset"]) for p in pages[:1]} == {(len(ips), 0)}
+    assert pages[-1]["ips_offset"] == len(ips) - 1
+
+
 async def test_pages_render_the_numbers(client):
     listing = (await client.get("/")).text
     assert f'data-update="{SERVER_ID}"' in listing
