@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from bus.envelope import Envelope, derived_event_id
 from bus.events import PushRequested, UpdateRequested, UpdateStarted
 from bus.registry import make_envelope
@@ -32,7 +30,6 @@ from tests.cmdb_support import (
     files_pushed,
     incoming,
     ip_finished,
-    make_config,
     outbox,
     pull_failed,
     push_failed,
@@ -40,23 +37,6 @@ from tests.cmdb_support import (
     update_completed,
     update_started,
 )
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-@pytest.fixture
-def database(db_url):
-    db = CmdbDatabase(db_url)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
 
 
 def _started(database: CmdbDatabase, config: HotupdateConfig, **overrides: Any) -> tuple[str, Envelope]:

@@ -16,28 +16,11 @@ from producers.cmdb.models import OutboxMessage
 from producers.cmdb.outbox import OutboxRelay, unpublished_count
 from producers.cmdb.service import StartUpdate
 from tests.busprobe import Probe
-from tests.cmdb_support import TcpProxy, free_port, make_config, outbox, via_port
+from tests.cmdb_support import TcpProxy, free_port, outbox, via_port
 
 pytestmark = [pytest.mark.rabbit]
 
 START = StartUpdate(project="ssss", area="大陆", update_type="hot_server", version="004200000")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-@pytest.fixture
-def database(db_url):
-    db = CmdbDatabase(db_url)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
 
 
 @contextlib.asynccontextmanager

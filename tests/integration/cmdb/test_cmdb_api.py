@@ -13,18 +13,6 @@ from tests.cmdb_support import FILES, auth, files_pulled, incoming, make_config,
 START = {"project": "ssss", "area": "大陆", "update_type": "hot_server", "version": "004200000"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-@pytest.fixture
-def database(db_url):
-    db = CmdbDatabase(db_url)
-    yield db
-    db.close()
-
-
 @pytest.fixture
 def client(tmp_path, database):
     with TestClient(create_app(make_config(tmp_path), database=database)) as test_client:

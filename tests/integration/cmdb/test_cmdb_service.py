@@ -15,25 +15,7 @@ from producers.cmdb.errors import AmbiguousArea, BadState, InvalidChoice, NotCon
 from producers.cmdb.process_manager import on_files_pulled
 from producers.cmdb.service import PushUpdate, StartUpdate
 from producers.cmdb.states import State
-from tests.cmdb_support import FILES, files_pulled, incoming, make_config, outbox, row
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-@pytest.fixture
-def database(db_url):
-    db = CmdbDatabase(db_url)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
-
+from tests.cmdb_support import FILES, files_pulled, incoming, outbox, row
 
 SSSS_SERVER = StartUpdate(project="ssss", area="大陆", update_type="hot_server", version="004200000")
 

@@ -38,7 +38,6 @@ from tests.cmdb_support import (
     incoming,
     ip_finished,
     ip_finished_servers,
-    make_config,
     outbox,
     row,
     update_completed,
@@ -46,23 +45,6 @@ from tests.cmdb_support import (
 )
 
 ALL_IPS = ("127.0.0.11", "127.0.0.12", "127.0.0.21", "127.0.0.31")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request):
-    return request.getfixturevalue(f"{request.param}_url")
-
-
-@pytest.fixture
-def database(db_url):
-    db = CmdbDatabase(db_url)
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def config(tmp_path):
-    return make_config(tmp_path)
 
 
 @pytest.fixture

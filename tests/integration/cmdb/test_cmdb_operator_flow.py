@@ -33,7 +33,7 @@ from tests.cmdb_support import (
     update_completed,
     update_started,
 )
-from tests.integration.test_cmdb_app import _envelopes, _wait_for, _wait_state, cmdb
+from tests.integration.cmdb.test_cmdb_app import _envelopes, _wait_for, _wait_state, cmdb
 from tests.webhook_receiver import WebhookReceiver
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.slow]
