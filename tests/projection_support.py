@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
+from bench.projection_events import ERL_OK, FAILED, FILES, OK, T0, TARGET  # one sample data set
 from bus.envelope import Envelope
 from bus.events import (
     CdnDirFinished,
     CdnTarget,
     Event,
-    FileEntry,
     FilesPulled,
     FilesPushed,
     IpFinished,
     PullRequested,
     PushRequested,
-    RsyncTargetRef,
     RsyncTargetResult,
     ServerResult,
     UpdateCompleted,
@@ -26,15 +25,6 @@ from bus.handling import child_envelope
 from bus.registry import DEFAULT_REGISTRY, make_envelope
 from domain.db import make_engine, upgrade
 
-T0 = datetime(2026, 11, 24, 6, 0, 0, tzinfo=UTC)
-FILES = [
-    FileEntry(file_name="ebin/role_server.beam", file_md5="abe347d3fdff45f1078102c4637852a5", size=18432),
-    FileEntry(file_name="config/skill.config", file_md5="5724c05c650550ac8034129ad7a4d915", size=2210),
-]
-TARGET = RsyncTargetRef(name="ssss_cn", ip="127.0.0.1", port=10873, module="cmdb_hot_server", user="cmdb_user")
-OK = ServerResult(data="2 files applied", status=True)
-ERL_OK = ServerResult(data="c:l(role_server). -> {module,role_server}", status=True)
-FAILED = ServerResult(data="更新失败,不执行erl命令", status=False)
 SERVERS = {
     "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
     "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
