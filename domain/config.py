@@ -158,6 +158,12 @@ class RunnerConfig(_Model):
     ssh_user: str = Field(default="root", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     ssh_key: Path | None = None
     ssh_port: int = Field(default=22, ge=1, le=65535)
+    ssh_known_hosts: Path | None = Field(
+        default=None,
+        description="a known_hosts file pinning the game hosts' keys: ssh then refuses any host whose key is "
+        "not in it (StrictHostKeyChecking=yes); without it, the ssh user's own known_hosts decides, and an "
+        "unknown host is refused all the same (BatchMode never asks)",
+    )
     server_root: str = Field(
         default="/data/game/{ip}/{server}",
         description="a server's directory on its host; {ip} and {server} are filled in",
@@ -310,8 +316,15 @@ def _resolve_paths(config: HotupdateConfig, base: Path) -> HotupdateConfig:
         n: r.model_copy(update={"version_root": fix(r.version_root), "backup_root": fix(r.backup_root)})
         for n, r in config.receivers.items()
     }
+    def fix_runner(r: RunnerConfig) -> RunnerConfig:
+        return r.model_copy(update={
+            "ssh_key": fix(r.ssh_key) if r.ssh_key else None,
+            "ssh_known_hosts": fix(r.ssh_known_hosts) if r.ssh_known_hosts else None,
+        })
+
     managers = {
-        n: m.model_copy(update={"incoming_root": fix(m.incoming_root), "cdn_origin_root": fix(m.cdn_origin_root)})
+        n: m.model_copy(update={"incoming_root": fix(m.incoming_root), "cdn_origin_root": fix(m.cdn_origin_root),
+                                "runner": fix_runner(m.runner)})
         for n, m in config.ops_managers.items()
     }
     projects = {

@@ -2,7 +2,8 @@
 
 The configuration itself was validated when it was loaded; these checks look at the
 machine: directories that must exist and be writable, rsync password files (present,
-mode 600 as the seed insists), and the project-directory symlinks of version roots.
+mode 600 as the seed insists), the ssh key and known_hosts of an ops manager that reaches its
+game hosts over ssh, and the project-directory symlinks of version roots.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from domain.config import HotupdateConfig
+from domain.config import HotupdateConfig, OpsManagerConfig
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,49 @@ def check_receiver(config: HotupdateConfig, name: str) -> list[Finding]:
     return out
 
 
+def ssh_key_finding(where: str, path: Path) -> Finding:
+    """ssh ignores a private key that group or others can read ("UNPROTECTED PRIVATE KEY FILE")."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return Finding("error", where, f"ssh key {path} is missing")
+    except PermissionError:
+        return Finding("error", where, f"ssh key {path} is not readable by this user")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return Finding("error", where, f"ssh key {path} has mode {mode:03o}; ssh ignores it unless only its "
+                                       f"owner can read it (chmod 600 {path})")
+    if not os.access(path, os.R_OK):
+        return Finding("error", where, f"ssh key {path} is not readable by this user")
+    return Finding("ok", where, f"ssh key {path} is mode {mode:03o}")
+
+
+def _ssh_findings(where: str, manager: OpsManagerConfig) -> list[Finding]:
+    runner = manager.runner
+    out: list[Finding] = []
+    if runner.ssh_key is not None:
+        out.append(ssh_key_finding(f"{where}.runner.ssh_key", runner.ssh_key))
+    if runner.ssh_known_hosts is None:
+        # BatchMode refuses an unknown host rather than asking, so a missing entry fails an IP, loudly.
+        out.append(Finding("warning", f"{where}.runner.ssh_known_hosts",
+                           f"not set: the known_hosts of the ssh user ({runner.ssh_user}) must list every game host"))
+    elif not runner.ssh_known_hosts.is_file():
+        out.append(Finding("error", f"{where}.runner.ssh_known_hosts", f"{runner.ssh_known_hosts} does not exist"))
+    else:
+        out.append(Finding("ok", f"{where}.runner.ssh_known_hosts", f"{runner.ssh_known_hosts}"))
+    return out
+
+
 def check_ops_manager(config: HotupdateConfig, name: str) -> list[Finding]:
     manager = config.ops_managers[name]
     where = f"ops_managers.{name}"
-    return [
+    findings = [
         _dir(f"{where}.incoming_root", manager.incoming_root, writable=True),
         _dir(f"{where}.cdn_origin_root", manager.cdn_origin_root, writable=True),
     ]
+    if manager.runner.kind == "ssh":
+        findings += _ssh_findings(where, manager)
+    return findings
 
 
 def check_config(

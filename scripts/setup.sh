@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this machine able to run hotupdate's demo and tests: system packages (RabbitMQ with
-# Erlang, PostgreSQL, rsync, Chromium), the services running, and the Python venv.
+# Erlang, PostgreSQL, rsync, OpenSSH, Chromium), the services running, and the Python venv.
 # Idempotent: it installs only what is missing and starts only what is down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,9 @@ need_pkgs=()
 command -v rabbitmq-server >/dev/null || need_pkgs+=(rabbitmq-server)
 command -v erlc >/dev/null && command -v erl_call >/dev/null || need_pkgs+=(erlang-base)
 command -v rsync >/dev/null || need_pkgs+=(rsync)
+# The ssh runner's tests start their own sshd on loopback (a temp config, key-only); the package
+# is the binary they need, not a service this script starts.
+[ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || need_pkgs+=(openssh-server)
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
 # The dashboard shows Chinese (the seed's area names, results); without a CJK font the

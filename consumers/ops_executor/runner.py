@@ -172,6 +172,8 @@ class SshRunner:
         opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(self._config.ssh_port)]
         if self._config.ssh_key is not None:
             opts += ["-i", str(self._config.ssh_key), "-o", "IdentitiesOnly=yes"]
+        if self._config.ssh_known_hosts is not None:
+            opts += ["-o", f"UserKnownHostsFile={self._config.ssh_known_hosts}", "-o", "StrictHostKeyChecking=yes"]
         return [self._ssh, *opts, "-l", self._config.ssh_user, "--", ip, shlex.join(argv)]
 
     async def run(

@@ -28,19 +28,6 @@ E = TypeVar("E", bound=Event)
 SLOW_IF_MARKED = 'case filelib:is_file("slow") of true -> timer:sleep(infinity); false -> ok end'
 
 
-@pytest.fixture
-def world(tmp_path) -> World:
-    return World(tmp_path)
-
-
-@pytest.fixture
-def nodes(world):
-    started = ErlangNodes(world.cookie)
-    yield started
-    survivors = started.stop_all()
-    assert not survivors, f"beam processes survived the test: {survivors}"
-
-
 def server(world: World, nodes: ErlangNodes, ip: str, base: str, *, start: bool = True) -> str:
     """A game server at version 1: its ebin holds the v1 module; its node runs unless ``start`` is False."""
     name = world.name(base)

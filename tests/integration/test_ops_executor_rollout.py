@@ -28,15 +28,10 @@ from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.state import StateStore
 from demo.erlang import ErlangNodes, compile_module
 from tests.fleet import Fleet
-from tests.ops_world import World, envelope_of, hot_client_request
+from tests.ops_world import envelope_of, hot_client_request
 from tests.recording import RecordingEmitter
 
 IPS = [Fleet.ip(i) for i in range(1, 11)]
-
-
-@pytest.fixture
-def world(tmp_path) -> World:
-    return World(tmp_path)
 
 
 @pytest.fixture

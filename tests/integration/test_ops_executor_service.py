@@ -27,18 +27,6 @@ RESULTS = (binding(UpdateStarted, project=PROJECT), binding(IpFinished, project=
 SLOW_IF_MARKED = 'case filelib:is_file("slow") of true -> timer:sleep(infinity); false -> ok end'
 
 
-@pytest.fixture
-def world(tmp_path) -> World:
-    return World(tmp_path)
-
-
-@pytest.fixture
-def nodes(world):
-    started = ErlangNodes(world.cookie)
-    yield started
-    assert not started.stop_all(), "beam processes survived the test"
-
-
 def server(world: World, nodes: ErlangNodes, ip: str, base: str) -> str:
     name = world.name(base)
     root = world.server_dir(ip, name)

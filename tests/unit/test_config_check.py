@@ -49,3 +49,49 @@ def test_missing_ops_manager_directories_are_named(tmp_path):
 def test_missing_password_file_is_an_error(tmp_path):
     finding = password_file_finding("x", tmp_path / "nope")
     assert finding.level == "error" and "is missing" in finding.message
+
+
+def _ssh_config(tmp_path: Path, runner: dict[str, object]):
+    (tmp_path / "incoming").mkdir(exist_ok=True)
+    (tmp_path / "cdn").mkdir(exist_ok=True)
+    raw = {
+        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+        "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming", "cdn_origin_root": "cdn",
+                                  "runner": {"kind": "ssh", **runner}}},
+    }
+    return parse_config(raw, tmp_path / "hotupdate.yaml")
+
+
+def test_ssh_key_others_can_read_is_an_error_naming_the_fix(tmp_path):
+    key = tmp_path / "keys" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_text("k")
+    key.chmod(0o644)
+    (tmp_path / "known_hosts").write_text("")
+    config = _ssh_config(tmp_path, {"ssh_key": "keys/id_ed25519", "ssh_known_hosts": "known_hosts"})
+    assert config.ops_managers["ops1"].runner.ssh_key == key  # relative paths resolve beside the config file
+    errors = [str(f) for f in check_config(config, ops_manager="ops1") if f.level == "error"]
+    assert errors == [f"ERROR   ops_managers.ops1.runner.ssh_key: ssh key {key} has mode 644; ssh ignores it "
+                      f"unless only its owner can read it (chmod 600 {key})"]
+    key.chmod(0o600)
+    assert [f for f in check_config(config, ops_manager="ops1") if f.level != "ok" and ".runner." in f.where] == []
+
+
+def test_ssh_without_pinned_host_keys_warns_and_a_missing_known_hosts_file_is_an_error(tmp_path):
+    unpinned = check_config(_ssh_config(tmp_path, {"ssh_user": "deploy"}), ops_manager="ops1")
+    assert [(f.level, f.where) for f in unpinned if f.level != "ok" and ".runner." in f.where] == [
+        ("warning", "ops_managers.ops1.runner.ssh_known_hosts")]
+    assert "deploy" in next(f.message for f in unpinned if f.level == "warning")
+    missing = check_config(_ssh_config(tmp_path, {"ssh_known_hosts": "nope"}), ops_manager="ops1")
+    assert [str(f) for f in missing if f.level == "error"] == [
+        f"ERROR   ops_managers.ops1.runner.ssh_known_hosts: {tmp_path}/nope does not exist"]
+
+
+def test_local_runner_has_no_ssh_findings(tmp_path):
+    raw_dirs = [tmp_path / "incoming", tmp_path / "cdn"]
+    for d in raw_dirs:
+        d.mkdir()
+    config = parse_config({"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+                           "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming",
+                                                     "cdn_origin_root": "cdn"}}}, tmp_path / "hotupdate.yaml")
+    assert not any("ssh" in f.where for f in check_config(config, ops_manager="ops1"))
