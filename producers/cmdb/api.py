@@ -64,7 +64,7 @@ def start_update(body: StartUpdateRequest, operator: OperatorDep, db: DatabaseDe
 @router.get("/{update_id}")
 def get_update(update_id: str, _operator: OperatorDep, db: DatabaseDep) -> UpdateResponse:
     """The update's state, files, targets and what each target reported."""
-    return UpdateResponse.model_validate(service.get_update(db, update_id))
+    return service.get_update(db, update_id)
 
 
 @router.get("/{update_id}/files")
@@ -83,7 +83,7 @@ def push_update(
     cmd = service.PushUpdate(
         files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs, rollout=choice.rollout
     )
-    return UpdateResponse.model_validate(service.push_update(db, cfg, update_id, cmd, requested_by=operator))
+    return service.push_update(db, cfg, update_id, cmd, requested_by=operator)
 
 
 @router.post("/{update_id}/abort")
@@ -92,13 +92,13 @@ def abort_update(
 ) -> UpdateResponse:
     """Abort a requested or running update: what started finishes, nothing more starts."""
     reason = body.reason if body else ""
-    return UpdateResponse.model_validate(service.abort_update(db, update_id, operator, reason))
+    return service.abort_update(db, update_id, operator, reason)
 
 
 @router.post("/{update_id}/confirm")
 def confirm_batch(update_id: str, operator: OperatorDep, db: DatabaseDep) -> UpdateResponse:
     """The go-ahead for the next batch after a failed one (rollout ``on_failure: confirm``)."""
-    return UpdateResponse.model_validate(service.confirm_batch(db, update_id, operator))
+    return service.confirm_batch(db, update_id, operator)
 
 
 @router.post("/{update_id}/retry-failed", status_code=status.HTTP_201_CREATED)
@@ -107,7 +107,7 @@ def retry_failed(
 ) -> UpdateResponse:
     """A new update, linked to this one, of its files on exactly its failed or not-run servers (CDN dirs)."""
     rollout = body.rollout if body else None
-    return UpdateResponse.model_validate(service.retry_failed(db, cfg, update_id, operator, rollout))
+    return service.retry_failed(db, cfg, update_id, operator, rollout)
 
 
 @router.post("/{update_id}/rollback", status_code=status.HTTP_201_CREATED)
@@ -116,7 +116,7 @@ def roll_back(
 ) -> UpdateResponse:
     """A new update, linked to this one, applying the previous completed version to the same targets."""
     rollout = body.rollout if body else None
-    return UpdateResponse.model_validate(service.roll_back(db, cfg, update_id, operator, rollout))
+    return service.roll_back(db, cfg, update_id, operator, rollout)
 
 
 def create_app(

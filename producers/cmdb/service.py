@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -48,6 +47,7 @@ from producers.cmdb.errors import BadState, InvalidChoice, NotFound
 from producers.cmdb.expected import failed_or_unrun, missing_targets
 from producers.cmdb.models import HotUpdate, TargetResult, as_utc, utcnow
 from producers.cmdb.outbox import enqueue
+from producers.cmdb.schemas import TargetResultResponse, UpdateResponse
 from producers.cmdb.states import (
     CAN_ABORT,
     CAN_CONFIRM,
@@ -85,58 +85,6 @@ class PushUpdate:
     servers: Sequence[str] | None = None
     cdn_dirs: Sequence[str] | None = None
     rollout: RolloutPlan | None = None  # None: one batch
-
-
-@dataclass(frozen=True)
-class TargetView:
-    kind: str
-    target: str
-    ok: bool
-    detail: dict[str, Any]
-    reported_at: datetime | None
-
-
-@dataclass(frozen=True)
-class UpdateView:
-    """A snapshot of one update for operators."""
-
-    id: str
-    parent_id: str | None
-    project: str
-    area_name: str
-    area_code: str
-    update_type: str
-    client_type: int | None
-    version: str
-    requested_by: str
-    push_requested_by: str | None
-    state: str
-    reason: str | None
-    final_data: str | None
-    files: list[dict[str, Any]] | None
-    chosen_files: list[dict[str, Any]] | None
-    rsync_targets: list[dict[str, Any]] | None
-    ops_manager: str | None
-    update_targets: dict[str, Any] | None
-    narrowed: bool
-    erlang_cmd_list: list[str]
-    created_at: datetime | None
-    updated_at: datetime | None
-    pulled_at: datetime | None
-    push_requested_at: datetime | None
-    pushed_at: datetime | None
-    update_requested_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    relation: str | None = None
-    rollout: dict[str, Any] | None = None
-    outcome: str | None = None
-    not_run: list[str] = field(default_factory=list)
-    last_batch: dict[str, Any] | None = None
-    last_event_at: datetime | None = None
-    stalled_for: datetime | None = None
-    missing_targets: list[str] = field(default_factory=list)  # expected, no result, not in not_run
-    results: list[TargetView] = field(default_factory=list)
 
 
 def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpdate, requested_by: str) -> str:
@@ -192,7 +140,7 @@ def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpda
 
 def push_update(
     database: CmdbDatabase, config: HotupdateConfig, update_id: str, cmd: PushUpdate, requested_by: str
-) -> UpdateView:
+) -> UpdateResponse:
     """Confirm the push of the chosen pulled files to the area's rsync targets; queue *push requested*."""
     with database.transaction() as session:
         row = _load(session, update_id, lock=True)
@@ -235,7 +183,7 @@ def push_update(
         return _view(session, row)
 
 
-def abort_update(database: CmdbDatabase, update_id: str, requested_by: str, reason: str = "") -> UpdateView:
+def abort_update(database: CmdbDatabase, update_id: str, requested_by: str, reason: str = "") -> UpdateResponse:
     """Ask the executor to start nothing more; queue *update abort requested*."""
     with database.transaction() as session:
         row = _load(session, update_id, lock=True)
@@ -247,7 +195,7 @@ def abort_update(database: CmdbDatabase, update_id: str, requested_by: str, reas
         return _view(session, row)
 
 
-def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> UpdateView:
+def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> UpdateResponse:
     """The go-ahead for the batch after the failed one; queue *batch confirmed*."""
     with database.transaction() as session:
         row = _load(session, update_id, lock=True)
@@ -267,7 +215,7 @@ def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> 
 def retry_failed(
     database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
     rollout: RolloutPlan | None = None,
-) -> UpdateView:
+) -> UpdateResponse:
     """A new update of the same version and files on exactly the failed or not-run servers (CDN dirs)."""
     with database.transaction() as session:
         parent = _load(session, update_id, lock=True)
@@ -288,7 +236,7 @@ def retry_failed(
 def roll_back(
     database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
     rollout: RolloutPlan | None = None,
-) -> UpdateView:
+) -> UpdateResponse:
     """A new update applying the previous completed version of the same project/area/type to the same targets."""
     with database.transaction() as session:
         parent = _load(session, update_id, lock=True)
@@ -393,7 +341,7 @@ def _own_envelope(row: HotUpdate, event: Event, *, event_id: str | None = None) 
     )
 
 
-def get_update(database: CmdbDatabase, update_id: str) -> UpdateView:
+def get_update(database: CmdbDatabase, update_id: str) -> UpdateResponse:
     """The update's state, files, targets and what each target reported."""
     with database.transaction() as session:
         return _view(session, _load(session, update_id))
@@ -445,11 +393,11 @@ def _event(model: type[E], **fields: Any) -> E:
         raise InvalidChoice(problems) from None
 
 
-def _view(session: Session, row: HotUpdate) -> UpdateView:
+def _view(session: Session, row: HotUpdate) -> UpdateResponse:
     results = session.scalars(
         select(TargetResult).where(TargetResult.update_id == row.id).order_by(TargetResult.kind, TargetResult.target)
     ).all()
-    return UpdateView(
+    return UpdateResponse(
         id=row.id,
         parent_id=row.parent_id,
         project=row.project,
@@ -487,5 +435,6 @@ def _view(session: Session, row: HotUpdate) -> UpdateView:
         stalled_for=as_utc(row.stalled_for),
         missing_targets=missing_targets(row, {r.target for r in results})
         if row.update_requested_at is not None else [],
-        results=[TargetView(r.kind, r.target, r.ok, r.detail, as_utc(r.reported_at)) for r in results],
+        results=[TargetResultResponse(kind=r.kind, target=r.target, ok=r.ok, detail=r.detail,
+                                         reported_at=as_utc(r.reported_at)) for r in results],
     )
