@@ -2,10 +2,15 @@
 
 A rebuild copies the source's log rows verbatim (so the target's log verifies and the
 dashboard shows each update's raw events), checking each row's link in the hash chain as
-it goes, and folds every event into the view through :func:`projections.ingest.apply_logged`:
-the same step, and the same reducers, as the live projection. The reducers take their
-times from the events only, so the same log gives the same view, field for field.
-Transactions span ``batch_size`` events.
+it goes, and folds every event into the view with the live projection's reducers
+(:func:`projections.view.apply`), in log order. The reducers take their times from the events
+only, so the same log gives the same view, field for field.
+
+The log is read in windows of ``window`` events, each one transaction, replayed with the view in
+memory (:mod:`projections.replay_window`). An event whose reducer raises is left out as the live
+projection left it: the window is rolled back, the events before it replayed again, and it goes
+through :func:`_replay_batch` with the ``batch_size`` events after it (one transaction, a
+savepoint per event if needed: :func:`projections.ingest.apply_logged`, as the live projection).
 
 Re-publishing sends the stored envelopes to the events exchange with
 :data:`bus.publisher.REPLAYED_HEADER` set: live consumers ack and ignore them unless they
@@ -15,14 +20,17 @@ opted in (``ConsumerService(accept_replayed=True)``), which a new consumer catch
 from __future__ import annotations
 
 import logging
+import os
 import socket
-from collections.abc import Callable, Iterator
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, func, insert, literal, select
+from sqlalchemy import DateTime, Engine, delete, func, insert, literal, select
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -31,7 +39,7 @@ from bus.publisher import REPLAYED_HEADER
 from bus.registry import DEFAULT_REGISTRY
 from domain.db import make_engine, upgrade
 from projections import log as event_log
-from projections import view
+from projections import replay_window, view
 from projections.audit import LogFilter, iter_rows, read_head
 from projections.ingest import apply_logged
 from projections.models import (
@@ -48,6 +56,9 @@ log = logging.getLogger(__name__)
 
 LOG_POSITION_HEADER = "x-hotupdate-log-position"
 """Set on a re-published event: its position in the log it came from."""
+
+WINDOW = 50_000
+"""Events replayed in memory per transaction (:mod:`projections.replay_window`): bounds the memory held."""
 
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) as a replay goes on."""
@@ -100,28 +111,75 @@ def replay(
     until_time: datetime | None = None,
     force: bool = False,
     batch_size: int = 500,
+    window: int = WINDOW,
     progress: Progress | None = None,
 ) -> ReplayResult:
     """Rebuild the status view of ``source_url``'s log in ``target_url`` (migrated first).
 
     Only the log up to ``until_position``, and up to the last event received at or before
     ``until_time``, is replayed. A target holding projection data is refused unless
-    ``force``, which empties its projection tables first.
+    ``force``, which empties its projection tables first. ``window`` events are replayed in
+    memory per transaction (what the memory held grows with it); ``batch_size`` bounds the
+    transactions of the careful path, taken around an event the view cannot take.
     """
-    if batch_size < 1:
-        raise ReplayError(f"a batch holds at least one event, not {batch_size}")
+    if batch_size < 1 or window < 1:
+        raise ReplayError(f"a batch holds at least one event, not {min(batch_size, window)}")
     if same_database(source_url, target_url):
         raise ReplayError("the target is the source database")
     upgrade(target_url, "projection")
-    source, target = make_engine(source_url), make_engine(target_url)
+    source, target = make_engine(source_url), _target_engine(target_url)
     try:
         prepare_target(target, force=force)
         with Session(source) as session:
             end = replay_end(session, until_position=until_position, until_time=until_time)
-            return _rebuild(session, target, end, batch_size=batch_size, progress=progress)
+            return _rebuild(session, target, end, batch_size=batch_size, window=window, progress=progress)
     finally:
+        _settle(target)
         source.dispose()
         target.dispose()
+
+
+def _target_engine(url: str) -> Engine:
+    """The target's engine; on SQLite, set up for building a file from scratch (see :func:`_settle`).
+
+    Its rollback journal is kept in memory (no write-ahead log: each page is written once, not to
+    the log and then again into the file) and nothing is synced to disk until the end. A rolled
+    back window is still rolled back; a replay killed mid-way (``kill -9``, a crash) can leave the
+    target unusable: replay again into a new file.
+    """
+    engine = make_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @sqlalchemy_event.listens_for(engine, "connect")
+        def _building(dbapi_conn: Any, _record: Any) -> None:  # after make_engine's own pragmas
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("PRAGMA journal_mode=MEMORY")
+            except sqlite3.OperationalError:  # another connection has the file open: keep the write-ahead log
+                log.info("replay: the target is open elsewhere; it keeps its write-ahead log")
+            cursor.execute("PRAGMA synchronous=OFF")
+            cursor.execute("PRAGMA cache_size=-262144")  # KiB: the log's unique indexes take random keys
+            cursor.close()
+
+    return engine
+
+
+def _settle(target: Engine) -> None:
+    """Leave a SQLite target as every other connection expects it (write-ahead log), synced to disk."""
+    if target.dialect.name != "sqlite":
+        return
+    with target.connect() as connection:
+        connection.exec_driver_sql("PRAGMA synchronous=FULL")
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    target.dispose()
+    path = target.url.database
+    if path and path != ":memory:" and Path(path).exists():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def replay_end(session: Session, *, until_position: int | None = None, until_time: datetime | None = None) -> int:
@@ -165,26 +223,103 @@ def prepare_target(target: Engine, *, force: bool) -> None:
         event_log.store_head(session, head)
 
 
-def _rebuild(source: Session, target: Engine, end: int, *, batch_size: int, progress: Progress | None) -> ReplayResult:
+def _rebuild(source: Session, target: Engine, end: int, *, batch_size: int, window: int,
+             progress: Progress | None) -> ReplayResult:
     result = ReplayResult()
     if progress:
         progress(0, end)
-    columns = LoggedEvent.__table__.columns
+    reader = _LogReader(source, target)
     while result.last_position < end:
-        rows = source.execute(
-            select(LoggedEvent.__table__)
-            .where(LoggedEvent.position > result.last_position, LoggedEvent.position <= end)
-            .order_by(LoggedEvent.position)
-            .limit(batch_size)
-        ).mappings().all()
+        rows = reader.read(result.last_position, end, window)
         if not rows:  # the head promised rows that are not there
             raise SourceLogBroken(result.last_position + 1, "rows are missing", result.events)
-        broken = _replay_batch(target, [{c.name: _utc(row[c.name]) for c in columns} for row in rows], result)
-        if progress:
-            progress(result.events, end)
+        broken = _replay_rows(target, reader, rows, result, batch_size=batch_size, progress=progress, end=end)
         if broken is not None:
             raise SourceLogBroken(broken[0], broken[1], result.events)
     return result
+
+
+class _LogReader:
+    """Reads the source's log rows in windows, values in :data:`replay_window.LOG_COLUMNS` order.
+
+    From SQLite into SQLite the values are read and written as stored (times as SQLAlchemy's text),
+    so they are copied verbatim without being parsed and formatted again; otherwise as Python values
+    (times in UTC). :meth:`values` gives a row's Python values either way (for the careful path).
+    """
+
+    def __init__(self, source: Session, target: Engine) -> None:
+        dialect = source.get_bind().dialect
+        self.session, self.source_dialect = source, dialect
+        self.stored = dialect.name == "sqlite" and target.dialect.name == "sqlite"
+        table = LoggedEvent.__table__
+        self.columns = [table.c[name] for name in replay_window.LOG_COLUMNS]
+        self.times = [i for i, c in enumerate(self.columns) if isinstance(c.type, DateTime)]
+        self.parse = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.columns]
+
+    def read(self, after: int, end: int, limit: int) -> list[tuple[Any, ...]]:
+        table = LoggedEvent.__table__
+        query = (select(*self.columns).where(table.c.position > after, table.c.position <= end)
+                 .order_by(table.c.position).limit(limit))
+        if self.stored:  # the same SELECT, without SQLAlchemy's processing of each value
+            compiled = query.compile(dialect=self.source_dialect, compile_kwargs={"literal_binds": True})
+            return [tuple(row) for row in self.session.connection().exec_driver_sql(str(compiled))]
+        return [_utc_at(row, self.times) for row in self.session.execute(query)]
+
+    def values(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        if self.stored:
+            row = tuple(p(v) if p is not None and v is not None else v for p, v in zip(self.parse, row, strict=True))
+        return dict(zip(replay_window.LOG_COLUMNS, _utc_at(row, self.times), strict=True))
+
+
+def _replay_rows(target: Engine, reader: _LogReader, rows: list[tuple[Any, ...]], result: ReplayResult, *,
+                 batch_size: int,
+                 progress: Progress | None, end: int) -> tuple[int, str] | None:
+    """Replay ``rows`` in memory; an event whose reducer fails goes through :func:`_replay_batch` instead.
+
+    Returns (position, reason) of a row that broke the chain (the rows before it are kept).
+    """
+    pending = rows
+    while pending:
+        try:
+            return _take(replay_window.replay_window(target, pending, stored=reader.stored), result, progress, end)
+        except replay_window.ReducerFailed as failed:
+            log.debug("replay: the reducer of position %d raised: %r", pending[failed.index][0], failed.error)
+            index = failed.index
+        except Exception as exc:  # a database error writing the window: find the event the careful way
+            log.info("replay: window at %d goes batch by batch: %r", pending[0][0], exc)
+            index = 0
+        if index:  # the same events on the same state: they apply again
+            again = replay_window.replay_window(target, pending[:index], stored=reader.stored)
+            broken = _take(again, result, progress, end)
+            if broken is not None:
+                return broken
+        careful = [reader.values(row) for row in pending[index:index + batch_size]]
+        broken = _replay_batch(target, careful, result)
+        if progress:
+            progress(result.events, end)
+        if broken is not None:
+            return broken
+        pending = pending[index + batch_size:]
+    return None
+
+
+def _take(done: replay_window.WindowResult, result: ReplayResult, progress: Progress | None, end: int
+          ) -> tuple[int, str] | None:
+    result.events += done.events
+    result.applied += done.applied
+    result.last_position, result.last_hash = done.last_position, done.last_hash
+    result.unapplied.extend(Unapplied(*u) for u in done.unapplied)
+    if progress:
+        progress(result.events, end)
+    return done.broken
+
+
+def _utc_at(row: Sequence[Any], indexes: list[int]) -> tuple[Any, ...]:
+    """``row`` with the values at ``indexes`` (its times) in UTC."""
+    values = list(row)
+    for i in indexes:
+        values[i] = _utc(values[i])
+    return tuple(values)
 
 
 def _utc(value: Any) -> Any:

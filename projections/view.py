@@ -201,7 +201,9 @@ class RowCache:
     (a savepoint rolled back under it would leave rows here that are gone from the session).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, plain_updates: bool = False) -> None:
+        # plain_updates: new update rows are plain NewRows too (the caller derives and writes them itself)
+        self.plain_updates = plain_updates
         self.rows: dict[type[Any], dict[tuple[Any, ...], Any]] = {}
         self.scopes: set[tuple[type[Any], tuple[str, ...]]] = set()
         self.servers_by_ip: dict[tuple[str, str], dict[str, ServerRow]] = {}
@@ -297,6 +299,11 @@ def write_new_rows(session: Session) -> None:
         if rows:
             connection.execute(insert(model), [{n: row.__dict__[n] for n in names} for row in rows])
     cache.new = {}
+    write_changed_rows(connection, cache)
+
+
+def write_changed_rows(connection: Any, cache: RowCache) -> None:
+    """UPDATE the cache's :class:`LoadedRow` rows that changed since read (or since last written)."""
     for model, loaded in cache.loaded_rows.items():
         table = model.__table__
         keys = {c.name for c in table.primary_key.columns}
@@ -335,6 +342,22 @@ def prefetch_updates(session: Session, updateids: Iterable[str]) -> None:
                 cache.scopes.add((UpdateRow, (updateid,)))
                 if (updateid,) not in cache.rows.get(UpdateRow, {}):  # a new update has no target rows yet
                     cache.scopes.update((model, (updateid,)) for model in _TARGET_MODELS)
+
+
+def load_update(session: Session, updateid: str) -> None:
+    """Read all of an update's view rows into the :class:`RowCache` (which must be installed)."""
+    cache: RowCache = session.info[ROW_CACHE]
+    models: tuple[type[Any], ...] = (UpdateRow, *_TARGET_MODELS)
+    for model in models:
+        if not cache.loaded(model, (updateid,)):
+            _load_scope(session, cache, model, (updateid,))
+
+
+def mark_new_update(session: Session, updateid: str) -> None:
+    """Tell the :class:`RowCache` that an update has no rows in the database (so none are read)."""
+    cache: RowCache = session.info[ROW_CACHE]
+    models: tuple[type[Any], ...] = (UpdateRow, *_TARGET_MODELS)
+    cache.scopes.update((model, (updateid,)) for model in models)
 
 
 def prefetch_servers(session: Session, events: Iterable[Event], envelopes: Iterable[Envelope]) -> None:
@@ -579,11 +602,11 @@ def on_cdn_dir_finished(session: Session, update: UpdateRow, env: Envelope, even
 
 def on_ip_finished(session: Session, update: UpdateRow, env: Envelope, event: IpFinished) -> None:
     _identity(update, env, None, event.version, rank=1)
-    key = order_key(env)
+    key, when = order_key(env), _when(env)
     ip_row = _ip_row(session, update.updateid, event.ip)
     if _later(ip_row.result_key, key):
         ip_row.reported, ip_row.group = True, event.group
-        ip_row.finished_at, ip_row.result_key = _when(env), key
+        ip_row.finished_at, ip_row.result_key = when, key
     for server in sorted(set(event.update_data) | set(event.erl_data)):
         row = _server_row(session, update.updateid, event.ip, server)
         if not _later(row.result_key, key):
@@ -594,7 +617,7 @@ def on_ip_finished(session: Session, update: UpdateRow, env: Envelope, event: Ip
         row.update_text = _text(upd.data) if upd else None
         row.erl_status = erl.status if erl else None
         row.erl_text = _text(erl.data) if erl else None
-        row.finished_at, row.result_key = _when(env), key
+        row.finished_at, row.result_key = when, key
     _refresh_ip(session, ip_row)
 
 
@@ -729,14 +752,18 @@ def apply(session: Session, envelope: Envelope, event: Event, *, derive: bool = 
     """
     update = _get(session, UpdateRow, (envelope.updateid,), (envelope.updateid,))
     if update is None:
-        # a mapped row even in a batch: refresh writes its counts after the target rows are in
-        update = UpdateRow(
+        cache: RowCache | None = session.info.get(ROW_CACHE)
+        fields: dict[str, Any] = dict(
             updateid=envelope.updateid, project=envelope.project, area=envelope.area, winners={},
             stage="unknown", status="in_progress", first_event_at=_when(envelope), last_event_at=_when(envelope),
             event_count=0, batches_finished=0,
         )
-        session.add(update)
-        cache: RowCache | None = session.info.get(ROW_CACHE)
+        if cache is not None and cache.plain_updates:
+            update = _add(session, UpdateRow, (envelope.updateid,), **fields)
+        else:
+            # a mapped row even in a batch: refresh writes its counts after the target rows are in
+            update = UpdateRow(**fields)
+            session.add(update)
         if cache is not None:  # not in the database, so none of its target rows are either
             cache.remember(UpdateRow, (envelope.updateid,), update)
             cache.scopes.update((model, (envelope.updateid,)) for model in _TARGET_MODELS)
@@ -746,10 +773,11 @@ def apply(session: Session, envelope: Envelope, event: Event, *, derive: bool = 
     if reducer is not None:  # a type without a reducer is still logged and counted
         reducer(session, update, envelope, event)
     update.event_count = (update.event_count or 0) + 1
-    update.first_event_at = _earliest(update.first_event_at, _when(envelope))
-    update.last_event_at = _latest(update.last_event_at, _when(envelope))
+    when = _when(envelope)
+    update.first_event_at = _earliest(update.first_event_at, when)
+    update.last_event_at = _latest(update.last_event_at, when)
     if not isinstance(event, UpdateStalled):  # a stall report is not progress
-        update.last_progress_at = _latest(update.last_progress_at, _when(envelope))
+        update.last_progress_at = _latest(update.last_progress_at, when)
     if derive:
         refresh(session, update)
     return update
@@ -843,13 +871,52 @@ def refresh(session: Session, update: UpdateRow, *, flush: bool = True) -> None:
     targets = session.execute(q_targets, params).one()
     update.targets_requested, update.targets_ok, update.targets_failed = map(int, targets)
     update.files_count = int(session.execute(q_files, params).scalar_one())
-    update.requested_by = update.pull_requested_by or update.push_requested_by or update.update_requested_by
     _refresh_batches(session, update)
+    _derive(update)
+
+
+def _derive(update: UpdateRow) -> None:
+    """The fields derived from the update's own fields and its counts: who asked, stage and status."""
+    update.requested_by = update.pull_requested_by or update.push_requested_by or update.update_requested_by
     reported = (
         update.ips_ok + update.ips_failed + update.servers_ok + update.servers_failed
         + update.cdn_dirs_ok + update.cdn_dirs_failed
     ) > 0
     update.stage, update.status = derive_stage(update, results_reported=reported)
+
+
+def refresh_from_rows(update: UpdateRow, rows: Mapping[type[Any], list[Any]]) -> None:
+    """:func:`refresh` from the update's target rows in memory (``rows``: all of them, by model).
+
+    The same counts as :func:`refresh`'s SQL (``x IS TRUE`` is ``x is True``: NULL counts as neither).
+    """
+    ips: list[IpRow] = rows.get(IpRow, [])
+    not_run_ips = {r.ip for r in ips if r.not_run is True}
+    servers: list[ServerRow] = rows.get(ServerRow, [])
+    update.servers_expected = sum(1 for r in servers if r.expected is True)
+    update.servers_ok = sum(1 for r in servers if r.reported is True and r.ok is True)
+    update.servers_failed = sum(1 for r in servers if r.reported is True and r.ok is False)
+    update.servers_pending = sum(
+        1 for r in servers if r.expected is True and r.reported is False and r.ip not in not_run_ips)
+    update.servers_not_run = sum(1 for r in servers if r.reported is False and r.ip in not_run_ips)
+    update.ips_expected = sum(1 for r in ips if r.expected is True)
+    update.ips_ok = sum(1 for r in ips if r.reported is True and r.ok is True)
+    update.ips_failed = sum(1 for r in ips if r.reported is True and r.ok is False)
+    update.ips_pending = sum(1 for r in ips if r.expected is True and r.reported is False and r.not_run is False)
+    update.ips_not_run = sum(1 for r in ips if r.reported is False and r.not_run is True)
+    dirs: list[CdnDirRow] = rows.get(CdnDirRow, [])
+    update.cdn_dirs_expected = sum(1 for r in dirs if r.expected is True)
+    update.cdn_dirs_ok = sum(1 for r in dirs if r.status is True)
+    update.cdn_dirs_failed = sum(1 for r in dirs if r.status is False)
+    update.cdn_dirs_pending = sum(1 for r in dirs if r.expected is True and r.status is None and r.not_run is False)
+    update.cdn_dirs_not_run = sum(1 for r in dirs if r.status is None and r.not_run is True)
+    targets: list[RsyncTargetRow] = rows.get(RsyncTargetRow, [])
+    update.targets_requested = sum(1 for r in targets if r.requested is True)
+    update.targets_ok = sum(1 for r in targets if r.ok is True)
+    update.targets_failed = sum(1 for r in targets if r.ok is False)
+    update.files_count = len(rows.get(FileRow, []))
+    _batch_fields(update, rows.get(BatchRow, []))
+    _derive(update)
 
 
 def refresh_all(session: Session, updateids: Iterable[str]) -> None:
@@ -874,6 +941,10 @@ def _refresh_batches(session: Session, update: UpdateRow) -> None:
         rows = [r for r in cache.rows.get(BatchRow, {}).values() if r.updateid == update.updateid]
     else:
         rows = list(session.scalars(_count_statements()[-1], {"uid": update.updateid}).all())
+    _batch_fields(update, rows)
+
+
+def _batch_fields(update: UpdateRow, rows: list[BatchRow]) -> None:
     finished = [r for r in rows if r.finished_at is not None]
     update.batches_total = max((r.batches for r in finished if r.batches), default=None)
     update.batches_finished = len(finished)

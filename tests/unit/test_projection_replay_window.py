@@ -1,0 +1,83 @@
+"""The in-memory replay (projections.replay_window) derives what the live projection derives with SQL.
+
+Updates whose counts need every rule of :func:`projections.view.refresh`: targets the completion
+says never ran (pending vs not run), failed and succeeded targets, an update without a completion,
+replayed in one window and in windows that split every update.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy.orm import Session
+
+from bus.events import UpdateCompleted
+from bus.handling import child_envelope
+from projections import log as event_log
+from projections.ingest import ingest_batch
+from projections.replay import replay
+from tests.audit_support import log_of, view_of
+from tests.projection_support import Item, at, hot_client_flow, hot_server_flow, item, migrated_engine
+
+
+def _aborted_server_update() -> list[Item]:
+    flow = hot_server_flow(updateid="aaaa0000-0000-4000-8000-000000000001", complete=False)
+    request = flow[4][0]
+    flow = flow[:-1]  # 127.0.0.31 never reported
+    done = at(child_envelope(request, UpdateCompleted(
+        update_type="hot_server", version="004200000", final_result=False, final_data="aborted",
+        ok_count=5, failed_count=1, outcome="aborted", not_run=["127.0.0.31"],
+    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
+    return [*flow, item(done)]
+
+
+def _aborted_client_update() -> list[Item]:
+    flow = hot_client_flow(updateid="cccc0000-0000-4000-8000-000000000001")
+    request = flow[0][0]
+    done = at(child_envelope(request, UpdateCompleted(
+        update_type="hot_client", version="003100000", final_result=False, final_data="aborted",
+        data=[{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1", "status": True}],
+        ok_count=1, failed_count=0, outcome="aborted", not_run=["res.ssss.chuangyunet.com/r1"],
+    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
+    return [*flow[:3], item(done)]  # request, started, t1 finished; r1 never started
+
+
+@pytest.mark.parametrize("window", [1, 3, 1000])
+def test_counts_stage_and_status_replayed_in_memory_equal_the_live_ones(tmp_path, window):
+    source_url = f"sqlite:///{tmp_path / 'live.db'}"
+    live = migrated_engine(source_url)
+    items = [*_aborted_server_update(), *_aborted_client_update(), *hot_server_flow(complete=False)]
+    for start in range(0, len(items), 4):
+        ingest_batch(live, items[start:start + 4])
+    target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
+
+    result = replay(source_url, target_url, window=window)
+
+    target = migrated_engine(target_url)
+    assert result.applied == result.events == len(items) and not result.unapplied
+    replayed = view_of(target)
+    assert replayed == view_of(live)
+    updates = {u["updateid"]: u for u in replayed["projection_updates"]}
+    server = updates["aaaa0000-0000-4000-8000-000000000001"]
+    assert (server["status"], server["ips_not_run"], server["servers_not_run"], server["servers_pending"]) == (
+        "aborted", 1, 1, 0)
+    client = updates["cccc0000-0000-4000-8000-000000000001"]
+    assert (client["cdn_dirs_ok"], client["cdn_dirs_not_run"], client["cdn_dirs_pending"]) == (1, 1, 0)
+    assert log_of(target) == log_of(live)
+    with Session(target) as s:
+        assert event_log.verify(s).ok
+
+
+def test_a_replayed_sqlite_file_is_left_with_its_write_ahead_log_like_every_other(tmp_path):
+    """The file is built with its journal in memory; afterwards it is an ordinary projection database."""
+    source_url = f"sqlite:///{tmp_path / 'live.db'}"
+    ingest_batch(migrated_engine(source_url), hot_server_flow())
+    target = tmp_path / "replayed.db"
+
+    replay(source_url, f"sqlite:///{target}")
+
+    with sqlite3.connect(target) as connection:  # not through make_engine, which would set it
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert connection.execute("SELECT count(*) FROM projection_updates").fetchone() == (1,)
