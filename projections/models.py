@@ -257,6 +257,10 @@ class IpRow(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_key: Mapped[str | None] = mapped_column(String(200))
 
+    # The detail's failed-first order (projections.queries): one ordered range per (ok, reported,
+    # not_run); on PostgreSQL projection_0002 gives ``ip`` the "C" collation the query orders by.
+    __table_args__ = (Index("ix_projection_ips_failed_first", "updateid", "ok", "reported", "not_run", "ip"),)
+
 
 class ServerRow(Base):
     """One game server: the seed's ``update_data`` and ``erl_data`` entries for it."""
@@ -276,6 +280,10 @@ class ServerRow(Base):
     erl_text: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     result_key: Mapped[str | None] = mapped_column(String(200))
+
+    # The detail's failed-first order (projections.queries): one ordered range per (reported, ok);
+    # on PostgreSQL projection_0002 gives ``ip`` and ``server`` the "C" collation the query orders by.
+    __table_args__ = (Index("ix_projection_servers_failed_first", "updateid", "reported", "ok", "ip", "server"),)
 
 
 class CdnDirRow(Base):

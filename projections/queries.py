@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Integer, String, and_, bindparam, func, not_, or_, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from projections.log import HEAD_ID
 from projections.models import (
@@ -158,6 +160,37 @@ def _timeline(u: UpdateRow) -> list[StageStep]:
     return steps
 
 
+_UPDATEID = bindparam("updateid", type_=String())
+
+
+def _columns(model: Any) -> tuple[Any, ...]:
+    return tuple(model.__table__.c)
+
+
+_DETAIL: dict[str, Any] = {
+    "not_run_ips": select(IpRow.ip).where(IpRow.updateid == _UPDATEID, IpRow.not_run.is_(True)),
+    "cdn_dirs": select(*_columns(CdnDirRow)).where(CdnDirRow.updateid == _UPDATEID)
+    .order_by(CdnDirRow.cdn_root_url, CdnDirRow.cdn_dir),
+    "rsync_targets": select(*_columns(RsyncTargetRow)).where(RsyncTargetRow.updateid == _UPDATEID)
+    .order_by(RsyncTargetRow.name),
+    "files": select(*_columns(FileRow)).where(FileRow.updateid == _UPDATEID).order_by(FileRow.file_name),
+    "events_total": select(func.count()).select_from(LoggedEvent).where(LoggedEvent.updateid == _UPDATEID),
+    "logged": select(*_columns(LoggedEvent), AppliedEvent.event_id.label("applied_id"))
+    .outerjoin(AppliedEvent, AppliedEvent.event_id == LoggedEvent.event_id)
+    .where(LoggedEvent.updateid == _UPDATEID)
+    .order_by(LoggedEvent.position)
+    .limit(bindparam("limit", type_=Integer())),
+    "rejected": select(*_columns(RejectedEvent)).where(RejectedEvent.updateid == _UPDATEID)
+    .order_by(RejectedEvent.id),
+    "batches": select(*_columns(BatchRow)).where(BatchRow.updateid == _UPDATEID).order_by(BatchRow.batch),
+    "children": select(*_SUMMARY_COLUMNS).where(UpdateRow.parent_updateid == _UPDATEID)
+    .order_by(UpdateRow.first_event_at),
+}
+"""The detail's fixed queries, built once and run on the session's connection with the update's id:
+building a SELECT of a table's columns and running it through the ORM took ≈ 60 µs, several times
+what SQLite takes to answer these small queries, and the detail runs a dozen of them."""
+
+
 def _server_rank(row: Any, not_run_ips: set[str]) -> int:
     """Failed first, then silent, then never started, then ok: what an operator has to look at comes first."""
     if row.reported and row.ok is False:
@@ -169,71 +202,143 @@ def _server_rank(row: Any, not_run_ips: set[str]) -> int:
 
 def _server_page(session: Session, updateid: str, not_run_ips: set[str], offset: int, limit: int | None
                  ) -> tuple[list[Any], int]:
-    """One page of an update's servers in the detail's order (failed first), and how many there are.
-
-    A page comes back as plain rows (named like :class:`ServerRow`'s attributes): building ORM
-    instances for them cost more than the query.
-
-    The database sorts and pages (an update of 10,000 servers would otherwise build 10,000 rows
-    per request), by the same rank as :func:`_server_rank`, then IP and name in code-point order
-    (PostgreSQL's "C" collation; SQLite's default compares that way already).
-    """
-    total = int(session.execute(
-        select(func.count()).select_from(ServerRow).where(ServerRow.updateid == updateid)).scalar_one())
+    """One page of an update's servers in the detail's order (failed first, by :func:`_server_rank`,
+    then IP and name), and how many there are; all of them from ``offset`` when ``limit`` is None."""
     if limit is None:
         servers = session.scalars(select(ServerRow).where(ServerRow.updateid == updateid)).all()
+        total = len(servers)
         return sorted(servers, key=lambda r: (_server_rank(r, not_run_ips), r.ip, r.server))[offset:], total
-    whens: list[tuple[Any, int]] = [(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False)), 0)]
-    if not_run_ips:
-        # Only a stopped or aborted update has IPs that never ran; everyone else skips this test
-        # (a correlated lookup per server row was most of the detail's query time).
-        ip_not_run = (
-            select(IpRow.ip)
-            .where(IpRow.updateid == updateid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
-            .exists()
-        )
-        whens.append((and_(ServerRow.reported.is_(False), ip_not_run), 2))
-    whens.append((ServerRow.reported.is_(False), 1))
-    rank = case(*whens, else_=3)
-    ip_col, server_col = _code_point(session, ServerRow.ip), _code_point(session, ServerRow.server)
-    page = session.execute(
-        select(*ServerRow.__table__.c).where(ServerRow.updateid == updateid)
-        .order_by(rank, ip_col, server_col).offset(offset).limit(limit)
-    ).all()
-    return list(page), total
-
-
-def _code_point(session: Session, column: Any) -> Any:
-    """``column`` ordered by code point on PostgreSQL ("C" collation), as SQLite orders it already."""
-    if session.get_bind().dialect.name == "postgresql":
-        return column.collate("C")
-    return column
-
-
-def _ip_rank(row: Any) -> int:
-    """Failed first, then silent, then never started, then ok (the servers' order, per IP)."""
-    return 0 if row.ok is False else 3 if row.reported else 2 if row.not_run else 1
+    # Only a stopped or aborted update has IPs that never ran: its silent servers split in two ranks.
+    ranking = "servers_not_run" if not_run_ips else "servers"
+    return _ranked_page(session, ranking, updateid, offset, limit)
 
 
 def _ip_page(session: Session, updateid: str, offset: int, limit: int | None) -> tuple[list[Any], int]:
     """One page of an update's IPs in the detail's order (failed first, by :func:`_ip_rank`, then IP),
     and how many there are; all of them from ``offset`` when ``limit`` is None."""
-    total = int(session.execute(
-        select(func.count()).select_from(IpRow).where(IpRow.updateid == updateid)).scalar_one())
     if limit is None:
         ips = session.scalars(select(IpRow).where(IpRow.updateid == updateid)).all()
-        return sorted(ips, key=lambda r: (_ip_rank(r), r.ip))[offset:], total
-    rank = case(
-        (IpRow.ok.is_(False), 0),
-        (IpRow.reported.is_(True), 3),
-        (IpRow.not_run.is_(True), 2),
-        else_=1,
-    )
-    rows = session.execute(
-        select(*IpRow.__table__.c).where(IpRow.updateid == updateid)
-        .order_by(rank, _code_point(session, IpRow.ip)).offset(offset).limit(limit)
-    ).all()
-    return list(rows), total
+        return sorted(ips, key=lambda r: (_ip_rank(r), r.ip))[offset:], len(ips)
+    return _ranked_page(session, "ips", updateid, offset, limit)
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """How a list of the detail is ranked: ``rank`` maps the values of the ``keys`` (columns, or a
+    condition) to the rank; within a rank the rows are ordered by the columns ``names``."""
+
+    model: Any
+    keys: tuple[Any, ...]
+    rank: Callable[[tuple[Any, ...]], int]
+    names: tuple[str, ...]
+
+
+def _server_group_rank(group: tuple[Any, ...]) -> int:
+    reported, ok, ip_not_run = (*group, False)[:3]
+    return 0 if reported and ok is False else 3 if reported else 2 if ip_not_run else 1
+
+
+def _ip_group_rank(group: tuple[Any, ...]) -> int:
+    ok, reported, not_run = group
+    return 0 if ok is False else 3 if reported else 2 if not_run else 1
+
+
+_NOT_RUN_IP = ServerRow.ip.in_(
+    select(IpRow.ip).where(IpRow.updateid == _UPDATEID, IpRow.not_run.is_(True)).scalar_subquery())
+_RANKINGS = {
+    "servers": _Ranking(ServerRow, (ServerRow.reported, ServerRow.ok), _server_group_rank, ("ip", "server")),
+    "servers_not_run": _Ranking(ServerRow, (ServerRow.reported, ServerRow.ok, _NOT_RUN_IP), _server_group_rank,
+                                ("ip", "server")),
+    "ips": _Ranking(IpRow, (IpRow.ok, IpRow.reported, IpRow.not_run), _ip_group_rank, ("ip",)),
+}
+
+
+def _ranked_page(session: Session, name: str, updateid: str, offset: int, limit: int) -> tuple[list[Any], int]:
+    """Rows ``offset`` to ``offset + limit`` of an update's rows of the ranking ``name`` (one of
+    :data:`_RANKINGS`) ordered by (rank, its ``names`` in code-point order), and how many there are.
+
+    The rank is a function of the ranking's ``keys``, so the rows fall in groups of equal keys,
+    counted first in one grouped query. A group's rows ordered by ``names`` are one range of the
+    model's failed-first index (updateid, key columns, names), read in order from the page's first
+    row on: no query sorts the update's rows (10,000 of them for a big update, per request, was most
+    of the detail's time). Where one rank holds several groups (not so for the rows the view writes:
+    a reported row has ``ok``, a silent one has not), that rank's rows are sorted by the database,
+    still in the same order.
+
+    Rows come back as plain rows named like the model's attributes: building ORM instances cost
+    more than the query.
+    """
+    ranking, dialect = _RANKINGS[name], session.get_bind().dialect.name
+    conn, uid = session.connection(), {"updateid": updateid}
+    ranks: dict[int, list[tuple[tuple[bool | None, ...], int]]] = {}
+    for row in conn.execute(_group_counts(name), uid).all():
+        group = tuple(None if v is None else bool(v) for v in row[:-1])
+        ranks.setdefault(ranking.rank(group), []).append((group, int(row[-1])))
+    total = sum(n for groups in ranks.values() for _, n in groups)
+    page: list[Any] = []
+    skip, wanted = offset, limit
+    for r in sorted(ranks):
+        groups = ranks[r]
+        size = sum(n for _, n in groups)
+        if skip >= size:
+            skip -= size
+            continue
+        if wanted <= 0:
+            break
+        take = min(wanted, size - skip)
+        statement = _rank_page(name, dialect, tuple(g for g, _ in groups))
+        page.extend(conn.execute(statement, {**uid, "offset": skip, "limit": take}).all())
+        skip, wanted = 0, wanted - take
+    return page, total
+
+
+@functools.cache
+def _group_counts(name: str) -> Any:
+    """How many of an update's rows have each value of the ranking's keys (built once per ranking)."""
+    ranking = _RANKINGS[name]
+    return (select(*ranking.keys, func.count()).where(ranking.model.updateid == _UPDATEID)
+            .group_by(*ranking.keys))
+
+
+@functools.cache
+def _rank_page(name: str, dialect: str, groups: tuple[tuple[bool | None, ...], ...]) -> Any:
+    """A page (``offset``, ``limit``) of an update's rows of one rank, made of the key ``groups``.
+
+    Built once per ranking, dialect and groups (a handful): building a SELECT of a table's columns
+    cost more than SQLite takes to answer it.
+    """
+    ranking = _RANKINGS[name]
+    columns = ranking.model.__table__.c
+    # Code-point order: PostgreSQL's "C" collation (the failed-first index has it); SQLite's default.
+    ordered = [columns[n].collate("C") if dialect == "postgresql" else columns[n] for n in ranking.names]
+    if len(groups) == 1:
+        where = _group_condition(ranking.keys, groups[0])
+        # The key columns in the ORDER BY are constant here; naming them lets PostgreSQL see that
+        # the index's order is the order asked for (it does not infer that from IS NULL).
+        order = [*(k for k in ranking.keys if isinstance(k, InstrumentedAttribute)), *ordered]
+    else:
+        where = or_(*(_group_condition(ranking.keys, g) for g in groups))
+        order = ordered
+    return (select(*columns).where(ranking.model.updateid == _UPDATEID, where).order_by(*order)
+            .offset(bindparam("offset", type_=Integer())).limit(bindparam("limit", type_=Integer())))
+
+
+def _group_condition(keys: tuple[Any, ...], group: tuple[bool | None, ...]) -> Any:
+    """The rows whose ``keys`` have the values ``group`` (a key that is a condition: holds or not)."""
+    conditions = []
+    for key, value in zip(keys, group, strict=True):
+        if not isinstance(key, InstrumentedAttribute):
+            conditions.append(key if value else not_(key))
+        elif value is None:
+            conditions.append(key.is_(None))
+        else:
+            conditions.append(key == value)
+    return and_(*conditions)
+
+
+def _ip_rank(row: Any) -> int:
+    """Failed first, then silent, then never started, then ok (the servers' order, per IP)."""
+    return 0 if row.ok is False else 3 if row.reported else 2 if row.not_run else 1
 
 
 def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
@@ -244,35 +349,19 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
     u = session.get(UpdateRow, updateid)
     if u is None:
         return None
+    conn, uid = session.connection(), {"updateid": updateid}
     ips, ips_total = _ip_page(session, updateid, ips_offset, ips_limit)
-    not_run_ips = set(session.scalars(
-        select(IpRow.ip).where(IpRow.updateid == updateid, IpRow.not_run.is_(True))).all())
+    not_run_ips = set(conn.execute(_DETAIL["not_run_ips"], uid).scalars().all())
     servers, servers_total = _server_page(session, updateid, not_run_ips, servers_offset, servers_limit)
-    cdn = session.scalars(
-        select(CdnDirRow).where(CdnDirRow.updateid == updateid).order_by(CdnDirRow.cdn_root_url, CdnDirRow.cdn_dir)
-    ).all()
+    cdn = conn.execute(_DETAIL["cdn_dirs"], uid).all()
     cdn = sorted(cdn, key=lambda r: 0 if r.status is False else 3 if r.status else 2 if r.not_run else 1)
-    targets = session.scalars(
-        select(RsyncTargetRow).where(RsyncTargetRow.updateid == updateid).order_by(RsyncTargetRow.name)
-    ).all()
-    files = session.scalars(select(FileRow).where(FileRow.updateid == updateid).order_by(FileRow.file_name)).all()
-    events_total = session.execute(
-        select(func.count()).select_from(LoggedEvent).where(LoggedEvent.updateid == updateid)
-    ).scalar_one()
-    logged = session.execute(
-        select(*LoggedEvent.__table__.c, AppliedEvent.event_id.label("applied_id"))
-        .outerjoin(AppliedEvent, AppliedEvent.event_id == LoggedEvent.event_id)
-        .where(LoggedEvent.updateid == updateid)
-        .order_by(LoggedEvent.position)
-        .limit(events_limit)
-    ).all()
-    rejected = session.scalars(
-        select(RejectedEvent).where(RejectedEvent.updateid == updateid).order_by(RejectedEvent.id)
-    ).all()
-    batches = session.scalars(select(BatchRow).where(BatchRow.updateid == updateid).order_by(BatchRow.batch)).all()
-    children = session.execute(
-        select(*_SUMMARY_COLUMNS).where(UpdateRow.parent_updateid == updateid).order_by(UpdateRow.first_event_at)
-    ).all()
+    targets = conn.execute(_DETAIL["rsync_targets"], uid).all()
+    files = conn.execute(_DETAIL["files"], uid).all()
+    events_total = conn.execute(_DETAIL["events_total"], uid).scalar_one()
+    logged = _logged_rows(session, updateid, events_limit)
+    rejected = conn.execute(_DETAIL["rejected"], uid).all()
+    batches = conn.execute(_DETAIL["batches"], uid).all()
+    children = conn.execute(_DETAIL["children"], uid).all()
     return UpdateDetail(
         **_summary_fields(u),
         area_name=u.area_name,
@@ -354,8 +443,15 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
     )
 
 
-def _logged_out(row: Any, applied: bool) -> LoggedEventOut:
-    """``row``: a :class:`LoggedEvent` or a row of its columns."""
+def _logged_rows(session: Session, updateid: str, limit: int) -> list[Any]:
+    """The update's first ``limit`` log rows in log order, each with ``applied_id`` (None: not applied)."""
+    if limit <= 0:
+        return []
+    return list(session.connection().execute(_DETAIL["logged"], {"updateid": updateid, "limit": limit}).all())
+
+
+def _logged_out(row: Any, applied: bool, envelope: dict[str, Any] | None = None) -> LoggedEventOut:
+    """``row``: a :class:`LoggedEvent` or a row of its columns; ``envelope``: instead of the stored one."""
     return LoggedEventOut(
         position=row.position,
         event_id=row.event_id,
@@ -365,11 +461,33 @@ def _logged_out(row: Any, applied: bool) -> LoggedEventOut:
         time=_must_utc(row.event_time),
         received_at=_must_utc(row.received_at),
         applied=applied,
-        envelope=json.loads(row.envelope),
+        envelope=json.loads(row.envelope) if envelope is None else envelope,
     )
 
 
-def _rejected_out(session: Session, rows: Sequence[RejectedEvent]) -> list[RejectedOut]:
+def update_detail_json(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
+                       servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None
+                       ) -> str | None:
+    """:func:`update_detail` as JSON (the same document), its raw events' envelopes copied in as stored.
+
+    An envelope is stored as canonical JSON text; parsing it into a dict, validating the dict and
+    serialising it again cost more than the rest of the detail together: the first event of an
+    update is its request, naming every server (≈ 100 KiB of JSON for 10,000 servers).
+    """
+    detail = update_detail(session, updateid, events_limit=0, servers_offset=servers_offset,
+                           servers_limit=servers_limit, ips_offset=ips_offset, ips_limit=ips_limit)
+    if detail is None:
+        return None
+    events = []
+    for row in _logged_rows(session, updateid, events_limit):
+        fields = _logged_out(row, row.applied_id is not None, envelope={}).model_dump_json(exclude={"envelope"})
+        events.append(f'{fields[:-1]},"envelope":{row.envelope}}}')  # fields: one JSON object, "{...}"
+    rest = detail.model_dump_json(exclude={"events"})
+    return f'{{"events":[{",".join(events)}],{rest[1:]}'
+
+
+def _rejected_out(session: Session, rows: Sequence[Any]) -> list[RejectedOut]:
+    """``rows``: :class:`RejectedEvent` instances or rows of its columns."""
     ids = [r.event_id for r in rows if r.event_id]
     logged: set[str] = set()
     if ids:

@@ -58,6 +58,11 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 
+# How many servers, IPs and raw events an update's HTML page shows at a time (it links to the
+# next and previous pages of servers and IPs): rendering all 10,000 servers of a big update, and
+# 1,000 raw events with their envelopes, took seconds and made a page no one can scroll.
+PAGE_SIZES = {"servers": 200, "ips": 100, "events": 100}
+
 T = TypeVar("T")
 
 
@@ -197,12 +202,17 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
                     query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/updates/{updateid}", response_class=HTMLResponse, include_in_schema=False, name="update_page")
-    def update_page(request: Request, updateid: str, db: Db) -> HTMLResponse:
+    def update_page(request: Request, updateid: str, db: Db, servers_offset: Annotated[int, Query(ge=0)] = 0,
+                    ips_offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
         live = queries.live_state(db)
-        detail = queries.update_detail(db, updateid)
+        detail = queries.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
+                                       servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
+                                       ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"])
         if detail is None:
             return page(request, "not_found.html", db, 404, view="update", live=live, updateid=updateid)
-        return page(request, "update.html", db, view="update", live=live, u=detail, updateid=updateid)
+        raw = {k: v for k, v in request.query_params.items() if v.strip()}
+        return page(request, "update.html", db, view="update", live=live, u=detail, updateid=updateid,
+                    sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
     def rejected_page(request: Request, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1
@@ -224,19 +234,22 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
     @app.get("/api/updates/{updateid}", response_model=UpdateDetail, tags=["updates"],
              responses={404: {"description": "no such update"}})
     async def api_update(updateid: str,
-                         events_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
+                         events_limit: Annotated[int, Query(ge=0, le=100_000)] = 20,
                          servers_offset: Annotated[int, Query(ge=0)] = 0,
-                         servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 500,
+                         servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
                          ips_offset: Annotated[int, Query(ge=0)] = 0,
-                         ips_limit: Annotated[int, Query(ge=0, le=100_000)] = 100) -> Response:
+                         ips_limit: Annotated[int, Query(ge=0, le=100_000)] = 50) -> Response:
         """One update: timeline, per-IP and per-server results (failed first; one page of each:
-        ``ips_offset``, ``ips_limit``, ``ips_total`` and ``servers_offset``, ``servers_limit``,
-        ``servers_total``), CDN dirs, rsync targets, files, its first raw events in log order
-        (``events_limit``, ``events_total``), and its rejected events."""
+        ``ips_offset``, ``ips_limit`` (default 50), ``ips_total`` and ``servers_offset``,
+        ``servers_limit`` (default 100), ``servers_total``), CDN dirs, rsync targets, files, its
+        first raw events in log order (``events_limit``, default 20, ``events_total``), and its
+        rejected events. The default pages are a screenful each (a raw event is ≈ 2 KiB): an update
+        of 10,000 servers answers in a few ms; ask for more, or page, with the limits and offsets."""
         def detail(s: Session) -> Response | None:
-            found = queries.update_detail(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
-                                          servers_limit=servers_limit, ips_offset=ips_offset, ips_limit=ips_limit)
-            return None if found is None else _json(found)
+            found = queries.update_detail_json(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
+                                               servers_limit=servers_limit, ips_offset=ips_offset,
+                                               ips_limit=ips_limit)
+            return None if found is None else Response(found, media_type="application/json")
 
         response = await read(detail)
         if response is None:
