@@ -6,6 +6,15 @@ the one handler registered for its type; on success mark it handled and ack. A h
 that raises is retried through the delay tiers, then parked. The message is acked only
 after its retry copy or parked copy is confirmed by the broker, so nothing is lost; if
 that publish fails the message is returned to the queue instead.
+
+A service may take its events in batches instead (``batch_handler``, the projection's way to
+one database transaction per batch): valid deliveries of a handled type are gathered (up to
+``max_batch``, after a short linger) and handed over together; the handler returns one result
+per event (``None``, or the exception that event failed with). Failed events go through the
+same retry and park as above, first; then the rest are acked, with one ``ack(multiple=True)``
+when no other delivery of the channel below the batch's last is still unacked (else one by one).
+No task or future is kept per message on that path. Everything before dispatch (malformed,
+provenance, not ours, replays, already processed) is as for single handlers.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import asyncio
 import logging
 import signal
 import traceback
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +61,15 @@ class Rejection:
 
 
 RejectHook = Callable[[Rejection], Awaitable[None]]
+# One result per event, in order: None if it was handled, else the exception it failed with.
+BatchHandler = Callable[[Sequence[Incoming[Event]]], Awaitable[Sequence[Exception | None]]]
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    message: AbstractIncomingMessage
+    incoming: Incoming[Event]
+    attempt: int
 
 
 class Reject(Exception):
@@ -95,6 +113,10 @@ class ConsumerService:
         on_reject: RejectHook | None = None,
         accept_replayed: bool = False,
         provenance: Provenance | None = None,
+        batch_handler: BatchHandler | None = None,
+        max_batch: int = 500,
+        batch_linger_seconds: float = 0.005,
+        batch_depth: int = 2,
     ) -> None:
         self._url = amqp_url
         self._spec = queue
@@ -112,8 +134,20 @@ class ConsumerService:
         self._consumer_tag: str | None = None
         self._queue: Any = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._batch_handler = batch_handler
+        self._max_batch = max(1, max_batch)
+        self._linger = batch_linger_seconds
+        self._batch_depth = max(1, batch_depth)
+        self._gathered: list[_Delivery] = []
+        self._gathering = asyncio.Event()  # something was gathered (or the service is stopping)
+        self._full = asyncio.Event()  # a whole batch is gathered
+        self._batcher: asyncio.Task[None] | None = None
+        self._stopping = False  # no more deliveries will be gathered: the batcher ends when it has none
+        # Delivery tags not yet acked, nacked or moved, per channel: a multiple ack must not cover any of them.
+        self._unacked: dict[int, set[int]] = {}
         self.handled = 0
         self.parked = 0
+        self.batches = 0
 
     @property
     def name(self) -> str:
@@ -136,6 +170,10 @@ class ConsumerService:
         await channel.set_qos(prefetch_count=self._prefetch)
         self._queue, _ = await declare_service(channel, self._topology, self._spec)
         await self._publisher.connect()
+        if self._batch_handler is not None:
+            self._stopping = False
+            self._gathering, self._full = asyncio.Event(), asyncio.Event()  # of this start's event loop
+            self._batcher = asyncio.get_running_loop().create_task(self._run_batches(), name=f"{self.name}-batches")
         self._consumer_tag = await self._queue.consume(self._on_message)
         log.info("service %s consuming %s bound to %s", self.name, self._queue.name, ", ".join(self._spec.bindings))
 
@@ -149,6 +187,12 @@ class ConsumerService:
             self._consumer_tag = None
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=timeout)
+        if self._batcher is not None:  # what was gathered goes in its batches, then the batcher ends
+            self._stopping = True
+            self._gathering.set()
+            self._full.set()
+            await asyncio.wait({self._batcher}, timeout=timeout)
+            self._batcher = None
         await self._publisher.close()
         if self._connection is not None:
             await self._connection.close()
@@ -166,16 +210,23 @@ class ConsumerService:
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
+        unacked = self._unacked.setdefault(_channel_key(message), set()) if self._batch_handler else None
+        if unacked is not None and message.delivery_tag is not None:
+            unacked.add(message.delivery_tag)
+        gathered = False
         try:
-            await self._process(message)
+            gathered = await self._process(message)
         except Exception:  # never let one message take the consumer down
             log.exception("service %s: unexpected failure on message %s", self.name, message.message_id)
             await _safe_nack(message)
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+            if unacked is not None and not gathered:  # done with here: acked, moved or returned
+                unacked.discard(message.delivery_tag or 0)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: AbstractIncomingMessage) -> bool:
+        """Handle one delivery, or gather it for the next batch (then return True)."""
         headers = dict(message.headers or {})
         attempt = _as_int(headers.get(ATTEMPT_HEADER), 1)
         try:
@@ -183,29 +234,36 @@ class ConsumerService:
             event = self._registry.decode(envelope)
         except EnvelopeError as exc:
             await self._park(message, f"malformed: {exc}", attempt)
-            return
+            return False
         if self._provenance is not None and (problem := self._provenance.problem(envelope)):
             await self._park(message, problem, attempt)
-            return
+            return False
         replayed = bool(headers.get(REPLAYED_HEADER))
         handler = self._handlers.get(type(event))
         if handler is None or (replayed and not self._accept_replayed):
             await message.ack()  # not ours to handle: bound by a wider pattern, or a replay
-            return
+            return False
         if self._processed is not None and await self._processed.aseen(envelope.id):
             log.info("service %s: %s %s already handled; acking redelivery", self.name, envelope.type, envelope.id)
             await message.ack()
-            return
+            return False
+        incoming = Incoming(envelope, event, redelivered=bool(message.redelivered), replayed=replayed,
+                            body=message.body)
+        if self._batch_handler is not None:
+            self._gathered.append(_Delivery(message, incoming, attempt))
+            self._gathering.set()
+            if len(self._gathered) >= self._max_batch:
+                self._full.set()
+            return True
         emitter = _ChildEmitter(envelope, self._source, self._publisher)
-        incoming = Incoming(envelope, event, redelivered=bool(message.redelivered), replayed=replayed)
         try:
             await handler(incoming, emitter)
         except Reject as exc:
             await self._park(message, f"rejected by handler: {exc}", attempt)
-            return
+            return False
         except Exception as exc:
             await self._retry_or_park(message, envelope, exc, attempt)
-            return
+            return False
         if self._processed is not None:
             await self._processed.amark(envelope.id, envelope.type)
         await message.ack()
@@ -214,6 +272,105 @@ class ConsumerService:
             "handled %s id=%s update=%s emitted=%d service=%s",
             envelope.type, envelope.id, envelope.updateid, len(emitter.emitted), self.name,
         )
+        return False
+
+    async def _run_batches(self) -> None:
+        """Hand gathered deliveries to the batch handler, up to ``batch_depth`` batches at once."""
+        slots = asyncio.Semaphore(self._batch_depth)
+        running: set[asyncio.Task[None]] = set()
+        while True:
+            await slots.acquire()  # while every slot is busy, what arrives makes the next batch bigger
+            await self._gathering.wait()
+            if running and not self._stopping and len(self._gathered) < self._max_batch:
+                # Another batch is being handled: hand this one over when it is full or when that one is
+                # done, not before: the handler would only queue it, and a bigger batch is cheaper per event.
+                full = asyncio.get_running_loop().create_task(self._full.wait())
+                await asyncio.wait({full, *running}, return_when=asyncio.FIRST_COMPLETED)
+                full.cancel()
+            elif self._linger > 0 and not self._stopping and len(self._gathered) < self._max_batch:
+                await asyncio.sleep(self._linger)  # let the rest of a prefetched burst arrive
+            batch, self._gathered = self._gathered[:self._max_batch], self._gathered[self._max_batch:]
+            if len(self._gathered) < self._max_batch:
+                self._full.clear()
+            if not self._gathered and not self._stopping:
+                self._gathering.clear()
+            if not batch:
+                slots.release()
+                if self._stopping:  # and nothing is left
+                    break
+                continue
+            task = asyncio.get_running_loop().create_task(self._handle_batch(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: slots.release())
+        if running:
+            await asyncio.wait(running)
+
+    async def _handle_batch(self, batch: list[_Delivery]) -> None:
+        assert self._batch_handler is not None
+        try:
+            results: Sequence[Exception | None] = await self._batch_handler([d.incoming for d in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"batch handler gave {len(results)} results for {len(batch)} events")
+        except Exception as exc:  # the batch as a whole failed: every event of it is retried
+            results = [exc] * len(batch)
+        self.batches += 1
+        done: list[_Delivery] = []
+        for delivery, result in zip(batch, results, strict=True):
+            message, envelope = delivery.message, delivery.incoming.envelope
+            try:
+                if result is None:
+                    done.append(delivery)
+                elif isinstance(result, Reject):
+                    await self._park(message, f"rejected by handler: {result}", delivery.attempt)
+                else:
+                    await self._retry_or_park(message, envelope, result, delivery.attempt)
+            except Exception:
+                log.exception("service %s: unexpected failure on message %s", self.name, message.message_id)
+                await _safe_nack(message)
+            if result is not None:
+                self._settled(message)
+        if self._processed is not None:
+            try:
+                for delivery in done:
+                    envelope = delivery.incoming.envelope
+                    await self._processed.amark(envelope.id, envelope.type)
+            except Exception:  # as for a single handler: returned to the queue, handled again
+                log.exception("service %s: could not mark a batch of %d handled", self.name, len(done))
+                for delivery in done:
+                    await _safe_nack(delivery.message)
+                    self._settled(delivery.message)
+                return
+        await self._ack_all([d.message for d in done])  # after the retries and parks: they are not covered
+        self.handled += len(done)
+        log.info("service %s: batch of %d handled, %d to retry or park", self.name, len(batch),
+                 len(batch) - len(done))
+
+    async def _ack_all(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Ack ``messages``: with one multiple ack per channel where that covers nothing else."""
+        by_channel: dict[int, list[AbstractIncomingMessage]] = {}
+        for message in messages:
+            by_channel.setdefault(_channel_key(message), []).append(message)
+        for channel, group in by_channel.items():
+            unacked = self._unacked.get(channel, set())
+            tags = {m.delivery_tag for m in group}
+            last = max(group, key=lambda m: m.delivery_tag or 0)
+            top = last.delivery_tag or 0
+            contiguous = all(tag in tags for tag in unacked if tag <= top)
+            try:
+                if contiguous and len(group) > 1:
+                    await last.ack(multiple=True)
+                else:
+                    for message in group:
+                        await message.ack()
+            except Exception as exc:  # channel gone: the broker redelivers, and handlers are idempotent
+                log.warning("service %s: ack of %d messages failed: %r", self.name, len(group), exc)
+            unacked.difference_update(tags)
+
+    def _settled(self, message: AbstractIncomingMessage) -> None:
+        unacked = self._unacked.get(_channel_key(message))
+        if unacked is not None:
+            unacked.discard(message.delivery_tag or 0)
 
     async def _retry_or_park(
         self, message: AbstractIncomingMessage, envelope: Envelope, exc: Exception, attempt: int
@@ -291,6 +448,14 @@ async def _safe_nack(message: AbstractIncomingMessage) -> None:
         log.debug("nack failed: %r", exc)
 
 
+def _channel_key(message: AbstractIncomingMessage) -> int:
+    """Which channel a delivery came on (delivery tags count per channel); -1 once that channel is closed."""
+    try:
+        return id(message.channel)
+    except Exception:  # aio-pika raises for a closed channel: its unacked deliveries go back to the queue
+        return -1
+
+
 def _as_int(value: object, default: int) -> int:
     if isinstance(value, int | str | bytes):
         try:
@@ -317,4 +482,4 @@ async def serve(*services: ConsumerService, stop: asyncio.Event | None = None) -
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]
+__all__ = ["BatchHandler", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]

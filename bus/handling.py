@@ -26,6 +26,7 @@ class Incoming(Generic[E_co]):
     event: E_co
     redelivered: bool = False
     replayed: bool = False
+    body: bytes = b""  # the message body as delivered (empty when not from a delivery), for handing on as is
 
 
 class Emitter(Protocol):

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _database_url_argument(run)
     run.add_argument("--amqp-url", default=None, help="broker URL (env HOTUPDATE_AMQP_URL, else the config's)")
     run.add_argument("--namespace", default="hotupdate", help="exchange/queue name prefix")
-    run.add_argument("--prefetch", type=int, default=1000, help="unacked messages in flight (bounds a batch)")
+    run.add_argument("--prefetch", type=int, default=2000,
+                     help="unacked messages in flight; a batch is at most half of it (bigger batches cost less "
+                     "per event)")
     run.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
     run.set_defaults(func=_run)
 

@@ -1,25 +1,28 @@
 """The projection's composition root: a consumer of every event (``#``) that logs and projects them.
 
-The bus runtime hands each delivery to a handler and acks it when the handler returns.
-To get one database transaction per batch anyway, every handler call submits its event
-to a :class:`BatchingIngestor` and waits: the ingestor takes whatever has queued up
-(prefetch bounds it), ingests it in one transaction, and only then releases the waiting
-handlers, so each message is acked after its batch committed. An event that failed in
-its batch makes its handler raise, and the runtime retries it, then parks it; a parked
-message reaches :meth:`Projection.on_reject`, which records it for the dashboard.
+The bus runtime gathers the deliveries into batches (``batch_handler``: up to ``max_batch``
+events, after a 5 ms linger; while one batch commits the next one's messages are already
+delivered) and hands each batch to :meth:`Projection.handle_batch`, which ingests it in one
+database transaction and returns each event's result; the runtime acks the batch after
+that (one multiple ack), retries an event that failed in it through the delay tiers and
+then parks it; a parked message reaches :meth:`Projection.on_reject`, which records it for
+the dashboard. If the transaction as a whole fails, every event of the batch is retried.
+
+By default the batches are ingested by a worker process of the service's own
+(:mod:`projections.ingest_worker`, fed the messages' bytes), so the database work runs on
+another core than the event loop instead of taking turns with it for the GIL; with
+``ingest_in_worker=False`` they are ingested in a thread of this process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from sqlalchemy import Engine
 
 from bus.consumer import ConsumerService, Rejection
-from bus.envelope import Envelope
 from bus.events import CATALOGUE, Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.provenance import Provenance
@@ -27,99 +30,74 @@ from bus.registry import DEFAULT_REGISTRY
 from bus.topology import ServiceQueue, Topology
 from domain.db import make_engine, upgrade
 from projections.ingest import Outcome, ingest_batch, record_rejection
+from projections.ingest_worker import IngestWorker
 
 log = logging.getLogger(__name__)
 
 SERVICE = "projection"
 SOURCE = "hotupdate/projection"
 
-Ingest = Callable[[Sequence[tuple[Envelope, Event]]], list[Outcome]]
 
+class Ingestor:
+    """Where the projection's batches are ingested: its worker process, or else a thread of this process."""
 
-@dataclass
-class _Pending:
-    envelope: Envelope
-    event: Event
-    done: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class BatchingIngestor:
-    """Collects concurrently submitted events into batches, ingested one transaction at a time in a thread."""
-
-    def __init__(self, ingest: Ingest, *, max_batch: int = 200, linger_seconds: float = 0.005) -> None:
-        self._ingest = ingest
-        self._max_batch = max_batch
-        self._linger = linger_seconds
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()  # None: stop after what came before
-        self._task: asyncio.Task[None] | None = None
-        self.batches = 0
-
-    async def submit(self, envelope: Envelope, event: Event) -> Outcome:
-        """Ingest one event as part of the next batch; raise its error if it failed there."""
-        if self._task is None:
-            self.start()
-        pending = _Pending(envelope, event)
-        await self._queue.put(pending)
-        outcome = await pending.done
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome
+    def __init__(self, engine: Engine, worker: IngestWorker | None = None) -> None:
+        self.engine = engine
+        self.worker = worker
+        self.batches = 0  # batches ingested
+        self._starting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="projection-ingest")
+        """Start the worker in the background (needs the running loop); the first batch waits for it."""
+        if self.worker is not None and self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self.worker.start(), name="ingest-worker-start")
+            self._starting.add_done_callback(_log_start_failure)
+
+    async def ingest(self, batch: Sequence[Incoming[Event]]) -> list[Outcome]:
+        """Ingest ``batch`` (:func:`projections.ingest.ingest_batch`); one outcome per event, in order."""
+        if self.worker is not None:
+            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch])
+        else:
+            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch])
+        self.batches += 1
+        return outcomes
 
     async def close(self) -> None:
-        """Ingest what was submitted before, then stop (callers stop submitting first)."""
-        if self._task is None:
-            return
-        await self._queue.put(None)
-        await self._task
-        self._task = None
+        """Stop the worker once what it was sent is committed (the runtime has finished its batches by then)."""
+        if self._starting is not None:
+            await asyncio.wait({self._starting})
+            self._starting = None
+        if self.worker is not None:
+            await self.worker.close()
 
-    async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            if self._linger > 0:  # let the rest of a prefetched burst arrive
-                await asyncio.sleep(self._linger)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stopping = True
-                    break
-                batch.append(nxt)
-            await self._ingest_and_release(batch)
 
-    async def _ingest_and_release(self, batch: list[_Pending]) -> None:
-        try:
-            outcomes = await asyncio.to_thread(self._ingest, [(p.envelope, p.event) for p in batch])
-        except Exception as exc:  # the transaction failed: nothing of the batch was kept, all retry
-            log.warning("projection: batch of %d failed: %r", len(batch), exc)
-            for p in batch:
-                if not p.done.done():
-                    p.done.set_exception(exc)
-            return
-        self.batches += 1
-        for p, outcome in zip(batch, outcomes, strict=True):
-            if not p.done.done():
-                p.done.set_result(outcome)
-        log.debug("projection: batch of %d committed", len(batch))
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("projection: the ingest worker did not start (retried with the next batch): %r", exc)
 
 
 class Projection:
-    """The projection's handlers and reject hook over one database."""
+    """The projection's batch handler and reject hook over one database."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = 200) -> None:
+    def __init__(self, engine: Engine, *, worker: IngestWorker | None = None) -> None:
         self.engine = engine
-        self.ingestor = BatchingIngestor(lambda items: ingest_batch(engine, items), max_batch=max_batch)
+        self.ingestor = Ingestor(engine, worker)
+
+    async def handle_batch(self, batch: Sequence[Incoming[Event]]) -> list[Exception | None]:
+        """Log a batch of events and fold it into the view; each event's error, or None.
+
+        Raises if a transaction failed as a whole: the runtime retries the whole batch, and what
+        was committed before is found logged and applied (a duplicate, changing nothing).
+        """
+        outcomes = await self.ingestor.ingest(batch)
+        log.debug("projection: batch of %d committed", len(batch))
+        return [outcome.error for outcome in outcomes]
 
     async def handle(self, msg: Incoming[Event], emit: Emitter) -> None:
-        """Every event type's handler: log it and fold it into the view (emits nothing)."""
-        await self.ingestor.submit(msg.envelope, msg.event)
+        """One event on its own (a batch of one): log it and fold it into the view (emits nothing)."""
+        (error,) = await self.handle_batch([msg])
+        if error is not None:
+            raise error
 
     async def on_reject(self, rejection: Rejection) -> None:
         """Record a message the runtime is parking, with its reason, for the dashboard's rejected page."""
@@ -151,16 +129,20 @@ def build_service(
     migrate: bool = True,
     service: str = SERVICE,
     max_batch: int | None = None,
+    ingest_in_worker: bool = True,
 ) -> tuple[ConsumerService, Projection]:
     """The projection consumer on its own quorum queue bound to every routing key.
 
     A batch holds at most ``max_batch`` events (default: half the prefetch), so while one
     batch is being committed the broker has already delivered the next one's messages.
+    With ``ingest_in_worker`` (the default) batches go to a worker process started by
+    :func:`run`, else to a thread of this process.
     """
     if migrate:
         upgrade(database_url, "projection")
     batch = max_batch if max_batch is not None else max(1, prefetch // 2)
-    projection = Projection(make_engine(database_url), max_batch=batch)
+    worker = IngestWorker(database_url) if ingest_in_worker else None
+    projection = Projection(make_engine(database_url), worker=worker)
     consumer = ConsumerService(
         amqp_url=amqp_url,
         topology=topology,
@@ -172,15 +154,22 @@ def build_service(
         provenance=provenance,
         # The projection's own log dedupes, and a replay should not be logged twice.
         accept_replayed=False,
+        batch_handler=projection.handle_batch,
+        max_batch=batch,
+        # Two batches at once: the worker finds the next one in its pipe as soon as it commits one.
+        # In a thread, one at a time: two transactions would only wait for each other's lock.
+        batch_depth=2 if worker is not None else 1,
     )
     return consumer, projection
 
 
 async def run(consumer: ConsumerService, projection: Projection, stop: asyncio.Event) -> None:
-    """Consume until ``stop``; in-flight events finish their batch before the database is let go."""
+    """Consume until ``stop``; in-flight batches are committed and acked before the worker and database go."""
     projection.ingestor.start()
     try:
         await consumer.run_until(stop)
     finally:
-        await projection.ingestor.close()
-        projection.engine.dispose()
+        try:
+            await projection.ingestor.close()
+        finally:
+            projection.engine.dispose()

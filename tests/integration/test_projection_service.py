@@ -50,7 +50,9 @@ async def _started(amqp_url, database_url, **kw):
     return consumer, projection, stop, task
 
 
-async def test_published_events_in_any_order_with_redeliveries_are_visible_in_the_json_api(amqp_url, database_url):
+@pytest.mark.parametrize("ingest_in_worker", [True, False], ids=["worker-process", "thread"])
+async def test_published_events_in_any_order_with_redeliveries_are_visible_in_the_json_api(
+        amqp_url, database_url, ingest_in_worker):
     flow = hot_server_flow() + hot_client_flow()
     # Queue everything before the consumer starts, so the burst is taken in batches.
     await declare_all(amqp_url, Topology(), [ServiceQueue(service=SERVICE, bindings=("#",), retry_delays_ms=DELAYS)])
@@ -59,7 +61,7 @@ async def test_published_events_in_any_order_with_redeliveries_are_visible_in_th
     async with AsyncPublisher(amqp_url) as pub:
         for env, _ in shuffled:
             await pub.publish(env)
-    _consumer, projection, stop, task = await _started(amqp_url, database_url)
+    _consumer, projection, stop, task = await _started(amqp_url, database_url, ingest_in_worker=ingest_in_worker)
     app = create_app(database_url)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:

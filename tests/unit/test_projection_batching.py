@@ -60,3 +60,33 @@ def test_a_batch_with_an_unappliable_event_keeps_the_rest(tmp_path):
     with Session(engine) as s:
         assert s.get(AppliedEvent, bad.id) is None and len(s.scalars(select(AppliedEvent)).all()) == len(flow)
     engine.dispose()
+
+
+def test_a_big_batch_with_one_bad_event_is_narrowed_down_and_only_a_small_part_goes_event_by_event(
+        tmp_path, monkeypatch):
+    from tests.projection_support import ip_finished
+
+    flows = [hot_server_flow(updateid=f"u-{n}", failing=()) for n in range(8)]
+    good = [it for flow in flows for it in flow]
+    bad = ip_finished(flows[3][4][0], "fe80::1%" + "x" * 200, "game", {"qq_9": True}, offset=40, minutes=9)
+    batch = [*good[:60], item(bad), *good[60:]]
+    careful_sizes: list[int] = []
+    careful = ingest._ingest_careful
+
+    def counting(engine, items, clock):
+        careful_sizes.append(len(items))
+        return careful(engine, items, clock)
+
+    monkeypatch.setattr(ingest, "_ingest_careful", counting)
+    narrowed, reference = (migrated_engine(f"sqlite:///{tmp_path / name}") for name in ("n.db", "r.db"))
+    clock = lambda: ingest.utcnow().replace(year=2026, month=11, day=24, hour=7, minute=0, second=0, microsecond=0)  # noqa: E731
+    try:
+        outcomes = ingest.ingest_batch(narrowed, batch, clock=clock)
+        assert careful_sizes and max(careful_sizes) <= 32 < len(batch)
+        expected = careful(reference, batch, clock)
+        assert [(o.status, o.position) for o in outcomes] == [(o.status, o.position) for o in expected]
+        assert [o.status for o in outcomes].count("failed") == 1 and outcomes[60].status == "failed"
+        assert _state(narrowed) == _state(reference)
+    finally:
+        narrowed.dispose()
+        reference.dispose()
