@@ -8,12 +8,17 @@ SQLite files are the embedded default; PostgreSQL is the production choice.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -65,8 +70,32 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, *branches: str) -> None:
-    """Migrate ``url`` to the head of each named branch (all branches when none is named)."""
+    """Migrate ``url`` to the head of each named branch (all branches when none is named).
+
+    Components migrate at start-up, so two of them started together (the projection and the
+    dashboard on one database) would otherwise both find a table missing and both create it.
+    Migrations of one database run one at a time: on PostgreSQL under an advisory lock taken in
+    the migration's transaction (``domain/alembic/env.py``), on a SQLite file under a lock on a
+    file beside it (not on the database file itself: closing any descriptor of a file drops the
+    process's POSIX locks on it, which are SQLite's own).
+    """
     cfg = alembic_config(url)
     targets = [f"{b}@head" for b in branches] or ["heads"]
-    for target in targets:
-        command.upgrade(cfg, target)
+    with _sqlite_migration_lock(url):
+        for target in targets:
+            command.upgrade(cfg, target)
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    parsed = make_url(url)
+    path = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    fd = os.open(f"{path}-migrate.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
