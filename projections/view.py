@@ -52,6 +52,7 @@ from bus.events import (
     UpdateStarted,
 )
 from domain.types import SERVER_GROUPS
+from projections import view_counts
 from projections.models import (
     VIEW_TABLES,
     BatchRow,
@@ -924,12 +925,17 @@ def refresh_all(session: Session, updateids: Iterable[str]) -> None:
     # One flush for all: refresh reads target rows only and writes update rows only, so the
     # update rows it changes need not be flushed between one update's refresh and the next.
     write_new_rows(session)
+    ids = list(dict.fromkeys(updateids))
+    counts = view_counts.counts_of(session.connection(), ids)  # grouped: a few queries for all of them
     with session.no_autoflush:
-        for updateid in dict.fromkeys(updateids):
+        for updateid in ids:
             update = _get(session, UpdateRow, (updateid,), (updateid,))
             if update is None:
                 update = session.get_one(UpdateRow, updateid)
-            refresh(session, update, flush=False)
+            for name, value in counts[updateid].items():
+                setattr(update, name, value)
+            _refresh_batches(session, update)
+            _derive(update)
 
 
 def _refresh_batches(session: Session, update: UpdateRow) -> None:

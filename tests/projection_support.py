@@ -194,3 +194,26 @@ def control_events(request: Envelope, start_offset: int = 20) -> dict[str, Envel
                                     area=request.area, sequence=request.sequence + start_offset + 5,
                                     causationid=request.id), 30),
     }
+
+
+def aborted_server_flow(updateid: str = "aaaa0000-0000-4000-8000-000000000001") -> list[Item]:
+    """A hot_server update aborted after all but one IP reported: 127.0.0.31 never ran."""
+    flow = hot_server_flow(updateid=updateid, complete=False)
+    request = flow[4][0]
+    done = at(child_envelope(request, UpdateCompleted(
+        update_type="hot_server", version="004200000", final_result=False, final_data="aborted",
+        ok_count=5, failed_count=1, outcome="aborted", not_run=["127.0.0.31"],
+    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
+    return [*flow[:-1], item(done)]
+
+
+def aborted_client_flow(updateid: str = "cccc0000-0000-4000-8000-000000000001") -> list[Item]:
+    """A hot_client update aborted after one of its two CDN dirs: r1 never started."""
+    flow = hot_client_flow(updateid=updateid)
+    request = flow[0][0]
+    done = at(child_envelope(request, UpdateCompleted(
+        update_type="hot_client", version="003100000", final_result=False, final_data="aborted",
+        data=[{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1", "status": True}],
+        ok_count=1, failed_count=0, outcome="aborted", not_run=["res.ssss.chuangyunet.com/r1"],
+    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
+    return [*flow[:3], item(done)]

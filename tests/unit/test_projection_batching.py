@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from projections import ingest, view
 from projections.models import AppliedEvent, LoggedEvent
-from tests.projection_support import control_events, hot_client_flow, hot_server_flow, item, migrated_engine
+from tests.projection_support import (
+    aborted_client_flow,
+    aborted_server_flow,
+    control_events,
+    hot_client_flow,
+    hot_server_flow,
+    item,
+    migrated_engine,
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -33,6 +41,7 @@ def test_batches_taken_in_one_go_give_the_same_log_and_view_as_event_by_event(ur
     flow = hot_server_flow() + hot_client_flow() + hot_server_flow(updateid="u-second", failing=())
     request = flow[4][0]
     flow += [item(e) for e in control_events(request).values()]
+    flow += aborted_server_flow() + aborted_client_flow()  # targets that never ran: pending vs not run
     shuffled = flow + flow[:6]  # with duplicates, some in the same batch
     random.Random(3).shuffle(shuffled)
     fast, careful = (migrated_engine(u) for u in urls)
