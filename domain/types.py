@@ -6,6 +6,7 @@ checked here once, so nothing downstream has to trust an event's content.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from pathlib import PurePosixPath
@@ -32,7 +33,13 @@ SERVER_GROUPS: tuple[ServerGroup, ...] = ("game", "cross", "cross_center")
 # process arguments; a conservative alphabet keeps shell and path tricks out.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
+# The checks below are pure functions of the text, and the same names and addresses come in event
+# after event (an update's servers, its IPs): their results are cached. A bounded cache; an invalid
+# value raises every time (exceptions are not cached).
+_CHECKED = 4096
 
+
+@functools.lru_cache(maxsize=_CHECKED)
 def _check_name(value: str) -> str:
     if not _NAME_RE.fullmatch(value) or ".." in value:
         raise ValueError(
@@ -49,6 +56,7 @@ ServerName = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 CdnDir = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 
 
+@functools.lru_cache(maxsize=_CHECKED)
 def _check_host(value: str) -> str:
     if not re.fullmatch(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$", value):
         raise ValueError(f"{value!r} is not a valid host name")
@@ -59,6 +67,7 @@ HostName = Annotated[str, AfterValidator(_check_host), WithJsonSchema({"type": "
 """A DNS host name such as a CDN root (``res.ssss.chuangyunet.com``)."""
 
 
+@functools.lru_cache(maxsize=_CHECKED)
 def _check_ip(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))

@@ -6,11 +6,14 @@ it goes, and folds every event into the view with the live projection's reducers
 (:func:`projections.view.apply`), in log order. The reducers take their times from the events
 only, so the same log gives the same view, field for field.
 
-The log is read in windows of ``window`` events, each one transaction, replayed with the view in
-memory (:mod:`projections.replay_window`). An event whose reducer raises is left out as the live
-projection left it: the window is rolled back, the events before it replayed again, and it goes
-through :func:`_replay_batch` with the ``batch_size`` events after it (one transaction, a
-savepoint per event if needed: :func:`projections.ingest.apply_logged`, as the live projection).
+The log is read, its links checked and its events decoded in chunks — in a second process for a
+long log (:mod:`projections.replay_reader`), so two cores share the work — and replayed in windows
+of ``window`` events, each one transaction, with the view in memory (:mod:`projections.replay_window`).
+The target's secondary indexes are created after the build (:func:`_drop_secondary_indexes`).
+An event whose reducer raises is left out as the live projection left it: the window is rolled
+back, the events before it replayed again, and it goes through :func:`_replay_batch` with the
+``batch_size`` events after it (one transaction, a savepoint per event if needed:
+:func:`projections.ingest.apply_logged`, as the live projection).
 
 Re-publishing sends the stored envelopes to the events exchange with
 :data:`bus.publisher.REPLAYED_HEADER` set: live consumers ack and ignore them unless they
@@ -19,17 +22,18 @@ opted in (``ConsumerService(accept_replayed=True)``), which a new consumer catch
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import DateTime, Engine, delete, func, insert, literal, select
+from sqlalchemy import Engine, delete, func, insert, literal, select
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -39,7 +43,7 @@ from bus.publisher import REPLAYED_HEADER
 from bus.registry import DEFAULT_REGISTRY
 from domain.db import make_engine, upgrade
 from projections import log as event_log
-from projections import replay_window, view
+from projections import replay_reader, replay_window, view
 from projections.audit import LogFilter, iter_rows, read_head
 from projections.ingest import apply_logged
 from projections.models import (
@@ -49,7 +53,6 @@ from projections.models import (
     LoggedEvent,
     RejectedEvent,
     UpdateRow,
-    as_utc,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ LOG_POSITION_HEADER = "x-hotupdate-log-position"
 
 WINDOW = 50_000
 """Events replayed in memory per transaction (:mod:`projections.replay_window`): bounds the memory held."""
+
+READER_PROCESS_FROM = 50_000
+"""A replay of this many events or more reads and decodes the log in a second process (starting one takes ≈ 1 s)."""
 
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) as a replay goes on."""
@@ -98,6 +104,12 @@ class ReplayResult:
     last_position: int = 0
     last_hash: str = GENESIS_HASH
     unapplied: list[Unapplied] = field(default_factory=list)
+    reader_cpu: float = 0.0
+    """CPU seconds of the log reader process (0 when the log was read in this process)."""
+    reader_waited: float = 0.0
+    """Seconds this process waited for the log reader process."""
+    reader_peak_rss_kib: int = 0
+    """The log reader process's peak resident memory."""
 
 
 # --- rebuilding the view ---------------------------------------------------------------------
@@ -112,6 +124,7 @@ def replay(
     force: bool = False,
     batch_size: int = 500,
     window: int = WINDOW,
+    reader_process: bool | None = None,
     progress: Progress | None = None,
 ) -> ReplayResult:
     """Rebuild the status view of ``source_url``'s log in ``target_url`` (migrated first).
@@ -120,7 +133,9 @@ def replay(
     ``until_time``, is replayed. A target holding projection data is refused unless
     ``force``, which empties its projection tables first. ``window`` events are replayed in
     memory per transaction (what the memory held grows with it); ``batch_size`` bounds the
-    transactions of the careful path, taken around an event the view cannot take.
+    transactions of the careful path, taken around an event the view cannot take. The log is
+    read, checked and decoded in a second process (:mod:`projections.replay_reader`) if
+    ``reader_process``, by default when there are :data:`READER_PROCESS_FROM` events or more.
     """
     if batch_size < 1 or window < 1:
         raise ReplayError(f"a batch holds at least one event, not {min(batch_size, window)}")
@@ -128,15 +143,21 @@ def replay(
         raise ReplayError("the target is the source database")
     upgrade(target_url, "projection")
     source, target = make_engine(source_url), _target_engine(target_url)
+    deferred: list[str] = []
     try:
         prepare_target(target, force=force)
+        deferred = _drop_secondary_indexes(target)
         with Session(source) as session:
             end = replay_end(session, until_position=until_position, until_time=until_time)
-            return _rebuild(session, target, end, batch_size=batch_size, window=window, progress=progress)
+            return _rebuild(session, source_url, target, end, batch_size=batch_size, window=window,
+                            reader_process=reader_process, progress=progress)
     finally:
-        _settle(target)
-        source.dispose()
-        target.dispose()
+        try:
+            _create_indexes(target, deferred)
+        finally:
+            _settle(target)
+            source.dispose()
+            target.dispose()
 
 
 def _target_engine(url: str) -> Engine:
@@ -162,6 +183,42 @@ def _target_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
+
+
+_BUILT_TABLES: tuple[str, ...] = tuple(
+    model.__tablename__ for model in (LoggedEvent, AppliedEvent, *VIEW_TABLES)  # type: ignore[attr-defined]
+)
+
+
+def _drop_secondary_indexes(target: Engine) -> list[str]:
+    """Drop the secondary indexes of the (empty) tables a replay fills; their definitions, to create them again.
+
+    Built at the end from sorted keys rather than kept up to date row by row, they cost a fraction
+    (``projection_servers``' takes four rows an event in random key order). SQLite only: the
+    definitions are the migrations' own, as ``sqlite_master`` keeps them. A replay stopped by an
+    error creates them again on its way out (:func:`_create_indexes`); one killed leaves the target
+    without them — replay again into a new file.
+    """
+    if target.dialect.name != "sqlite":
+        return []
+    marks = ", ".join("?" for _ in _BUILT_TABLES)
+    with target.begin() as connection:
+        indexes = connection.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "  # noqa: S608 - marks only
+            f"AND tbl_name IN ({marks}) ORDER BY name", _BUILT_TABLES,
+        ).all()
+        quote = target.dialect.identifier_preparer.quote
+        for name, _ in indexes:
+            connection.exec_driver_sql(f"DROP INDEX {quote(name)}")
+    return [sql for _, sql in indexes]
+
+
+def _create_indexes(target: Engine, definitions: list[str]) -> None:
+    if not definitions:
+        return
+    with target.begin() as connection:
+        for sql in definitions:
+            connection.exec_driver_sql(sql)
 
 
 def _settle(target: Engine) -> None:
@@ -223,108 +280,106 @@ def prepare_target(target: Engine, *, force: bool) -> None:
         event_log.store_head(session, head)
 
 
-def _rebuild(source: Session, target: Engine, end: int, *, batch_size: int, window: int,
-             progress: Progress | None) -> ReplayResult:
+def _rebuild(source: Session, source_url: str, target: Engine, end: int, *, batch_size: int, window: int,
+             reader_process: bool | None, progress: Progress | None) -> ReplayResult:
     result = ReplayResult()
     if progress:
         progress(0, end)
-    reader = _LogReader(source, target)
-    while result.last_position < end:
-        rows = reader.read(result.last_position, end, window)
-        if not rows:  # the head promised rows that are not there
-            raise SourceLogBroken(result.last_position + 1, "rows are missing", result.events)
-        broken = _replay_rows(target, reader, rows, result, batch_size=batch_size, progress=progress, end=end)
-        if broken is not None:
-            raise SourceLogBroken(broken[0], broken[1], result.events)
-    return result
+    reader = replay_reader.LogReader(source.get_bind().dialect, target.dialect.name)
+    if reader_process is None:
+        reader_process = end >= READER_PROCESS_FROM
+    # What is decoded or unpickled ahead of a window (millions of objects) forms no cycles: the
+    # collector's passes over it would cost as much as decoding does (as in a window: replay_window).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        if not reader_process:
+            # each event decoded just before it is applied (the window does it), while its text is at hand
+            _replay_chunks(replay_reader.read_chunks(source, reader, end, decode=False), target, reader, result,
+                           batch_size=batch_size, window=window, progress=progress, end=end)
+            return result
+        source.close()  # the reader process reads the source from here on
+        with replay_reader.ReaderProcess(source_url, target.dialect.name, end) as process:
+            _replay_chunks(iter(process), target, reader, result, batch_size=batch_size, window=window,
+                           progress=progress, end=end, first_window=max(window // 25, 1))
+        result.reader_cpu, result.reader_waited = process.cpu, process.waited
+        result.reader_peak_rss_kib = process.peak_rss_kib
+        return result
+    except replay_reader.ReaderError as exc:
+        raise ReplayError(f"{exc}; the target holds the view of the first {result.events} events") from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
-class _LogReader:
-    """Reads the source's log rows in windows, values in :data:`replay_window.LOG_COLUMNS` order.
+def _replay_chunks(chunks: Iterator[replay_reader.Chunk], target: Engine, reader: replay_reader.LogReader,
+                   result: ReplayResult, *, batch_size: int, window: int, progress: Progress | None,
+                   end: int, first_window: int | None = None) -> None:
+    """Replay the checked, decoded ``chunks`` in windows of ``window`` rows; raise at a broken link.
 
-    From SQLite into SQLite the values are read and written as stored (times as SQLAlchemy's text),
-    so they are copied verbatim without being parsed and formatted again; otherwise as Python values
-    (times in UTC). :meth:`values` gives a row's Python values either way (for the careful path).
+    With ``first_window``, the windows start that small and grow by half each time: while this process
+    replays one, the reader reads the next (the reader is faster), so neither waits for the other
+    once the first is read.
     """
-
-    def __init__(self, source: Session, target: Engine) -> None:
-        dialect = source.get_bind().dialect
-        self.session, self.source_dialect = source, dialect
-        self.stored = dialect.name == "sqlite" and target.dialect.name == "sqlite"
-        table = LoggedEvent.__table__
-        self.columns = [table.c[name] for name in replay_window.LOG_COLUMNS]
-        self.times = [i for i, c in enumerate(self.columns) if isinstance(c.type, DateTime)]
-        self.parse = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in self.columns]
-
-    def read(self, after: int, end: int, limit: int) -> list[tuple[Any, ...]]:
-        table = LoggedEvent.__table__
-        query = (select(*self.columns).where(table.c.position > after, table.c.position <= end)
-                 .order_by(table.c.position).limit(limit))
-        if self.stored:  # the same SELECT, without SQLAlchemy's processing of each value
-            compiled = query.compile(dialect=self.source_dialect, compile_kwargs={"literal_binds": True})
-            return [tuple(row) for row in self.session.connection().exec_driver_sql(str(compiled))]
-        return [_utc_at(row, self.times) for row in self.session.execute(query)]
-
-    def values(self, row: tuple[Any, ...]) -> dict[str, Any]:
-        if self.stored:
-            row = tuple(p(v) if p is not None and v is not None else v for p, v in zip(self.parse, row, strict=True))
-        return dict(zip(replay_window.LOG_COLUMNS, _utc_at(row, self.times), strict=True))
+    rows: list[tuple[Any, ...]] = []
+    decoded = replay_reader.Decodings()
+    size = first_window or window
+    for chunk in chunks:
+        rows += chunk.rows
+        decoded.add(chunk)
+        while len(rows) >= size or (chunk.broken is not None and rows):
+            window_rows = rows[:size]
+            del rows[:size]
+            window_decoded, decoded = decoded.split(size)  # the window lets each event go once applied
+            size = min(window, size * 3 // 2 + 1)
+            _replay_rows(target, reader, window_rows, window_decoded, result,
+                         batch_size=batch_size, progress=progress, end=end)
+        if chunk.broken is not None:
+            raise SourceLogBroken(chunk.broken[0], chunk.broken[1], result.events)
+    if rows:
+        _replay_rows(target, reader, rows, decoded, result, batch_size=batch_size, progress=progress, end=end)
 
 
-def _replay_rows(target: Engine, reader: _LogReader, rows: list[tuple[Any, ...]], result: ReplayResult, *,
-                 batch_size: int,
-                 progress: Progress | None, end: int) -> tuple[int, str] | None:
-    """Replay ``rows`` in memory; an event whose reducer fails goes through :func:`_replay_batch` instead.
-
-    Returns (position, reason) of a row that broke the chain (the rows before it are kept).
-    """
-    pending = rows
+def _replay_rows(target: Engine, reader: replay_reader.LogReader, rows: list[tuple[Any, ...]],
+                 decoded: replay_reader.Decodings, result: ReplayResult, *, batch_size: int,
+                 progress: Progress | None, end: int) -> None:
+    """Replay ``rows`` (checked, decoded) in memory; an event whose reducer fails goes through
+    :func:`_replay_batch` instead."""
+    pending, pending_decoded = rows, decoded
     while pending:
         try:
-            return _take(replay_window.replay_window(target, pending, stored=reader.stored), result, progress, end)
+            done = replay_window.replay_window(target, pending, stored=reader.stored, decoded=pending_decoded)
+            _take(done, result, progress, end)
+            return
         except replay_window.ReducerFailed as failed:
             log.debug("replay: the reducer of position %d raised: %r", pending[failed.index][0], failed.error)
             index = failed.index
         except Exception as exc:  # a database error writing the window: find the event the careful way
             log.info("replay: window at %d goes batch by batch: %r", pending[0][0], exc)
             index = 0
-        if index:  # the same events on the same state: they apply again
-            again = replay_window.replay_window(target, pending[:index], stored=reader.stored)
-            broken = _take(again, result, progress, end)
-            if broken is not None:
-                return broken
+        if index:  # the same events on the same state: they apply again (decoded again: the window let them go)
+            before, pending_decoded = pending_decoded.split(index)
+            again = replay_window.replay_window(target, pending[:index], stored=reader.stored, decoded=before)
+            _take(again, result, progress, end)
         careful = [reader.values(row) for row in pending[index:index + batch_size]]
         broken = _replay_batch(target, careful, result)
         if progress:
             progress(result.events, end)
-        if broken is not None:
-            return broken
+        if broken is not None:  # cannot be: the reader checked the links
+            raise SourceLogBroken(broken[0], broken[1], result.events)
         pending = pending[index + batch_size:]
-    return None
+        pending_decoded = pending_decoded.split(batch_size)[1]
 
 
-def _take(done: replay_window.WindowResult, result: ReplayResult, progress: Progress | None, end: int
-          ) -> tuple[int, str] | None:
+def _take(done: replay_window.WindowResult, result: ReplayResult, progress: Progress | None, end: int) -> None:
     result.events += done.events
     result.applied += done.applied
     result.last_position, result.last_hash = done.last_position, done.last_hash
     result.unapplied.extend(Unapplied(*u) for u in done.unapplied)
     if progress:
         progress(result.events, end)
-    return done.broken
-
-
-def _utc_at(row: Sequence[Any], indexes: list[int]) -> tuple[Any, ...]:
-    """``row`` with the values at ``indexes`` (its times) in UTC."""
-    values = list(row)
-    for i in indexes:
-        values[i] = _utc(values[i])
-    return tuple(values)
-
-
-def _utc(value: Any) -> Any:
-    # SQLite hands back naive UTC; PostgreSQL would read a naive value in its session's zone.
-    return as_utc(value) if isinstance(value, datetime) else value
+    if done.broken is not None:  # cannot be: the reader checked the links
+        raise SourceLogBroken(done.broken[0], done.broken[1], result.events)
 
 
 def _replay_batch(target: Engine, rows: list[dict[str, Any]], result: ReplayResult) -> tuple[int, str] | None:

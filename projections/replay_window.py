@@ -23,17 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Engine, insert, select
+from sqlalchemy import Boolean, Connection, DateTime, Engine, insert, select
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
-from bus.registry import DEFAULT_REGISTRY
 from projections import log as event_log
 from projections import view
 from projections.models import VIEW_TABLES, AppliedEvent, LoggedEvent, UpdateRow
-
-LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in LoggedEvent.__table__.columns)
-"""The order of a source row's values (what :func:`replay_window` takes)."""
+from projections.replay_reader import LOG_COLUMNS, Decodings, decode_row
 
 _POSITION = LOG_COLUMNS.index("position")
 _CHAIN = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in (
@@ -62,11 +58,15 @@ class WindowResult:
     broken: tuple[int, str] | None  # (position, reason) of the first row that does not chain on
 
 
-def replay_window(target: Engine, rows: Sequence[Sequence[Any]], *, stored: bool = False) -> WindowResult:
+def replay_window(target: Engine, rows: Sequence[Sequence[Any]], *, stored: bool = False,
+                  decoded: Decodings | None = None) -> WindowResult:
     """Copy and apply ``rows`` (values in :data:`LOG_COLUMNS` order, times in UTC) in one transaction.
 
     ``stored``: the values are as the target's database stores them (read from a log of the same
-    kind of database), and are copied as they are.
+    kind of database), and are copied as they are. ``decoded``: each row's event, decoded already by
+    :func:`projections.replay_reader.read_chunks`, which checked their links too (then only the
+    first row's link to the target's head is checked here). They are let go as they are applied
+    (:meth:`projections.replay_reader.Decodings.take`); one taken already is decoded again.
 
     Raises :class:`ReducerFailed` (having kept nothing) if an event's reducer raises.
     """
@@ -75,31 +75,40 @@ def replay_window(target: Engine, rows: Sequence[Sequence[Any]], *, stored: bool
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _replay_window(target, rows, stored)
+        return _replay_window(target, rows, stored, decoded)
     finally:
         if collecting:
             gc.enable()
 
 
-def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool) -> WindowResult:
+def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool,
+                   decoded: Decodings | None) -> WindowResult:
     with Session(target) as session, session.begin():
         cache = view.RowCache(plain_updates=True)
         session.info[view.ROW_CACHE] = cache
         head = event_log.lock_head(session)
-        good, broken = _chained(rows, head.position, head.hash)
+        if decoded is None:
+            good, broken = _chained(rows, head.position, head.hash)
+            decoded = Decodings([None] * len(good))
+        else:
+            good, broken = _chained(rows[:1], head.position, head.hash)  # the rest were checked by the reader
+            if broken is not None or len(decoded) != len(rows):
+                raise ValueError(f"the decoded rows do not follow the target's head ({broken})")
+            good = rows
         connection = session.connection()
         _insert(connection, LoggedEvent.__table__, good, stored=stored)
         _known_updates(session, dict.fromkeys(row[_UPDATEID] for row in good))
         unapplied: list[tuple[int, str, str, str]] = []
         applied: list[tuple[str, int, str]] = []
         for index, row in enumerate(good):
-            try:
-                envelope = Envelope.from_bytes(row[_ENVELOPE].encode("utf-8"))
-                event = DEFAULT_REGISTRY.decode(envelope)
-            except ValueError as exc:  # as the careful path: the catalogue changed since it was logged
+            done = decoded.take(index)
+            if done is None:
+                done = decode_row(row[_ENVELOPE])
+            if isinstance(done, str):  # as the careful path: the catalogue changed since it was logged
                 position, event_id, event_type = _CHAIN(row)[:3]
-                unapplied.append((position, event_id, event_type, f"cannot be decoded: {exc}"))
+                unapplied.append((position, event_id, event_type, done))
                 continue
+            envelope, event = done
             try:
                 view.apply(session, envelope, event, derive=False)
             except Exception as exc:  # roll the window back: the caller leaves this event out
@@ -162,7 +171,7 @@ def _write_view(connection: Connection, cache: view.RowCache) -> None:
 
 
 _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-_StatementCache = dict[tuple[str, str], tuple[str, list[tuple[int, Callable[[Any], Any]]]]]
+_StatementCache = dict[tuple[str, str], tuple[str, list[tuple[int, Callable[[Any], Any], bool]]]]
 _STATEMENTS: _StatementCache = {}
 
 
@@ -188,8 +197,8 @@ def _insert(connection: Connection, table: Any, rows: Sequence[Sequence[Any]], *
         # names from the table's own metadata, quoted; the values are bound
         listed, marks = ", ".join(quote(c.name) for c in columns), ", ".join(mark for _ in columns)
         sql = f"INSERT INTO {quote(table.name)} ({listed}) VALUES ({marks})"  # noqa: S608
-        processors: list[tuple[int, Callable[[Any], Any]]] = [
-            (i, p) for i, c in enumerate(columns)
+        processors: list[tuple[int, Callable[[Any], Any], bool]] = [
+            (i, p, isinstance(c.type, DateTime)) for i, c in enumerate(columns)
             if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
             # sqlite3 stores a bool as the integer SQLAlchemy's processor would make of it
             and not (dialect.name == "sqlite" and isinstance(c.type, Boolean))
@@ -199,11 +208,22 @@ def _insert(connection: Connection, table: Any, rows: Sequence[Sequence[Any]], *
     if stored:
         processors = []
     processed: list[tuple[Any, ...]] = []
+    # A window's rows share few times (an event's time goes into all the rows it touches): each is
+    # formatted once. Keyed with its zone too, since equal aware times may show different wall clocks.
+    formatted: dict[tuple[int, Any, Any], Any] = {}
     for row in rows:
         if processors:
             values = list(row)
-            for i, process in processors:  # None too: as Core does (JSON stores it as 'null')
-                values[i] = process(values[i])
+            for i, process, is_time in processors:  # None too: as Core does (JSON stores it as 'null')
+                value = values[i]
+                if is_time and value is not None:
+                    memo = (i, value, value.tzinfo)
+                    text = formatted.get(memo)
+                    if text is None:
+                        text = formatted[memo] = process(value)
+                    values[i] = text
+                else:
+                    values[i] = process(value)
             processed.append(tuple(values))
         else:
             processed.append(tuple(row))

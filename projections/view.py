@@ -128,13 +128,25 @@ def derive_stage(update: UpdateRow, *, results_reported: bool) -> tuple[str, str
 
 def order_key(envelope: Envelope, rank: int = 0) -> str:
     """A string that sorts events of one update by (rank, sequence, time, id): later wins."""
-    when = _when(envelope).strftime("%Y-%m-%dT%H:%M:%S.%f")
-    return f"{rank}|{envelope.sequence:019d}|{when}|{envelope.id}"
+    return f"{rank}|{envelope.sequence:019d}|{_utc_text(envelope.time)}|{envelope.id}"
 
 
 def _when(envelope: Envelope) -> datetime:
     """The event's time in UTC (SQLite stores wall-clock text: everything stored must be UTC)."""
-    return envelope.time.astimezone(UTC)
+    return _utc(envelope.time)
+
+
+# An event's time is converted about five times and formatted about three (once per reducer that
+# orders by it): cached, as the last events' times repeat. Aware datetimes are equal exactly when
+# they are the same instant, and both results depend on the instant alone.
+@functools.lru_cache(maxsize=512)
+def _utc(when: datetime) -> datetime:
+    return when.astimezone(UTC)
+
+
+@functools.lru_cache(maxsize=512)
+def _utc_text(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 def _wins(update: UpdateRow, group: str, envelope: Envelope, rank: int = 0) -> bool:

@@ -51,13 +51,15 @@ def batches():
         pytest.param("sqlite", "postgres", marks=pytest.mark.postgres),
     ],
 )
-def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind):
+@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
+def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind,
+                                                              reader_process):
     source_url = _url(source_kind, request, tmp_path, "live.db")
     target_url = _url(target_kind, request, tmp_path, "replayed.db")
     live = migrated_engine(source_url)
     ingest_history(live, batches)
 
-    result = replay(source_url, target_url, batch_size=7)
+    result = replay(source_url, target_url, batch_size=7, reader_process=reader_process)
 
     target = migrated_engine(target_url)
     live_log = log_of(live)
@@ -115,8 +117,9 @@ def test_a_replay_until_a_position_equals_a_projection_that_took_only_that_prefi
     assert view_of(migrated_engine(target_url)) == view_of(prefix)
 
 
-@pytest.mark.parametrize("window", [1, 7, 13, 40])
-def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches, window):
+@pytest.mark.parametrize(("window", "reader_process"), [(1, False), (7, False), (13, False), (40, False), (7, True),
+                                                       (40, True)])
+def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches, window, reader_process):
     """Windows end in the middle of updates (the next window reads them back and updates them) and
     next to the event the view cannot take (left out, the events around it applied)."""
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
@@ -124,7 +127,7 @@ def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches,
     ingest_history(live, batches)
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
 
-    result = replay(source_url, target_url, batch_size=3, window=window)
+    result = replay(source_url, target_url, batch_size=3, window=window, reader_process=reader_process)
 
     target = migrated_engine(target_url)
     assert [u.type for u in result.unapplied] == ["hotupdate.ip.finished.v1"]
@@ -135,7 +138,9 @@ def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches,
         assert event_log.verify(s).ok
 
 
-def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unapplied(tmp_path, batches):
+@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
+def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unapplied(tmp_path, batches,
+                                                                                   reader_process):
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     live = migrated_engine(source_url)
     ingest_history(live, batches)
@@ -148,7 +153,7 @@ def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unappli
         event_log.store_head(s, head)
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
 
-    result = replay(source_url, target_url)
+    result = replay(source_url, target_url, reader_process=reader_process)
 
     target = migrated_engine(target_url)
     assert [(u.event_id, u.reason.split(":")[0]) for u in result.unapplied][-1] == ("retired-event",
@@ -177,7 +182,8 @@ def test_a_target_with_data_is_refused_unless_forced(tmp_path, batches):
         replay(source_url, source_url.replace("live.db", "./live.db"), force=True)
 
 
-def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, batches):
+@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
+def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, batches, reader_process):
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     live = migrated_engine(source_url)
     ingest_history(live, batches)
@@ -187,7 +193,7 @@ def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, bat
                      {"e": stored.replace('"source":"', '"source":"forged/', 1)})
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
     with pytest.raises(SourceLogBroken) as broken:
-        replay(source_url, target_url, batch_size=5)
+        replay(source_url, target_url, batch_size=5, reader_process=reader_process)
     assert broken.value.position == 12 and broken.value.replayed == 11
     assert log_of(migrated_engine(target_url))["head"][0] == 11  # what verified is kept, and verifies
 

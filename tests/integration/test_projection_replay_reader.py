@@ -1,0 +1,158 @@
+"""The replay's log reader process (projections.replay_reader) and the target's deferred indexes.
+
+The reader process is always stopped and joined, whatever ends the replay; one that dies makes
+the replay fail with a clear error instead of waiting for it forever. A rebuilt SQLite target has
+exactly the indexes of a migrated database (they are dropped during the build and created again).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import cast
+
+import pytest
+from sqlalchemy import text
+
+from projections.replay import ReplayError, SourceLogBroken, replay
+from projections.replay_reader import Decodings, ReaderError, ReaderProcess
+from tests.audit_support import history, ingest_history, log_of, view_of
+from tests.projection_support import migrated_engine
+
+
+@pytest.fixture(scope="module")
+def batches():
+    return history()
+
+
+@pytest.fixture
+def source_url(tmp_path, batches):
+    url = f"sqlite:///{tmp_path / 'live.db'}"
+    ingest_history(migrated_engine(url), batches)
+    return url
+
+
+def _readers() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name == "hotupdate-replay-reader"]
+
+
+def _head(url: str) -> int:
+    position, _hash = cast(tuple[int, str], log_of(migrated_engine(url))["head"])
+    return position
+
+
+def _spools() -> set[str]:
+    return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("hotupdate-replay-*")}
+
+
+def test_the_reader_process_sends_every_row_checked_and_decoded_then_its_cpu_and_memory(source_url):
+    head = _head(source_url)
+    with ReaderProcess(source_url, "sqlite", head, chunk=5) as reader:
+        chunks = list(reader)
+    rows = [row for chunk in chunks for row in chunk.rows]
+    assert [row[0] for row in rows] == list(range(1, head + 1))
+    assert all(0 < len(chunk.rows) <= 5 for chunk in chunks)
+    decoded = []
+    for chunk in chunks:  # sent pickled, unpickled as the window takes them
+        decodings = Decodings()
+        decodings.add(chunk)
+        decoded += [decodings.take(i) for i in range(len(chunk.rows))]
+        assert decodings.take(0) is None  # let go once taken
+    assert all(isinstance(d, tuple) for d in decoded[:-1])  # the envelopes and events, ready to apply
+    assert reader.cpu > 0 and reader.peak_rss_kib > 0
+    assert not reader.process.is_alive() and reader.process.exitcode == 0
+
+
+def test_a_reader_process_that_dies_fails_the_replay_with_a_clear_error_instead_of_a_hang(tmp_path, source_url):
+    killed: list[int] = []
+
+    def kill_the_reader_as_it_starts() -> None:  # it takes a good part of a second to import what it needs
+        deadline = time.monotonic() + 20
+        while not killed and time.monotonic() < deadline:
+            for process in _readers():
+                if process.pid:
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.append(process.pid)
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_the_reader_as_it_starts)
+    killer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReplayError, match=r"log reader process \(pid \d+\) died \(exit code -9\)"):
+            replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}", reader_process=True)
+    finally:
+        killer.join()
+    assert killed and time.monotonic() - started < 30
+    assert not _readers()
+
+
+def test_iterating_a_killed_reader_process_raises(source_url):
+    with ReaderProcess(source_url, "sqlite", 10) as reader:
+        os.kill(reader.process.pid or 0, signal.SIGKILL)
+        with pytest.raises(ReaderError, match="died"):
+            list(reader)
+    assert reader.process.exitcode == -signal.SIGKILL
+
+
+def test_the_reader_process_is_stopped_and_its_files_removed_when_the_replay_is_interrupted(tmp_path, source_url):
+    before = _spools()
+
+    def interrupt(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}", reader_process=True, window=5,
+               progress=interrupt)
+    assert not _readers()
+    assert _spools() <= before
+
+
+def test_a_reader_that_cannot_read_the_source_says_why(tmp_path):
+    with ReaderProcess(f"sqlite:///{tmp_path / 'missing' / 'live.db'}", "sqlite", 10) as reader, \
+            pytest.raises(ReaderError, match="the log reader process failed: OperationalError"):
+        list(reader)
+    assert not reader.process.is_alive()
+
+
+def test_a_broken_source_read_in_a_process_keeps_the_view_before_the_break(tmp_path, source_url):
+    live = migrated_engine(source_url)
+    with live.begin() as conn:
+        conn.execute(text("delete from projection_event_log where position = 20"))
+    target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
+    with pytest.raises(SourceLogBroken, match="position 21: expected position 20 next, found 21: rows are missing"):
+        replay(source_url, target_url, reader_process=True, window=7)
+    assert _head(target_url) == 19
+    assert not _readers()
+
+
+def _indexes(path: Path) -> list[tuple[str, str, str, str | None]]:
+    with sqlite3.connect(path) as connection:
+        return sorted(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE type = 'index'"))
+
+
+@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
+def test_a_rebuilt_target_has_exactly_the_indexes_of_a_migrated_database(tmp_path, source_url, reader_process):
+    replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}", reader_process=reader_process, window=13)
+    migrated_engine(f"sqlite:///{tmp_path / 'migrated.db'}").dispose()
+
+    replayed = _indexes(tmp_path / "replayed.db")
+    assert replayed == _indexes(tmp_path / "migrated.db")
+    assert any(name == "ix_projection_updates_status" for _, name, _, _ in replayed)
+    assert view_of(migrated_engine(f"sqlite:///{tmp_path / 'replayed.db'}")) == view_of(migrated_engine(source_url))
+
+
+def test_a_replay_stopped_by_a_broken_source_still_leaves_the_indexes(tmp_path, source_url):
+    with migrated_engine(source_url).begin() as conn:
+        conn.execute(text("update projection_event_log set envelope = replace(envelope, '\"source\":\"', "
+                          "'\"source\":\"forged/') where position = 9"))
+    with pytest.raises(SourceLogBroken, match="position 9: hash does not match"):
+        replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}")
+    migrated_engine(f"sqlite:///{tmp_path / 'migrated.db'}").dispose()
+    assert _indexes(tmp_path / "replayed.db") == _indexes(tmp_path / "migrated.db")
