@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, String, and_, bindparam, case, func, insert, select
+from sqlalchemy import JSON, ColumnElement, String, and_, bindparam, case, func, insert, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
@@ -309,10 +309,35 @@ def write_new_rows(session: Session) -> None:
     connection = session.connection()
     for model, rows in cache.new.items():
         names = list(_column_defaults(model))
-        if rows:
+        if not rows:
+            continue
+        if connection.dialect.name == "postgresql" and model not in _JSON_MODELS:
+            _copy_rows(connection, model.__table__.name, names, rows)
+        else:
             connection.execute(insert(model), [{n: row.__dict__[n] for n in names} for row in rows])
     cache.new = {}
     write_changed_rows(connection, cache)
+
+
+_JSON_MODELS = frozenset(m for m in (ServerRow, IpRow, CdnDirRow, FileRow, RsyncTargetRow, BatchRow, UpdateRow)
+                         if any(isinstance(c.type, JSON) for c in m.__table__.columns))
+"""Tables with JSON columns: their values need SQLAlchemy's JSON serialisation, so no COPY for them."""
+
+
+def _copy_rows(connection: Any, table: str, names: list[str], rows: list[Any]) -> None:
+    """INSERT ``rows`` with one PostgreSQL COPY, in the connection's transaction.
+
+    A batch creates thousands of target rows (an *update requested* names every server); as an
+    executemany, each row was a statement of its own through the driver's pipeline, a third of
+    the ingest's time on PostgreSQL. psycopg adapts the values (text, booleans, aware datetimes,
+    integers) as it would for the INSERT.
+    """
+    columns = ", ".join(f'"{n}"' for n in names)
+    with connection.connection.driver_connection.cursor() as cursor, \
+            cursor.copy(f'COPY "{table}" ({columns}) FROM STDIN') as copy:
+        for row in rows:
+            values = row.__dict__
+            copy.write_row([values[n] for n in names])
 
 
 def write_changed_rows(connection: Any, cache: RowCache) -> None:
