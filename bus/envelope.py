@@ -98,6 +98,10 @@ class Envelope(BaseModel):
     @classmethod
     def from_bytes(cls, body: bytes) -> Envelope:
         """Parse a message body; raise :class:`EnvelopeError` with the reason if it is not an envelope."""
+        try:  # the usual case in one pass; anything it refuses is parsed again below, to say why
+            return cls.model_validate_json(body)
+        except ValidationError:
+            pass
         try:
             raw = json.loads(body.decode("utf-8"))
         except UnicodeDecodeError as exc:

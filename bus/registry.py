@@ -6,6 +6,7 @@ of an event, whatever version its producer still speaks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,10 +48,18 @@ class Registry:
         return cls(table)
 
     def latest(self, name: str) -> type[Event]:
-        versions = [v for (n, v) in self.models if n == name]
-        if not versions:
+        model = self._latest.get(name)
+        if model is None:
             raise UnknownEventType(f"unknown event 'hotupdate.{name}'")
-        return self.models[(name, max(versions))]
+        return model
+
+    @functools.cached_property
+    def _latest(self) -> dict[str, type[Event]]:
+        """Each name's newest model (asked for once per delivery: worth keeping)."""
+        out: dict[str, type[Event]] = {}
+        for (name, _version), model in sorted(self.models.items()):
+            out[name] = model  # sorted by version within a name: the last one wins
+        return out
 
     def model_for(self, event_type: str) -> type[Event]:
         name, version = split_type(event_type)
