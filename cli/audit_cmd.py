@@ -245,7 +245,7 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace, url: str) -> int:
-    from projections.replay import ReplayError, SourceLogBroken, replay
+    from projections.replay import ReplayError, ReplayStopped, SourceLogBroken, replay
 
     if args.until_time is not None:
         print(f"replaying what the log had received by {args.until_time.isoformat()}", file=sys.stderr)
@@ -256,6 +256,10 @@ def _rebuild(args: argparse.Namespace, url: str) -> int:
     except SourceLogBroken as exc:
         _close(bar)
         print(exc, file=sys.stderr)
+        return 1
+    except ReplayStopped as exc:
+        _close(bar)
+        print(f"replay failed: {exc}", file=sys.stderr)
         return 1
     except ReplayError as exc:
         _close(bar)

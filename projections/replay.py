@@ -78,6 +78,10 @@ class TargetNotEmpty(ReplayError):
     pass
 
 
+class ReplayStopped(ReplayError):
+    """The replay began but could not go on (its reader process died): the target holds a part."""
+
+
 class SourceLogBroken(ReplayError):
     def __init__(self, position: int, reason: str, replayed: int) -> None:
         super().__init__(
@@ -306,7 +310,7 @@ def _rebuild(source: Session, source_url: str, target: Engine, end: int, *, batc
         result.reader_peak_rss_kib = process.peak_rss_kib
         return result
     except replay_reader.ReaderError as exc:
-        raise ReplayError(f"{exc}; the target holds the view of the first {result.events} events") from None
+        raise ReplayStopped(f"{exc}; the target holds the view of the first {result.events} events") from None
     finally:
         if collecting:
             gc.enable()

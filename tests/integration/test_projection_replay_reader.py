@@ -19,7 +19,7 @@ from typing import cast
 import pytest
 from sqlalchemy import text
 
-from projections.replay import ReplayError, SourceLogBroken, replay
+from projections.replay import ReplayStopped, SourceLogBroken, replay
 from projections.replay_reader import Decodings, ReaderError, ReaderProcess
 from tests.audit_support import history, ingest_history, log_of, view_of
 from tests.projection_support import migrated_engine
@@ -84,7 +84,7 @@ def test_a_reader_process_that_dies_fails_the_replay_with_a_clear_error_instead_
     killer.start()
     started = time.monotonic()
     try:
-        with pytest.raises(ReplayError, match=r"log reader process \(pid \d+\) died \(exit code -9\)"):
+        with pytest.raises(ReplayStopped, match=r"log reader process \(pid \d+\) died \(exit code -9\)"):
             replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}", reader_process=True)
     finally:
         killer.join()
