@@ -37,15 +37,24 @@ def _dir(where: str, path: Path, *, writable: bool) -> Finding:
     return Finding("ok", where, f"{path}")
 
 
+def _secret_file(where: str, path: Path, what: str) -> Finding | int:
+    """The file's mode, or the finding that it is missing or unreadable."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return Finding("error", where, f"{what} {path} is missing")
+    except PermissionError:
+        return Finding("error", where, f"{what} {path} is not readable by this user")
+    if not os.access(path, os.R_OK):
+        return Finding("error", where, f"{what} {path} is not readable by this user")
+    return mode
+
+
 def password_file_finding(where: str, path: Path) -> Finding:
     """rsync refuses (and the seed warns about) a password file others can read: it must be 600."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return Finding("error", where, f"password file {path} is missing")
-    except PermissionError:
-        return Finding("error", where, f"password file {path} is not readable by this user")
-    mode = stat.S_IMODE(st.st_mode)
+    mode = _secret_file(where, path, "password file")
+    if isinstance(mode, Finding):
+        return mode
     if mode != 0o600:
         return Finding("error", where, f"password file {path} has mode {mode:03o}; it must be 600 (chmod 600 {path})")
     return Finding("ok", where, f"password file {path} is mode 600")
@@ -77,18 +86,12 @@ def check_receiver(config: HotupdateConfig, name: str) -> list[Finding]:
 
 def ssh_key_finding(where: str, path: Path) -> Finding:
     """ssh ignores a private key that group or others can read ("UNPROTECTED PRIVATE KEY FILE")."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return Finding("error", where, f"ssh key {path} is missing")
-    except PermissionError:
-        return Finding("error", where, f"ssh key {path} is not readable by this user")
-    mode = stat.S_IMODE(st.st_mode)
+    mode = _secret_file(where, path, "ssh key")
+    if isinstance(mode, Finding):
+        return mode
     if mode & 0o077:
         return Finding("error", where, f"ssh key {path} has mode {mode:03o}; ssh ignores it unless only its "
                                        f"owner can read it (chmod 600 {path})")
-    if not os.access(path, os.R_OK):
-        return Finding("error", where, f"ssh key {path} is not readable by this user")
     return Finding("ok", where, f"ssh key {path} is mode {mode:03o}")
 
 

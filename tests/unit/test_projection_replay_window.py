@@ -12,42 +12,23 @@ import sqlite3
 import pytest
 from sqlalchemy.orm import Session
 
-from bus.events import UpdateCompleted
-from bus.handling import child_envelope
 from projections import log as event_log
 from projections.ingest import ingest_batch
 from projections.replay import replay
 from tests.audit_support import log_of, view_of
-from tests.projection_support import Item, at, hot_client_flow, hot_server_flow, item, migrated_engine
-
-
-def _aborted_server_update() -> list[Item]:
-    flow = hot_server_flow(updateid="aaaa0000-0000-4000-8000-000000000001", complete=False)
-    request = flow[4][0]
-    flow = flow[:-1]  # 127.0.0.31 never reported
-    done = at(child_envelope(request, UpdateCompleted(
-        update_type="hot_server", version="004200000", final_result=False, final_data="aborted",
-        ok_count=5, failed_count=1, outcome="aborted", not_run=["127.0.0.31"],
-    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
-    return [*flow, item(done)]
-
-
-def _aborted_client_update() -> list[Item]:
-    flow = hot_client_flow(updateid="cccc0000-0000-4000-8000-000000000001")
-    request = flow[0][0]
-    done = at(child_envelope(request, UpdateCompleted(
-        update_type="hot_client", version="003100000", final_result=False, final_data="aborted",
-        data=[{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1", "status": True}],
-        ok_count=1, failed_count=0, outcome="aborted", not_run=["res.ssss.chuangyunet.com/r1"],
-    ), source="hotupdate/ops_executor/ops1", offset=30), 30)
-    return [*flow[:3], item(done)]  # request, started, t1 finished; r1 never started
+from tests.projection_support import (
+    aborted_client_flow,
+    aborted_server_flow,
+    hot_server_flow,
+    migrated_engine,
+)
 
 
 @pytest.mark.parametrize("window", [1, 3, 1000])
 def test_counts_stage_and_status_replayed_in_memory_equal_the_live_ones(tmp_path, window):
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     live = migrated_engine(source_url)
-    items = [*_aborted_server_update(), *_aborted_client_update(), *hot_server_flow(complete=False)]
+    items = [*aborted_server_flow(), *aborted_client_flow(), *hot_server_flow(complete=False)]
     for start in range(0, len(items), 4):
         ingest_batch(live, items[start:start + 4])
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
