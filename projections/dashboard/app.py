@@ -90,7 +90,16 @@ class SecurityHeadersMiddleware:
 
 
 def read_only_engine(database_url: str) -> Engine:
-    """An engine whose connections cannot write, whatever code runs on them."""
+    """An engine whose connections cannot write, whatever code runs on them, and whose sessions
+    each read one snapshot.
+
+    A page is several queries (an update's counts, then a page of its servers counted and read
+    rank group by rank group): each seeing the database as it was when the first ran means a row
+    is never shown twice, or missed, because the projection committed in between. PostgreSQL:
+    REPEATABLE READ (a read-only transaction there never fails to serialise). SQLite: the driver
+    starts no transaction before a SELECT, so the session's BEGIN is sent here; in WAL mode the
+    reader keeps its snapshot until the session ends, and the projection writes meanwhile.
+    """
     # Pooled connections for as many requests as a worker has in flight under load: past the pool
     # an overflow connection is opened (with its pragmas) and closed per request, costlier than a query.
     engine = make_engine(database_url, pool_size=16)
@@ -100,10 +109,17 @@ def read_only_engine(database_url: str) -> Engine:
         cur = dbapi_conn.cursor()
         if engine.dialect.name == "sqlite":
             cur.execute("PRAGMA query_only = ON")
+            dbapi_conn.isolation_level = None  # BEGIN is sent by _snapshot below, for reads too
         elif engine.dialect.name == "postgresql":
-            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ")
             dbapi_conn.commit()
         cur.close()
+
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "begin")
+        def _snapshot(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN")
 
     return engine
 
