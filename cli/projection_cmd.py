@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes on the one port (the dashboard keeps no state: one per core scales it)")
     serve.set_defaults(func=_serve)
 
     db = sub.add_parser("db", help="database migrations")
@@ -109,9 +111,18 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Make sure the tables exist (idempotent) before the read-only app opens the database.
     upgrade(database_url, "projection")
-    app = create_app(database_url)
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
     # Open live streams end on shutdown after this long instead of holding it up.
-    uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info")
+    if args.workers == 1:
+        uvicorn.run(create_app(database_url), host=args.host, port=args.port, timeout_graceful_shutdown=2,
+                    log_level="info")
+        return 0
+    from projections.dashboard.served import FACTORY, serve_workers
+
+    serve_workers(FACTORY, database_url, host=args.host, port=args.port, workers=args.workers,
+                  timeout_graceful_shutdown=2, log_level="info")
     return 0
 
 

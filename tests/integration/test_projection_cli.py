@@ -17,8 +17,10 @@ from sqlalchemy import inspect
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, declare_all
 from domain.db import make_engine
+from projections.dashboard.served import listening_socket
+from projections.ingest import ingest_batch
 from projections.service import SERVICE
-from tests.projection_support import hot_server_flow
+from tests.projection_support import hot_server_flow, migrated_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 # The subcommands as `hotupdate` runs them, whether or not cli/main.py lists the module yet.
@@ -113,3 +115,64 @@ async def _declare_and_publish(url, envelopes):
     async with AsyncPublisher(url) as pub:
         for env in envelopes:
             await pub.publish(env)
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.slow
+def test_dashboard_serve_with_workers_answers_from_each_and_stops_them_all(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    engine = migrated_engine(url)
+    ingest_batch(engine, hot_server_flow())
+    engine.dispose()
+    port = _free_port()
+    dashboard = subprocess.Popen(
+        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port), "--workers", "2"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        answered = 0
+        while time.monotonic() < deadline and answered < 20:
+            try:
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/updates", timeout=2)
+            except httpx.HTTPError:
+                time.sleep(0.2)
+                continue
+            assert listed.status_code == 200 and listed.json()["total"] == 1
+            answered += 1
+        assert answered == 20
+        workers = [pid for pid in _children(dashboard.pid)
+                   if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        assert len(workers) == 2
+    finally:
+        code, out = _stop(dashboard)
+    assert code in (0, -signal.SIGTERM), out
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived the server"
+
+
+def test_dashboard_serve_refuses_no_workers(tmp_path):
+    done = subprocess.run(_hotupdate("dashboard", "serve", "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
+                                     "--workers", "0"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--workers must be at least 1" in done.stderr
+
+
+def test_the_workers_port_gives_accepted_connections_tcp_nodelay():
+    # Without it every keep-alive response of a worker waited for the client's delayed ACK (40 ms).
+    listener = listening_socket("127.0.0.1", 0)
+    try:
+        client = socket.create_connection(listener.getsockname()[:2])
+        accepted, _ = listener.accept()
+        try:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            accepted.close()
+            client.close()
+    finally:
+        listener.close()
