@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="unacked messages in flight; a batch is at most half of it (bigger batches cost less "
                      "per event)")
     run.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    run.add_argument("--history-stream", action="store_true",
+                     help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
+                          "(hotupdate history read); the SQL log stays the audit record")
     run.set_defaults(func=_run)
 
     dashboard = sub.add_parser("dashboard", help="the read-only status dashboard")
@@ -92,6 +95,10 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if args.history_stream:
+            from bus.history import ensure_history
+
+            await ensure_history(amqp_url, Topology(args.namespace))
         await run(consumer, projection, stop)
 
     log.info("projection: consuming every event into %s", _redact(database_url))

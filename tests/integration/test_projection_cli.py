@@ -14,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import inspect
 
+from bus.history import read_history
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, declare_all
 from domain.db import make_engine
@@ -74,7 +75,8 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
     url = f"sqlite:///{tmp_path / 'p.db'}"
     flow = hot_server_flow()
     port = _free_port()
-    consumer = subprocess.Popen(_hotupdate("projection", "run", "--database-url", url, "--amqp-url", amqp_url),
+    consumer = subprocess.Popen(_hotupdate("projection", "run", "--database-url", url, "--amqp-url", amqp_url,
+                                           "--history-stream"),
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     dashboard = subprocess.Popen(
         _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port)),
@@ -100,6 +102,8 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
         assert detail is not None and detail.status_code == 200, detail
         assert detail.json()["stage"] == "completed"
         assert "text/html" in httpx.get(f"{base}/updates/{flow[0][0].updateid}", timeout=2).headers["content-type"]
+        kept = asyncio.run(_history_ids(amqp_url))  # --history-stream: the broker kept a copy too
+        assert kept == [env.id for env, _ in flow]
     finally:
         consumer_code, consumer_out = _stop(consumer)
         dashboard_code, dashboard_out = _stop(dashboard)
@@ -176,3 +180,7 @@ def test_the_workers_port_gives_accepted_connections_tcp_nodelay():
             client.close()
     finally:
         listener.close()
+
+
+async def _history_ids(url):
+    return [e.envelope.id async for e in read_history(url, Topology(), idle_seconds=1.0) if e.envelope]
