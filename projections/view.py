@@ -848,45 +848,8 @@ def _refresh_ip(session: Session, ip_row: IpRow) -> None:
     ip_row.ok = (int(failed) == 0) if ip_row.reported else None
 
 
-@functools.cache
-def _count_statements() -> tuple[Any, ...]:
-    """The count queries of :func:`refresh`, built once (building them per update cost more than running them)."""
-    uid = bindparam("uid", type_=String)
-    ip_not_run = (
-        select(IpRow.ip)
-        .where(IpRow.updateid == uid, IpRow.ip == ServerRow.ip, IpRow.not_run.is_(True))
-        .exists()
-    )
-    servers = select(
-        _count_if(ServerRow.expected.is_(True)),
-        _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(True))),
-        _count_if(and_(ServerRow.reported.is_(True), ServerRow.ok.is_(False))),
-        _count_if(and_(ServerRow.expected.is_(True), ServerRow.reported.is_(False), ~ip_not_run)),
-        _count_if(and_(ServerRow.reported.is_(False), ip_not_run)),
-    ).where(ServerRow.updateid == uid)
-    ips = select(
-        _count_if(IpRow.expected.is_(True)),
-        _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(True))),
-        _count_if(and_(IpRow.reported.is_(True), IpRow.ok.is_(False))),
-        _count_if(and_(IpRow.expected.is_(True), IpRow.reported.is_(False), IpRow.not_run.is_(False))),
-        _count_if(and_(IpRow.reported.is_(False), IpRow.not_run.is_(True))),
-    ).where(IpRow.updateid == uid)
-    cdn = select(
-        _count_if(CdnDirRow.expected.is_(True)),
-        _count_if(CdnDirRow.status.is_(True)),
-        _count_if(CdnDirRow.status.is_(False)),
-        _count_if(and_(CdnDirRow.expected.is_(True), CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(False))),
-        _count_if(and_(CdnDirRow.status.is_(None), CdnDirRow.not_run.is_(True))),
-    ).where(CdnDirRow.updateid == uid)
-    targets = select(
-        _count_if(RsyncTargetRow.requested.is_(True)),
-        _count_if(RsyncTargetRow.ok.is_(True)),
-        _count_if(RsyncTargetRow.ok.is_(False)),
-    ).where(RsyncTargetRow.updateid == uid)
-    files = select(func.count()).select_from(FileRow).where(FileRow.updateid == uid)
-    batches = select(BatchRow).where(BatchRow.updateid == uid)
-    statements: tuple[Any, ...] = (servers, ips, cdn, targets, files, batches)
-    return statements
+_BATCHES = select(BatchRow).where(BatchRow.updateid == bindparam("uid", type_=String))
+"""An update's batch rows (:func:`_refresh_batches`), built once."""
 
 
 def refresh(session: Session, update: UpdateRow, *, flush: bool = True) -> None:
@@ -896,19 +859,8 @@ def refresh(session: Session, update: UpdateRow, *, flush: bool = True) -> None:
     """
     if flush:
         session.flush()
-    params = {"uid": update.updateid}
-    q_servers, q_ips, q_cdn, q_targets, q_files, _ = _count_statements()
-    servers = session.execute(q_servers, params).one()
-    (update.servers_expected, update.servers_ok, update.servers_failed, update.servers_pending,
-     update.servers_not_run) = map(int, servers)
-    ips = session.execute(q_ips, params).one()
-    update.ips_expected, update.ips_ok, update.ips_failed, update.ips_pending, update.ips_not_run = map(int, ips)
-    cdn = session.execute(q_cdn, params).one()
-    (update.cdn_dirs_expected, update.cdn_dirs_ok, update.cdn_dirs_failed, update.cdn_dirs_pending,
-     update.cdn_dirs_not_run) = map(int, cdn)
-    targets = session.execute(q_targets, params).one()
-    update.targets_requested, update.targets_ok, update.targets_failed = map(int, targets)
-    update.files_count = int(session.execute(q_files, params).scalar_one())
+    for name, value in view_counts.counts_of(session.connection(), [update.updateid])[update.updateid].items():
+        setattr(update, name, value)
     _refresh_batches(session, update)
     _derive(update)
 
@@ -983,7 +935,7 @@ def _refresh_batches(session: Session, update: UpdateRow) -> None:
     if cache is not None and cache.loaded(BatchRow, (update.updateid,)):
         rows = [r for r in cache.rows.get(BatchRow, {}).values() if r.updateid == update.updateid]
     else:
-        rows = list(session.scalars(_count_statements()[-1], {"uid": update.updateid}).all())
+        rows = list(session.scalars(_BATCHES, {"uid": update.updateid}).all())
     _batch_fields(update, rows)
 
 

@@ -3,9 +3,9 @@
 The live projection derives each update a batch touched once per batch. Counting one update
 at a time took five small queries per update: on PostgreSQL, with a few dozen updates per
 batch, those round trips were a sixth of the ingest's time. Grouped by update, it is five
-queries per batch, whatever the number of updates. The counts are those of
-:func:`projections.view.refresh` (``x IS TRUE``: NULL counts as neither), which stays the
-reference for one update.
+queries per batch, whatever the number of updates; :func:`projections.view.refresh` asks the
+same for one update. ``x IS TRUE`` counts NULL as neither, as
+:func:`projections.view.refresh_from_rows` does in memory for the replay (the tests compare the two).
 """
 
 from __future__ import annotations
