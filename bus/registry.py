@@ -7,11 +7,12 @@ of an event, whatever version its producer still speaks.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import SchemaValidator
 
 from bus.envelope import Envelope, EnvelopeError, describe_validation_error, split_type
 from bus.events import CATALOGUE, Event
@@ -71,16 +72,41 @@ class Registry:
             raise UnknownEventType(f"{event_type}: unknown event type")
         return model
 
+    @functools.cached_property
+    def _decoders(self) -> dict[str, tuple[type[Event], Callable[[Any], Event], bool]]:
+        """Per type string (``hotupdate.<name>.v<N>``, the one spelling :data:`TYPE_RE` accepts for it):
+        its model, the model's validator and whether it is its name's newest: one dict lookup per
+        delivery instead of parsing the type and looking the model up twice."""
+        out: dict[str, tuple[type[Event], Callable[[Any], Event], bool]] = {}
+        for (name, version), model in self.models.items():
+            try:
+                if split_type(model.type_name()) != (name, version):
+                    continue
+            except EnvelopeError:  # a name no envelope can carry: model_for refuses it, as it always did
+                continue
+            validator = model.__pydantic_validator__
+            # model_validate(data) is validate_python(data) behind a Python-level call; a model not
+            # fully built yet has a mock validator: keep model_validate for it.
+            validate = validator.validate_python if isinstance(validator, SchemaValidator) else model.model_validate
+            out[model.type_name()] = (model, validate, self.latest(name) is model)
+        return out
+
     def decode(self, envelope: Envelope) -> Event:
         """Validate ``envelope.data`` against its model, then upcast it to the newest version."""
-        model = self.model_for(envelope.type)
+        known = self._decoders.get(envelope.type)
+        if known is None:
+            model = self.model_for(envelope.type)  # an unknown type or version: raises, saying which
+            validate: Callable[[Any], Event] = model.model_validate
+            newest = self.latest(model.event_name) is model
+        else:
+            model, validate, newest = known
         try:
-            event: Event = model.model_validate(envelope.data)
+            event: Event = validate(envelope.data)
         except ValidationError as exc:
             raise InvalidEventData(f"{envelope.type}: {describe_validation_error(exc)}") from None
-        latest = self.latest(model.event_name)
-        if latest is model:
+        if newest:
             return event
+        latest = self.latest(model.event_name)
         data: dict[str, Any] = event.model_dump(mode="json")
         for version in range(model.event_version + 1, latest.event_version + 1):
             data = self.models[(model.event_name, version)].upcast(data)

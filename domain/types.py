@@ -95,10 +95,18 @@ def check_relative_path(value: str) -> str:
     return value
 
 
+_check_file_name = functools.lru_cache(maxsize=_CHECKED)(check_relative_path)  # an update's files, event after event
+
+
+def _check_relative_path_cached(value: str) -> str:
+    # Cached like the names above, but only short ones: a file name may be up to 1024 characters.
+    return _check_file_name(value) if len(value) <= 256 else check_relative_path(value)
+
+
 RelativeFileName = Annotated[
     str,
     Field(max_length=1024),
-    AfterValidator(check_relative_path),
+    AfterValidator(_check_relative_path_cached),
     WithJsonSchema(
         {
             "type": "string",
