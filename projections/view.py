@@ -44,7 +44,6 @@ from bus.events import (
     PushFailed,
     PushRequested,
     RsyncTargetResult,
-    ServerResult,
     UpdateAbortRequested,
     UpdateCompleted,
     UpdateRequested,
@@ -128,16 +127,36 @@ def derive_stage(update: UpdateRow, *, results_reported: bool) -> tuple[str, str
 
 def order_key(envelope: Envelope, rank: int = 0) -> str:
     """A string that sorts events of one update by (rank, sequence, time, id): later wins."""
-    return f"{rank}|{envelope.sequence:019d}|{_utc_text(envelope.time)}|{envelope.id}"
+    return f"{rank}|{_stamp(envelope)[2]}"
 
 
 def _when(envelope: Envelope) -> datetime:
     """The event's time in UTC (SQLite stores wall-clock text: everything stored must be UTC)."""
-    return _utc(envelope.time)
+    return _stamp(envelope)[1]
 
 
-# An event's time is converted about five times and formatted about three (once per reducer that
-# orders by it): cached, as the last events' times repeat. Aware datetimes are equal exactly when
+_Stamp = tuple[Envelope | None, datetime, str]
+_last_stamp: _Stamp = (None, datetime.min, "")
+
+
+def _stamp(envelope: Envelope) -> _Stamp:
+    """(envelope, its time in UTC, its order key without the rank), computed once per envelope.
+
+    Applying one event asks for its time about five times and its order key about three (apply,
+    the identity, the reducer's groups and rows): the last envelope's are kept, found by identity
+    (envelopes are frozen, and the one kept is referenced here, so no other object can be at its
+    address). One tuple, read and replaced whole: threads applying events at once at worst recompute.
+    """
+    global _last_stamp
+    last = _last_stamp
+    if last[0] is envelope:
+        return last
+    last = _last_stamp = (
+        envelope, _utc(envelope.time), f"{envelope.sequence:019d}|{_utc_text(envelope.time)}|{envelope.id}")
+    return last
+
+
+# Times are cached too, as the last events' times repeat. Aware datetimes are equal exactly when
 # they are the same instant, and both results depend on the instant alone.
 @functools.lru_cache(maxsize=512)
 def _utc(when: datetime) -> datetime:
@@ -151,11 +170,12 @@ def _utc_text(when: datetime) -> str:
 
 def _wins(update: UpdateRow, group: str, envelope: Envelope, rank: int = 0) -> bool:
     """Whether ``envelope`` may set the fields of ``group`` (it is not earlier than the one that did)."""
-    key = order_key(envelope, rank)
-    current = (update.winners or {}).get(group)
+    key = f"{rank}|{_stamp(envelope)[2]}"
+    winners = update.winners or {}
+    current = winners.get(group)
     if current is not None and current > key:
         return False
-    update.winners = {**(update.winners or {}), group: key}  # reassign: JSON columns track assignment
+    update.winners = {**winners, group: key}  # reassign: JSON columns track assignment
     return True
 
 
@@ -175,7 +195,7 @@ def _latest(current: datetime | None, when: datetime) -> datetime:
 
 def _text(value: str) -> str:
     """Free text from events, storable anywhere (PostgreSQL text cannot hold NUL)."""
-    return value.replace("\x00", "\ufffd")
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value  # text rarely has one: the test is cheaper
 
 
 def _fits(value: str, limit: int, what: str) -> str:
@@ -219,6 +239,7 @@ class RowCache:
         self.plain_updates = plain_updates
         self.rows: dict[type[Any], dict[tuple[Any, ...], Any]] = {}
         self.scopes: set[tuple[type[Any], tuple[str, ...]]] = set()
+        # the server rows of rows again, by (updateid, ip) and server (remember keeps both)
         self.servers_by_ip: dict[tuple[str, str], dict[str, ServerRow]] = {}
         self.new: dict[type[Any], list[NewRow]] = {}
         self.loaded_rows: dict[type[Any], list[LoadedRow]] = {}
@@ -255,8 +276,7 @@ class NewRow:
     """
 
     def __init__(self, defaults: dict[str, Any], values: dict[str, Any]) -> None:
-        self.__dict__.update(defaults)
-        self.__dict__.update(values)
+        self.__dict__ = {**defaults, **values}  # one new dict: cheaper than updating the instance's twice
 
 
 _DEFAULTS: dict[type[Any], dict[str, Any]] = {}
@@ -272,6 +292,10 @@ def _column_defaults(model: type[Any]) -> dict[str, Any]:
         out[column.key] = default.arg if default is not None and getattr(default, "is_scalar", False) else None
     _DEFAULTS[model] = out
     return out
+
+
+_SERVER_DEFAULTS = {**_column_defaults(ServerRow), "expected": False, "reported": False}
+"""A new server row's values but its key, as :func:`_server_row` creates it (for :func:`_server_rows`)."""
 
 
 class LoadedRow(NewRow):
@@ -426,11 +450,13 @@ def _get(session: Session, model: type[R], key: tuple[Any, ...], scope: tuple[st
     cache: RowCache | None = session.info.get(ROW_CACHE)
     if cache is None:
         return session.get(model, key)
-    rows = cache.rows.get(model, {})
-    if key in rows:
-        return rows[key]  # type: ignore[no-any-return]
-    if not cache.loaded(model, scope):
-        _load_scope(session, cache, model, scope)
+    rows = cache.rows.get(model)
+    row = rows.get(key) if rows is not None else None  # a row is never None
+    if row is not None:
+        return row  # type: ignore[no-any-return]
+    if cache.loaded(model, scope):
+        return None  # absent from a loaded scope: absent
+    _load_scope(session, cache, model, scope)
     return cache.rows.get(model, {}).get(key)
 
 
@@ -462,6 +488,39 @@ def _server_row(session: Session, updateid: str, ip: str, server: str) -> Server
         row = _add(session, ServerRow, (updateid, ip, server), updateid=updateid, ip=ip, server=server,
                    expected=False, reported=False)
     return row
+
+
+def _server_rows(session: Session, updateid: str, ip: str, servers: Iterable[str]) -> list[ServerRow]:
+    """:func:`_server_row` of each of ``servers`` (in order) of one IP.
+
+    With the IP's scope in the :class:`RowCache` (an update request's, an *IP finished*'s), the rows
+    are looked up and added here directly: per server, the calls of :func:`_get` and :func:`_add`
+    cost more than the work. They are looked up in the IP's own small dict first: a replay's
+    ``rows`` holds hundreds of thousands of server rows, and each lookup there is a cache miss.
+    """
+    ip = _fits(ip, 128, "IP")
+    cache: RowCache | None = session.info.get(ROW_CACHE)
+    if cache is None or not cache.loaded(ServerRow, (updateid, ip)):
+        return [_server_row(session, updateid, ip, server) for server in servers]
+    rows = cache.rows.setdefault(ServerRow, {})
+    by_ip = cache.servers_by_ip.get((updateid, ip), {})
+    new: list[NewRow] | None = None
+    out = []
+    for server in servers:
+        row = by_ip.get(server)
+        if row is None:
+            key = (updateid, ip, server)
+            row = rows.get(key)
+            if row is None:  # absent from a loaded scope: new (as _add, with the same values, and as remember)
+                if new is None:
+                    new = cache.new.setdefault(ServerRow, [])
+                    by_ip = cache.servers_by_ip.setdefault((updateid, ip), {})
+                created: Any = NewRow(_SERVER_DEFAULTS, {"updateid": updateid, "ip": ip, "server": server})
+                row = rows[key] = created  # a NewRow, typed as the model (as _add's)
+                new.append(created)
+                by_ip.setdefault(server, created)
+        out.append(row)
+    return out
 
 
 def _prefetch_servers(session: Session, updateid: str) -> None:
@@ -509,11 +568,6 @@ def _target_result(session: Session, updateid: str, result: RsyncTargetResult, e
         row.error = _text(result.error) or None
         row.reported_at = _when(envelope)
         row.result_key = key
-
-
-def _server_ok(update: ServerResult | None, erl: ServerResult | None) -> bool:
-    """A server is ok when nothing reported for it failed (the seed: update, then Erlang commands)."""
-    return all(r is None or r.status for r in (update, erl))
 
 
 # --- reducers: one per event type -----------------------------------------------------
@@ -610,8 +664,7 @@ def on_update_requested(session: Session, update: UpdateRow, env: Envelope, even
             ip_row = _ip_row(session, update.updateid, ip)
             ip_row.expected = True
             ip_row.group = ip_row.group or group  # what the IP itself reported outranks the request
-            for server in servers:
-                row = _server_row(session, update.updateid, ip, server)
+            for row in _server_rows(session, update.updateid, ip, servers):
                 row.expected = True
                 row.group = row.group or group
     for target in event.data or []:
@@ -645,16 +698,26 @@ def on_ip_finished(session: Session, update: UpdateRow, env: Envelope, event: Ip
     if _later(ip_row.result_key, key):
         ip_row.reported, ip_row.group = True, event.group
         ip_row.finished_at, ip_row.result_key = when, key
-    for server in sorted(set(event.update_data) | set(event.erl_data)):
-        row = _server_row(session, update.updateid, event.ip, server)
-        if not _later(row.result_key, key):
+    update_data, erl_data, group = event.update_data, event.erl_data, event.group
+    # usually both name the same servers: then one sort, no sets
+    names = update_data.keys() if update_data.keys() == erl_data.keys() else set(update_data) | set(erl_data)
+    servers = sorted(names)
+    for server, row in zip(servers, _server_rows(session, update.updateid, event.ip, servers), strict=True):
+        result_key = row.result_key
+        if result_key is not None and key < result_key:  # not _later(result_key, key)
             continue
-        upd, erl = event.update_data.get(server), event.erl_data.get(server)
-        row.reported, row.group, row.ok = True, event.group, _server_ok(upd, erl)
-        row.update_status = upd.status if upd else None
-        row.update_text = _text(upd.data) if upd else None
-        row.erl_status = erl.status if erl else None
-        row.erl_text = _text(erl.data) if erl else None
+        upd, erl = update_data.get(server), erl_data.get(server)
+        row.reported, row.group = True, group
+        # ok when nothing reported for it failed (the seed: update, then Erlang commands); statuses are bools
+        row.ok = (upd is None or upd.status) and (erl is None or erl.status)
+        if upd is None:
+            row.update_status = row.update_text = None
+        else:
+            row.update_status, row.update_text = upd.status, _text(upd.data)
+        if erl is None:
+            row.erl_status = row.erl_text = None
+        else:
+            row.erl_status, row.erl_text = erl.status, _text(erl.data)
         row.finished_at, row.result_key = when, key
     _refresh_ip(session, ip_row)
 
@@ -831,9 +894,13 @@ def _refresh_ip(session: Session, ip_row: IpRow) -> None:
         # every server row of the IP is (then) in the cache: count there instead of flushing and asking
         if not cache.loaded(ServerRow, (ip_row.updateid, ip_row.ip)):
             _load_scope(session, cache, ServerRow, (ip_row.updateid, ip_row.ip))
-        rows = cache.servers_by_ip.get((ip_row.updateid, ip_row.ip), {}).values()
-        ok = sum(1 for r in rows if r.reported and r.ok is True)
-        failed = sum(1 for r in rows if r.reported and r.ok is False)
+        ok = failed = 0
+        for r in cache.servers_by_ip.get((ip_row.updateid, ip_row.ip), {}).values():
+            if r.reported:
+                if r.ok is True:
+                    ok += 1
+                elif r.ok is False:
+                    failed += 1
         ip_row.servers_ok, ip_row.servers_failed = ok, failed
         ip_row.ok = (failed == 0) if ip_row.reported else None
         return
