@@ -43,7 +43,7 @@ from bus.publisher import REPLAYED_HEADER
 from bus.registry import DEFAULT_REGISTRY
 from domain.db import make_engine, upgrade
 from projections import log as event_log
-from projections import replay_reader, replay_window, view
+from projections import replay_fold, replay_process, replay_reader, replay_window, view
 from projections.audit import LogFilter, iter_rows, read_head
 from projections.ingest import apply_logged
 from projections.models import (
@@ -303,17 +303,61 @@ def _rebuild(source: Session, source_url: str, target: Engine, end: int, *, batc
                            batch_size=batch_size, window=window, progress=progress, end=end)
             return result
         source.close()  # the reader process reads the source from here on
-        with replay_reader.ReaderProcess(source_url, target.dialect.name, end) as process:
-            _replay_chunks(iter(process), target, reader, result, batch_size=batch_size, window=window,
-                           progress=progress, end=end, first_window=max(window // 25, 1))
-        result.reader_cpu, result.reader_waited = process.cpu, process.waited
-        result.reader_peak_rss_kib = process.peak_rss_kib
+        _replay_folded(source, source_url, target, reader, result, end, batch_size=batch_size, window=window,
+                       progress=progress)
         return result
-    except replay_reader.ReaderError as exc:
+    except replay_process.ReaderError as exc:
         raise ReplayStopped(f"{exc}; the target holds the view of the first {result.events} events") from None
     finally:
         if collecting:
             gc.enable()
+
+
+def _replay_folded(source: Session, source_url: str, target: Engine, reader: replay_reader.LogReader,
+                   result: ReplayResult, end: int, *, batch_size: int, window: int, progress: Progress | None) -> None:
+    """Replay with a reader process that folds (:mod:`projections.replay_process`); this process writes.
+
+    A window the reader could not fold (a reducer raised) or the target refused is replayed here,
+    the careful way, and a new reader goes on after it (it reads back what it needs of the target).
+    """
+    position, prev_hash = 0, GENESIS_HASH  # the target is empty (prepare_target)
+    target_url = target.url.render_as_string(hide_password=False)
+    source_path = source.get_bind().engine.url.database
+    with target.connect() as connection, replay_window.source_attached(
+            connection, source_path if reader.stored else None):
+        while position < end:
+            careful: tuple[int, str, int] | None = None  # (after position, its hash, up to position)
+            with replay_process.ReaderProcess(source_url, target_url, end, position=position, prev_hash=prev_hash,
+                                              window=window, first_window=max(window // 25, 1)) as process:
+                for written, message in enumerate(process, start=1):
+                    if isinstance(message, replay_fold.FoldFailed):
+                        log.debug("replay: window from %d goes the careful way: %s", message.first_position,
+                                  message.reason)
+                        careful = (message.first_position - 1, message.prev_hash, message.last_position)
+                        break
+                    if not isinstance(message, replay_fold.FoldedWindow):  # the log is broken there
+                        raise SourceLogBroken(message[0], message[1], result.events)
+                    try:
+                        done = replay_window.write_folded(connection, message, stored=reader.stored)
+                    except Exception as exc:  # the target refused a row: find the event the careful way
+                        log.info("replay: window at %d goes the careful way: %r", message.first_position, exc)
+                        careful = (message.first_position - 1, message.prev_hash, message.last_position)
+                        break
+                    process.committed(written)
+                    _take(done, result, progress, end)
+                    position, prev_hash = done.last_position, done.last_hash
+            result.reader_cpu += process.cpu
+            result.reader_waited += process.waited
+            result.reader_peak_rss_kib = max(result.reader_peak_rss_kib, process.peak_rss_kib)
+            if careful is None:
+                return
+            after, after_hash, up_to = careful
+            chunks = replay_reader.read_chunks(source, reader, up_to, position=after, prev_hash=after_hash,
+                                               decode=False)
+            _replay_chunks(chunks, target, reader, result, batch_size=batch_size, window=window, progress=progress,
+                           end=end)
+            source.close()
+            position, prev_hash = result.last_position, result.last_hash
 
 
 def _replay_chunks(chunks: Iterator[replay_reader.Chunk], target: Engine, reader: replay_reader.LogReader,

@@ -17,18 +17,20 @@ hands that event to the careful path (a savepoint per event).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, DateTime, Engine, insert, select
+from sqlalchemy import Boolean, Connection, DateTime, Engine, MetaData, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from projections import log as event_log
 from projections import view
-from projections.models import VIEW_TABLES, AppliedEvent, LoggedEvent, UpdateRow
+from projections.models import AppliedEvent, LoggedEvent, UpdateRow
+from projections.replay_fold import FoldedWindow, derive_all, table_model
 from projections.replay_reader import LOG_COLUMNS, Decodings, decode_row
 
 _POSITION = LOG_COLUMNS.index("position")
@@ -115,13 +117,83 @@ def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool,
                 raise ReducerFailed(index, exc) from exc
             applied.append((envelope.id, row[_POSITION], envelope.updateid))
         _insert(connection, AppliedEvent.__table__, applied)
-        _derive_all(cache)
+        derive_all(cache)
         _write_view(connection, cache)
         if good:
             head.position, head.hash = good[-1][_POSITION], good[-1][_HASH]
         head.version += 1
         event_log.store_head(session, head)
     return WindowResult(len(good), len(applied), head.position, head.hash, unapplied, broken)
+
+
+SOURCE_SCHEMA = "replay_source"
+"""Where :func:`attach_source` attaches a SQLite source to the target's connection."""
+
+
+@contextlib.contextmanager
+def source_attached(connection: Connection, path: str | None) -> Iterator[None]:
+    """The SQLite source file attached to the target's SQLite connection (so log rows are copied by SQL),
+    then detached (the connection goes back to the pool). ``path`` None: nothing to attach."""
+    if path is None:
+        yield
+        return
+    connection.exec_driver_sql(f"ATTACH DATABASE ? AS {SOURCE_SCHEMA}", (path,))
+    connection.commit()
+    try:
+        yield
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql(f"DETACH DATABASE {SOURCE_SCHEMA}")
+        connection.commit()
+
+
+def write_folded(connection: Connection, window: FoldedWindow, *, stored: bool) -> WindowResult:
+    """Write a window the reader process folded (:mod:`projections.replay_fold`) in one transaction.
+
+    The log rows come with the window, or (``window.log_rows`` None) are copied from the source
+    attached by :func:`attach_source`, verbatim, by one INSERT … SELECT. The applied events are the
+    window's log rows but the ones left unapplied, taken from the rows just written.
+    """
+    with Session(bind=connection) as session, session.begin():
+        head = event_log.lock_head(session)
+        if (head.position + 1, head.hash) != (window.first_position, window.prev_hash):
+            raise ValueError(f"the window from {window.first_position} does not follow the target's head "
+                             f"(position {head.position})")
+        conn = session.connection()
+        bounds = {"first": window.first_position, "last": window.last_position}
+        if window.log_rows is None:
+            conn.execute(_copy_log_statement(), bounds)
+        else:
+            _insert(conn, LoggedEvent.__table__, window.log_rows, stored=stored)
+        skipped = [u[0] for u in window.unapplied]
+        log_table = LoggedEvent.__table__
+        conn.execute(insert(AppliedEvent).from_select(
+            ["event_id", "position", "updateid"],
+            select(log_table.c.event_id, log_table.c.position, log_table.c.updateid).where(
+                log_table.c.position.between(window.first_position, window.last_position),
+                log_table.c.position.not_in(skipped),
+            ),
+        ))
+        for name, rows in window.new_rows.items():
+            _insert(conn, table_model(name).__table__, rows)
+        for name, params in window.changed_rows.items():
+            conn.execute(view._update_statement(table_model(name)), params)
+        head.position, head.hash = window.last_position, window.last_hash
+        head.version += 1
+        event_log.store_head(session, head)
+    return WindowResult(window.events, window.applied, window.last_position, window.last_hash,
+                        list(window.unapplied), None)
+
+
+def _copy_log_statement() -> Any:
+    """INSERT INTO the log SELECT its rows from the attached source's log, between two positions."""
+    table: Table = LoggedEvent.__table__  # type: ignore[assignment]
+    source = table.to_metadata(MetaData(), schema=SOURCE_SCHEMA)
+    return insert(table).from_select(
+        [c.name for c in table.columns],
+        select(*(source.c[c.name] for c in table.columns)).where(
+            source.c.position.between(bindparam("first"), bindparam("last"))).order_by(source.c.position),
+    )
 
 
 def _chained(rows: Sequence[Sequence[Any]], position: int, prev_hash: str
@@ -147,18 +219,6 @@ def _known_updates(session: Session, updateids: dict[str, None]) -> None:
             view.load_update(session, updateid)
         else:
             view.mark_new_update(session, updateid)
-
-
-def _derive_all(cache: view.RowCache) -> None:
-    """Each update's counts, stage and status, from its rows in the cache (all of them are there)."""
-    by_update: dict[str, dict[type[Any], list[Any]]] = {}
-    for model in VIEW_TABLES:
-        if model is UpdateRow:
-            continue
-        for key, row in cache.rows.get(model, {}).items():
-            by_update.setdefault(key[0], {}).setdefault(model, []).append(row)
-    for (updateid,), update in cache.rows.get(UpdateRow, {}).items():
-        view.refresh_from_rows(update, by_update.get(updateid, {}))
 
 
 def _write_view(connection: Connection, cache: view.RowCache) -> None:

@@ -1,4 +1,4 @@
-"""The replay's log reader process (projections.replay_reader) and the target's deferred indexes.
+"""The replay's log reader process (projections.replay_process) and the target's deferred indexes.
 
 The reader process is always stopped and joined, whatever ends the replay; one that dies makes
 the replay fail with a clear error instead of waiting for it forever. A rebuilt SQLite target has
@@ -20,7 +20,9 @@ import pytest
 from sqlalchemy import text
 
 from projections.replay import ReplayStopped, SourceLogBroken, replay
-from projections.replay_reader import Decodings, ReaderError, ReaderProcess
+from projections.replay_fold import FoldedWindow, FoldFailed
+from projections.replay_process import ReaderError, ReaderProcess
+from projections.replay_window import source_attached, write_folded
 from tests.audit_support import history, ingest_history, log_of, view_of
 from tests.projection_support import migrated_engine
 
@@ -50,20 +52,35 @@ def _spools() -> set[str]:
     return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("hotupdate-replay-*")}
 
 
-def test_the_reader_process_sends_every_row_checked_and_decoded_then_its_cpu_and_memory(source_url):
+def _empty_target(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'target.db'}"
+    migrated_engine(url).dispose()
+    return url
+
+
+def test_the_reader_process_sends_windows_folded_in_order_and_stops_at_one_it_cannot_fold(tmp_path, source_url):
     head = _head(source_url)
-    with ReaderProcess(source_url, "sqlite", head, chunk=5) as reader:
-        chunks = list(reader)
-    rows = [row for chunk in chunks for row in chunk.rows]
-    assert [row[0] for row in rows] == list(range(1, head + 1))
-    assert all(0 < len(chunk.rows) <= 5 for chunk in chunks)
-    decoded = []
-    for chunk in chunks:  # sent pickled, unpickled as the window takes them
-        decodings = Decodings()
-        decodings.add(chunk)
-        decoded += [decodings.take(i) for i in range(len(chunk.rows))]
-        assert decodings.take(0) is None  # let go once taken
-    assert all(isinstance(d, tuple) for d in decoded[:-1])  # the envelopes and events, ready to apply
+    target_url = _empty_target(tmp_path)
+    target = migrated_engine(target_url)
+    messages = []
+    with ReaderProcess(source_url, target_url, head, window=5) as reader, target.connect() as connection, \
+            source_attached(connection, str(tmp_path / "live.db")):
+        for written, message in enumerate(reader, start=1):  # written as the replay writes them
+            messages.append(message)
+            if isinstance(message, FoldedWindow):
+                write_folded(connection, message, stored=True)
+                reader.committed(written)  # a later window may read back an update this one wrote
+    windows = [m for m in messages if isinstance(m, FoldedWindow)]
+    assert windows[0].first_position == 1
+    assert all(0 < w.events == w.last_position - w.first_position + 1 <= 5 for w in windows)
+    assert all((a.last_position + 1, a.last_hash) == (b.first_position, b.prev_hash)
+               for a, b in zip(windows, windows[1:], strict=False))
+    assert all(w.log_rows is None for w in windows)  # SQLite to SQLite: the writer copies them with SQL
+    assert windows[0].new_rows["projection_updates"]  # view rows, not events
+    failed = messages[-1]  # the history's IP that is too long for the view
+    assert isinstance(failed, FoldFailed) and "ViewLimitError" in failed.reason
+    assert (failed.first_position, failed.prev_hash) == (windows[-1].last_position + 1, windows[-1].last_hash)
+    assert len(messages) == len(windows) + 1
     assert reader.cpu > 0 and reader.peak_rss_kib > 0
     assert not reader.process.is_alive() and reader.process.exitcode == 0
 
@@ -92,8 +109,8 @@ def test_a_reader_process_that_dies_fails_the_replay_with_a_clear_error_instead_
     assert not _readers()
 
 
-def test_iterating_a_killed_reader_process_raises(source_url):
-    with ReaderProcess(source_url, "sqlite", 10) as reader:
+def test_iterating_a_killed_reader_process_raises(tmp_path, source_url):
+    with ReaderProcess(source_url, _empty_target(tmp_path), 10, window=5) as reader:
         os.kill(reader.process.pid or 0, signal.SIGKILL)
         with pytest.raises(ReaderError, match="died"):
             list(reader)
@@ -115,7 +132,8 @@ def test_the_reader_process_is_stopped_and_its_files_removed_when_the_replay_is_
 
 
 def test_a_reader_that_cannot_read_the_source_says_why(tmp_path):
-    with ReaderProcess(f"sqlite:///{tmp_path / 'missing' / 'live.db'}", "sqlite", 10) as reader, \
+    with ReaderProcess(f"sqlite:///{tmp_path / 'missing' / 'live.db'}", _empty_target(tmp_path), 10,
+                       window=5) as reader, \
             pytest.raises(ReaderError, match="the log reader process failed: OperationalError"):
         list(reader)
     assert not reader.process.is_alive()
