@@ -164,11 +164,13 @@ def verify_rows(rows: Iterable[ChainRow], *, head: tuple[int, str] | None = None
     return VerifyResult(True, count)
 
 
-def row_problem(row: ChainRow, expected_position: int, prev_hash: str) -> str:
+def row_problem(row: ChainRow, expected_position: int, prev_hash: str, *, columns: bool = True) -> str:
     """Why ``row`` does not follow a row at ``expected_position - 1`` whose hash is ``prev_hash`` ("" if it does).
 
     An export verifier passes the row's own position and ``prev_hash`` where its predecessor is
-    not in the file: then only the row's own hash and its columns are checked.
+    not in the file: then only the row's own hash and its columns are checked. ``columns=False``
+    leaves out whether the id, type and update columns agree with the envelope: a caller that
+    decodes the envelope anyway compares them itself (:func:`columns_problem` otherwise).
     """
     if row.position != expected_position:
         return f"expected position {expected_position} next, found {row.position}: rows are missing"
@@ -176,6 +178,11 @@ def row_problem(row: ChainRow, expected_position: int, prev_hash: str) -> str:
         return "prev_hash does not match the previous row's hash"
     if chain_hash(row.prev_hash, row.envelope.encode("utf-8")) != row.hash:
         return "hash does not match the stored envelope: the envelope or hash was altered"
+    return columns_problem(row) if columns else ""
+
+
+def columns_problem(row: ChainRow) -> str:
+    """Why the row's id, type and update columns disagree with its stored envelope ("" if they agree)."""
     try:
         stored = json.loads(row.envelope)
     except ValueError:

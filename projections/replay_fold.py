@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from domain.db import make_engine
+from projections import log as event_log
 from projections import view
 from projections.models import VIEW_TABLES, UpdateRow
 from projections.replay_reader import LOG_COLUMNS, decode_row
@@ -40,6 +41,9 @@ _POSITION = LOG_COLUMNS.index("position")
 _HASH = LOG_COLUMNS.index("hash")
 _UPDATEID = LOG_COLUMNS.index("updateid")
 _ENVELOPE = LOG_COLUMNS.index("envelope")
+_COLUMNS = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in ("event_id", "type", "updateid")))
+_CHAIN = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in (
+    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope")))
 _META = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in ("position", "event_id", "type")))
 _TABLES: dict[str, Any] = {model.__tablename__: model for model in VIEW_TABLES}
 
@@ -120,7 +124,8 @@ class Folder:
         self.written_in: dict[str, int] = dict.fromkeys(existing, 0)
 
     def fold(self, rows: Sequence[tuple[Any, ...]], prev_hash: str) -> FoldedWindow | FoldFailed:
-        """Fold ``rows`` (checked: they chain on from ``prev_hash``), decoding each event as it goes."""
+        """Fold ``rows`` (their hash links checked: they chain on from ``prev_hash``), decoding each event
+        as it goes and checking that the row's id, type and update columns agree with it."""
         self.windows += 1
         cache = self.cache
         touched = dict.fromkeys(row[_UPDATEID] for row in rows)
@@ -132,6 +137,11 @@ class Folder:
             applied = 0
             for row in rows:
                 done = decode_row(row[_ENVELOPE])
+                if (isinstance(done, str) or (done[0].id, done[0].type, done[0].updateid) != _COLUMNS(row)) \
+                        and event_log.columns_problem(event_log.ChainRow(*_CHAIN(row))):
+                    # the log is broken at this row: the main process replays up to it and says so
+                    return FoldFailed(rows[0][_POSITION], prev_hash, rows[-1][_POSITION],
+                                      f"position {row[_POSITION]}: the columns disagree with the envelope")
                 if isinstance(done, str):  # as the careful path: the catalogue changed since it was logged
                     unapplied.append((*_META(row), done))
                     continue

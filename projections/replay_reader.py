@@ -174,10 +174,13 @@ def utc_at(row: Sequence[Any], indexes: list[int]) -> tuple[Any, ...]:
 
 
 def read_chunks(session: Session, reader: LogReader, end: int, *, position: int = 0,
-                prev_hash: str = GENESIS_HASH, chunk: int = CHUNK, decode: bool = True) -> Iterator[Chunk]:
+                prev_hash: str = GENESIS_HASH, chunk: int = CHUNK, decode: bool = True, columns: bool = True
+                ) -> Iterator[Chunk]:
     """The log after ``position`` (whose hash is ``prev_hash``) up to ``end``, checked and decoded, in chunks.
 
     ``decode=False``: the events are left for the window to decode (``decoded`` holds None).
+    ``columns=False``: whether each row's id, type and update columns agree with its envelope is
+    left to the caller, which decodes it anyway (:func:`projections.log.row_problem`).
 
     Stops after the chunk that ends before a row that does not chain on, or before missing rows.
     """
@@ -189,7 +192,7 @@ def read_chunks(session: Session, reader: LogReader, end: int, *, position: int 
         broken: tuple[int, str] | None = None
         for index, row in enumerate(rows):
             chain = event_log.ChainRow(*(row[i] for i in _CHAIN))
-            problem = event_log.row_problem(chain, position + 1, prev_hash)
+            problem = event_log.row_problem(chain, position + 1, prev_hash, columns=columns)
             if problem:
                 rows, broken = rows[:index], (row[_POSITION], problem)
                 break

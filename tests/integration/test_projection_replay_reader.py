@@ -174,3 +174,15 @@ def test_a_replay_stopped_by_a_broken_source_still_leaves_the_indexes(tmp_path, 
         replay(source_url, f"sqlite:///{tmp_path / 'replayed.db'}")
     migrated_engine(f"sqlite:///{tmp_path / 'migrated.db'}").dispose()
     assert _indexes(tmp_path / "replayed.db") == _indexes(tmp_path / "migrated.db")
+
+
+@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
+def test_a_row_whose_columns_disagree_with_its_envelope_stops_the_replay_there(tmp_path, source_url, reader_process):
+    """The hash covers the envelope only; the reader process compares the columns with the envelope it decodes."""
+    with migrated_engine(source_url).begin() as conn:
+        conn.execute(text("update projection_event_log set updateid = 'someone-else' where position = 9"))
+    target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
+    with pytest.raises(SourceLogBroken, match=r"position 9: column updateid \('someone-else'\) disagrees"):
+        replay(source_url, target_url, reader_process=reader_process, window=5)
+    assert _head(target_url) == 8
+    assert not _readers()
