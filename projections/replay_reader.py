@@ -1,47 +1,23 @@
-"""Reading the log for a replay: the rows, their hash links checked, their events decoded — in a second process.
+"""Reading the log for a replay: the rows, their hash links checked, their events decoded.
 
-Reading the source, checking each row's link in the hash chain and decoding (validating) its
-envelope and event take about a third of a replay's CPU, and depend on nothing the view holds. A
-rebuild of many events does them in a process of its own (:class:`ReaderProcess`, started with
-"spawn": the parent holds SQLite connections, which a forked child must not inherit), which sends
-the parent the decoded events in chunks while the parent folds the previous ones into the view: two
-cores instead of one. A small replay reads in its own process (:func:`read_chunks`; starting the
-reader costs ≈ 1 s), and decodes each event as its window applies it.
-
-Each chunk goes as one pickle. The pydantic models are pickled with :func:`_reduce_model` (their
-``__dict__`` and the set of fields given, as pydantic's own ``__getstate__`` does, minus the
-Python-level calls per object: ≈ a third cheaper each way); a model with extra or private
-attributes takes pydantic's own path.
+:func:`read_chunks` reads the source in chunks, checking each row's link in the hash chain; a
+long replay calls it in its reader process (:mod:`projections.replay_process`), a short one here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import io
 import logging
-import multiprocessing
-import pickle
-import queue
-import resource
-import signal
-import tempfile
-import time
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import DateTime, Dialect, select
 from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
 from bus.events import Event
 from bus.registry import DEFAULT_REGISTRY
-from domain.db import make_engine
 from projections import log as event_log
 from projections.models import GENESIS_HASH, LoggedEvent, as_utc
 
@@ -73,54 +49,28 @@ class Chunk:
     rows: list[tuple[Any, ...]]
     decoded: list[Decoded | None]  # None: not decoded yet (the window decodes it)
     broken: tuple[int, str] | None = None
-    packed: bytes | None = None  # instead of ``decoded``: the list pickled by :func:`dumps`
 
 
 class Decodings:
-    """A window's decoded events, by index; a chunk's are unpickled only when the window reaches them.
-
-    Unpickled just before they are applied they are still in the processor's caches, and a window
-    holds the objects of one chunk at a time instead of its 50,000 events' (≈ 350 MB).
-    """
+    """A window's decoded events, by index, each let go once taken (a window holds one chunk's at a time)."""
 
     def __init__(self, items: list[Decoded | None] | None = None) -> None:
         self.items: list[Decoded | None] = items if items is not None else []
-        self.packed: dict[int, tuple[int, bytes]] = {}  # first index → (rows, pickled list)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def add(self, chunk: Chunk) -> None:
-        if chunk.packed is None:
-            self.items += chunk.decoded
-        else:
-            self.packed[len(self.items)] = (len(chunk.rows), chunk.packed)
-            self.items += [None] * len(chunk.rows)
+        self.items += chunk.decoded
 
     def take(self, index: int) -> Decoded | None:
         """The event at ``index``, let go of here (None if it was taken already: decode it again)."""
-        if index in self.packed:
-            count, data = self.packed.pop(index)
-            self.items[index:index + count] = pickle.loads(data)  # noqa: S301 - our own reader's pickles
         item, self.items[index] = self.items[index], None
         return item
 
     def split(self, at: int) -> tuple[Decodings, Decodings]:
-        """The events before ``at`` and from it on (a chunk that straddles ``at`` is unpickled)."""
-        for first in [i for i in self.packed if i < at < i + self.packed[i][0]]:
-            count, data = self.packed.pop(first)
-            self.items[first:first + count] = pickle.loads(data)  # noqa: S301 - our own reader's pickles
-        before, after = Decodings(self.items[:at]), Decodings(self.items[at:])
-        for first, packed in self.packed.items():
-            if first < at:
-                before.packed[first] = packed
-            else:
-                after.packed[first - at] = packed
-        return before, after
-
-
-class ReaderError(Exception):
-    """The reader process failed or died (the reason is fit to show the operator)."""
+        """The events before ``at`` and from it on."""
+        return Decodings(self.items[:at]), Decodings(self.items[at:])
 
 
 def decode_row(envelope_text: str) -> Decoded:
@@ -200,155 +150,3 @@ def read_chunks(session: Session, reader: LogReader, end: int, *, position: int 
         yield Chunk(rows, [decode_row(row[_ENVELOPE]) for row in rows] if decode else [None] * len(rows), broken)
         if broken is not None:
             return
-
-
-# --- the reader process ----------------------------------------------------------------------
-
-
-def _rebuild_model(cls: type[BaseModel], values: dict[str, Any], fields_set: set[str]) -> BaseModel:
-    """The model pickled by :func:`_reduce_model`: its state restored as pydantic's ``__setstate__`` does."""
-    model = cls.__new__(cls)
-    object.__setattr__(model, "__dict__", values)
-    object.__setattr__(model, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(model, "__pydantic_extra__", None)
-    object.__setattr__(model, "__pydantic_private__", None)
-    return model
-
-
-def _reduce_model(model: BaseModel) -> Any:
-    if model.__pydantic_extra__ is not None or model.__pydantic_private__ is not None:
-        return model.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
-    return _rebuild_model, (type(model), model.__dict__, model.__pydantic_fields_set__)
-
-
-def _model_classes(root: type[BaseModel] = BaseModel) -> Iterator[type[BaseModel]]:
-    for cls in root.__subclasses__():
-        yield cls
-        yield from _model_classes(cls)
-
-
-def dumps(value: Any) -> bytes:
-    """Pickle ``value``, its pydantic models the cheap way (loaded back with plain :func:`pickle.loads`)."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
-    pickler.dispatch_table = {cls: _reduce_model for cls in _model_classes()}
-    pickler.dump(value)
-    return buffer.getvalue()
-
-
-def _serve(source_url: str, target_dialect_name: str, end: int, chunk: int, spool: str, out: Any, stop: Any
-           ) -> None:
-    """The reader process: send ("chunk", file of a pickled :class:`Chunk`) messages, then ("done", (CPU
-    seconds, peak RSS in KiB)) or ("error", (reason, traceback)).
-
-    The chunks go through files in ``spool``, not through the queue's pipe: a pipe takes 64 KiB at
-    a time, and each piece waits for the sending thread to get the interpreter lock back from the
-    decoding one (up to 5 ms): a chunk of 3 MB would take a quarter of a second.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
-
-    def send(message: tuple[str, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(message, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        out.cancel_join_thread()  # stopped: exit without waiting for a parent that no longer reads
-        return False
-
-    gc.disable()  # the decoded events form no cycles; the collector's passes over them cost ≈ 10 µs an event
-    try:
-        engine = make_engine(source_url)
-        try:
-            with Session(engine) as session:
-                reader = LogReader(engine.dialect, target_dialect_name)
-                for number, part in enumerate(read_chunks(session, reader, end, chunk=chunk)):
-                    path = Path(spool) / f"chunk-{number:08d}.pickle"
-                    packed = Chunk(part.rows, [], part.broken, dumps(part.decoded))  # unpickled when applied
-                    path.write_bytes(pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL))
-                    if not send(("chunk", str(path))):
-                        return
-        finally:
-            engine.dispose()
-        send(("done", (time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)))
-    except BaseException as exc:  # whatever it is, the parent must hear of it
-        send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
-
-
-class ReaderProcess:
-    """:func:`read_chunks` in a process of its own; use as a context manager (it is stopped on leaving).
-
-    Iterating gives the chunks; a reader that fails or dies raises :class:`ReaderError` (not a hang).
-    ``cpu`` is the reader's CPU seconds and ``peak_rss_kib`` its peak resident memory once it has finished;
-    ``waited``, the seconds the parent waited for it.
-    """
-
-    def __init__(self, source_url: str, target_dialect_name: str, end: int, *, chunk: int = CHUNK,
-                 ahead: int = 30) -> None:
-        context = multiprocessing.get_context("spawn")  # not fork: the parent holds SQLite connections
-        self._queue: Any = context.Queue(maxsize=ahead)  # chunks read ahead of the parent: bounds the spool
-        self._stop = context.Event()
-        self._spool = tempfile.TemporaryDirectory(prefix="hotupdate-replay-")
-        self.process = context.Process(
-            target=_serve, args=(source_url, target_dialect_name, end, chunk, self._spool.name, self._queue,
-                                 self._stop),
-            name="hotupdate-replay-reader", daemon=True,
-        )
-        self.cpu, self.peak_rss_kib = 0.0, 0
-        self.waited = 0.0  # seconds the parent waited for a chunk
-
-    def __enter__(self) -> ReaderProcess:
-        self.process.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[Chunk]:
-        while True:
-            kind, payload = self._next()
-            if kind == "chunk":
-                path = Path(payload)
-                data = path.read_bytes()
-                path.unlink()
-                yield pickle.loads(data)  # noqa: S301 - our own child's pickles
-            elif kind == "done":
-                self.cpu, self.peak_rss_kib = payload
-                return
-            else:
-                reason, where = payload
-                log.debug("replay: the log reader process failed:\n%s", where)
-                raise ReaderError(f"the log reader process failed: {reason}")
-
-    def _next(self) -> tuple[str, Any]:
-        started = time.perf_counter()
-        while True:
-            try:
-                message: tuple[str, Any] = self._queue.get(timeout=0.5)
-                self.waited += time.perf_counter() - started
-                return message
-            except queue.Empty:
-                if not self.process.is_alive():
-                    raise ReaderError(
-                        f"the log reader process (pid {self.process.pid}) died (exit code {self.process.exitcode})"
-                    ) from None
-
-    def close(self) -> None:
-        """Stop the reader (if it is still going) and wait for it to end."""
-        self._stop.set()
-        if self.process.pid is None:  # never started
-            self._spool.cleanup()
-            return
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            log.warning("replay: the log reader process did not stop; terminating it")
-            self.process.terminate()
-            self.process.join(timeout=5)
-            if self.process.is_alive():
-                self.process.kill()
-                self.process.join()
-        with contextlib.suppress(Exception):
-            self._queue.close()
-            self._queue.join_thread()
-        self._spool.cleanup()
