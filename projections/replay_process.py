@@ -19,6 +19,7 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import resource
@@ -121,6 +122,13 @@ def _windows(chunks: Iterator[Chunk], first: int, window: int) -> Iterator[list[
         yield rows
 
 
+def _spool_parent() -> str | None:
+    """Where the windows go: shared memory where there is some (they are written once, read once and
+    deleted: no reason to reach a disk), else the temporary directory."""
+    shm = Path("/dev/shm")  # noqa: S108 - a private directory is made in it
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK) else None
+
+
 class ReaderProcess:
     """Reads, checks, decodes and folds the log after ``position`` (whose hash is ``prev_hash``) up to
     ``end`` in a process of its own; use as a context manager (it is stopped on leaving).
@@ -138,7 +146,7 @@ class ReaderProcess:
         self._queue: Any = context.Queue(maxsize=ahead)  # windows folded ahead of the parent: bounds the spool
         self._stop = context.Event()
         self._committed: Any = context.Value("q", 0, lock=False)  # one writer (the parent), one reader
-        self._spool = tempfile.TemporaryDirectory(prefix="hotupdate-replay-")
+        self._spool = tempfile.TemporaryDirectory(prefix="hotupdate-replay-", dir=_spool_parent())
         self.process = context.Process(
             target=_serve,
             args=(source_url, target_url, position, prev_hash, end, window, first_window or window, chunk,

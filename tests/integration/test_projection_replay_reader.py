@@ -49,7 +49,8 @@ def _head(url: str) -> int:
 
 
 def _spools() -> set[str]:
-    return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("hotupdate-replay-*")}
+    places = (Path("/dev/shm"), Path(os.environ.get("TMPDIR", "/tmp")))
+    return {str(p) for place in places for p in place.glob("hotupdate-replay-*")}
 
 
 def _empty_target(tmp_path: Path) -> str:
