@@ -6,10 +6,11 @@ it goes, and folds every event into the view with the live projection's reducers
 (:func:`projections.view.apply`), in log order. The reducers take their times from the events
 only, so the same log gives the same view, field for field.
 
-The log is read, its links checked and its events decoded in chunks — in a second process for a
-long log (:mod:`projections.replay_reader`), so two cores share the work — and replayed in windows
-of ``window`` events, each one transaction, with the view in memory (:mod:`projections.replay_window`).
-The target's secondary indexes are created after the build (:func:`_drop_secondary_indexes`).
+The log is read in chunks, its links checked and its events decoded, and replayed in windows of
+``window`` events, each one transaction, with the view in memory. A long log is read, decoded and
+folded in a second process (:mod:`projections.replay_process`, :mod:`projections.replay_fold`),
+which hands this one each window's view rows to write (:func:`projections.replay_window.write_folded`),
+so two cores share the work; a short one is replayed here (:mod:`projections.replay_window`).
 An event whose reducer raises is left out as the live projection left it: the window is rolled
 back, the events before it replayed again, and it goes through :func:`_replay_batch` with the
 ``batch_size`` events after it (one transaction, a savepoint per event if needed:
@@ -147,21 +148,16 @@ def replay(
         raise ReplayError("the target is the source database")
     upgrade(target_url, "projection")
     source, target = make_engine(source_url), _target_engine(target_url)
-    deferred: list[str] = []
     try:
         prepare_target(target, force=force)
-        deferred = _drop_secondary_indexes(target)
         with Session(source) as session:
             end = replay_end(session, until_position=until_position, until_time=until_time)
             return _rebuild(session, source_url, target, end, batch_size=batch_size, window=window,
                             reader_process=reader_process, progress=progress)
     finally:
-        try:
-            _create_indexes(target, deferred)
-        finally:
-            _settle(target)
-            source.dispose()
-            target.dispose()
+        _settle(target)
+        source.dispose()
+        target.dispose()
 
 
 def _target_engine(url: str) -> Engine:
@@ -187,42 +183,6 @@ def _target_engine(url: str) -> Engine:
             cursor.close()
 
     return engine
-
-
-_BUILT_TABLES: tuple[str, ...] = tuple(
-    model.__tablename__ for model in (LoggedEvent, AppliedEvent, *VIEW_TABLES)  # type: ignore[attr-defined]
-)
-
-
-def _drop_secondary_indexes(target: Engine) -> list[str]:
-    """Drop the secondary indexes of the (empty) tables a replay fills; their definitions, to create them again.
-
-    Built at the end from sorted keys rather than kept up to date row by row, they cost a fraction
-    (``projection_servers``' takes four rows an event in random key order). SQLite only: the
-    definitions are the migrations' own, as ``sqlite_master`` keeps them. A replay stopped by an
-    error creates them again on its way out (:func:`_create_indexes`); one killed leaves the target
-    without them — replay again into a new file.
-    """
-    if target.dialect.name != "sqlite":
-        return []
-    marks = ", ".join("?" for _ in _BUILT_TABLES)
-    with target.begin() as connection:
-        indexes = connection.exec_driver_sql(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "  # noqa: S608 - marks only
-            f"AND tbl_name IN ({marks}) ORDER BY name", _BUILT_TABLES,
-        ).all()
-        quote = target.dialect.identifier_preparer.quote
-        for name, _ in indexes:
-            connection.exec_driver_sql(f"DROP INDEX {quote(name)}")
-    return [sql for _, sql in indexes]
-
-
-def _create_indexes(target: Engine, definitions: list[str]) -> None:
-    if not definitions:
-        return
-    with target.begin() as connection:
-        for sql in definitions:
-            connection.exec_driver_sql(sql)
 
 
 def _settle(target: Engine) -> None:

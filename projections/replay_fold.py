@@ -155,7 +155,8 @@ class Folder:
         derive_all(cache)
         window = FoldedWindow(
             rows[0][_POSITION], prev_hash, rows[-1][_POSITION], rows[-1][_HASH], len(rows), applied, unapplied,
-            new_rows=_new_rows(cache), changed_rows=_changed_rows(cache),
+            new_rows=_new_rows(cache),
+            changed_rows={model.__tablename__: params for model, params in view.changed_rows(cache).items()},
             log_rows=list(rows) if self.copy_log else None,
         )
         for updateid in touched:
@@ -216,21 +217,6 @@ def _new_rows(cache: view.RowCache) -> dict[str, list[tuple[Any, ...]]]:
             values = operator.itemgetter(*(c.key for c in table.columns))  # a NewRow's columns are its __dict__
             out[table.name] = [values(row.__dict__) for row in rows]
     cache.new = {}
-    return out
-
-
-def _changed_rows(cache: view.RowCache) -> dict[str, list[dict[str, Any]]]:
-    """UPDATE parameters of the loaded rows that changed since read or last written (then marked written)."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for model, loaded in cache.loaded_rows.items():
-        table = model.__table__
-        keys = {c.name for c in table.primary_key.columns}
-        for row in loaded:
-            now = {c.name: row.__dict__[c.name] for c in table.columns}
-            if now != row.__dict__["_as_read"]:
-                out.setdefault(table.name, []).append(
-                    {(f"k_{n}" if n in keys else f"v_{n}"): v for n, v in now.items()})
-                row.__dict__["_as_read"] = now
     return out
 
 

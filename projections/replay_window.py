@@ -1,5 +1,9 @@
 """Replaying a window of the log (tens of thousands of events) in one transaction, the view kept in memory.
 
+:func:`replay_window` folds and writes a window here (a short replay, or a window the reader
+process could not fold); :func:`write_folded` writes one the reader process folded
+(:mod:`projections.replay_fold`).
+
 The view rows of the window's updates live as plain rows (:class:`projections.view.NewRow`,
 or :class:`projections.view.LoadedRow` for an update the target already holds from an earlier
 window) in a :class:`projections.view.RowCache` that knows every scope: the reducers never
@@ -177,7 +181,7 @@ def write_folded(connection: Connection, window: FoldedWindow, *, stored: bool) 
         for name, rows in window.new_rows.items():
             _insert(conn, table_model(name).__table__, rows)
         for name, params in window.changed_rows.items():
-            conn.execute(view._update_statement(table_model(name)), params)
+            conn.execute(view.update_statement(table_model(name)), params)
         head.position, head.hash = window.last_position, window.last_hash
         head.version += 1
         event_log.store_head(session, head)

@@ -309,7 +309,7 @@ class LoadedRow(NewRow):
 _UPDATES: dict[type[Any], Any] = {}
 
 
-def _update_statement(model: type[Any]) -> Any:
+def update_statement(model: type[Any]) -> Any:
     """UPDATE of every non-key column by primary key, for executemany (bind names prefixed: SQLAlchemy
     reserves the column names for its own parameters)."""
     if model not in _UPDATES:
@@ -366,17 +366,23 @@ def _copy_rows(connection: Any, table: str, names: list[str], rows: list[Any]) -
 
 def write_changed_rows(connection: Any, cache: RowCache) -> None:
     """UPDATE the cache's :class:`LoadedRow` rows that changed since read (or since last written)."""
+    for model, params in changed_rows(cache).items():
+        connection.execute(update_statement(model), params)
+
+
+def changed_rows(cache: RowCache) -> dict[type[Any], list[dict[str, Any]]]:
+    """:func:`update_statement` parameters of the cache's :class:`LoadedRow` rows that changed since
+    read or last written, by model; they count as written from here on."""
+    out: dict[type[Any], list[dict[str, Any]]] = {}
     for model, loaded in cache.loaded_rows.items():
         table = model.__table__
         keys = {c.name for c in table.primary_key.columns}
-        params = []
         for row in loaded:
             now = {c.name: row.__dict__[c.name] for c in table.columns}
             if now != row.__dict__["_as_read"]:
-                params.append({(f"k_{n}" if n in keys else f"v_{n}"): v for n, v in now.items()})
+                out.setdefault(model, []).append({(f"k_{n}" if n in keys else f"v_{n}"): v for n, v in now.items()})
                 row.__dict__["_as_read"] = now
-        if params:
-            connection.execute(_update_statement(model), params)
+    return out
 
 
 def _load_scope(session: Session, cache: RowCache, model: type[Any], scope: tuple[str, ...]) -> None:

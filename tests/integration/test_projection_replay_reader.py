@@ -2,7 +2,7 @@
 
 The reader process is always stopped and joined, whatever ends the replay; one that dies makes
 the replay fail with a clear error instead of waiting for it forever. A rebuilt SQLite target has
-exactly the indexes of a migrated database (they are dropped during the build and created again).
+exactly the indexes of a migrated database, however the replay ended.
 """
 
 from __future__ import annotations
