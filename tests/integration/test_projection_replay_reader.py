@@ -1,4 +1,4 @@
-"""The replay's log reader process (projections.replay_process) and the target's deferred indexes.
+"""The replay's log reader process (projections.replay_process) and the target's indexes.
 
 The reader process is always stopped and joined, whatever ends the replay; one that dies makes
 the replay fail with a clear error instead of waiting for it forever. A rebuilt SQLite target has
