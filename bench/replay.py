@@ -196,10 +196,12 @@ def main(events: int, batch: int, directory: str | None) -> Section:
             "Python; (3) decoding ≈ 20 % cheaper (one lookup per type string, the validators called directly, file "
             "names' checks cached); (4) reducers ≈ 30 % cheaper (the order key and UTC time made once per event, an "
             "IP's server rows got or made together); (5) the columns compared with the decoded envelope instead of "
-            "a second JSON parse of it. Same view, field for field, as the live projection (the replay tests)",
-            "this machine's speed varies from hour to hour (its floor was 131,027 ev/s at 13:46 and ≈ 75,000 ev/s "
-            "from 15:20 on, with the same code): compare the ratio to the floor of the same run. A ratio of 0.153 "
-            "is 20,000 ev/s on the faster floor",
+            "a second JSON parse of it; (6) the windows pass through shared memory (/dev/shm), and the target's "
+            "indexes are kept up to date instead of built at the end. Same view, field for field, as the live "
+            "projection (the replay tests)",
+            "machines called '2 × AMD EPYC' differ: the floor was 131,027 ev/s at 13:46 on the machine of the "
+            "run before (kernel 6.18.44-fc-v657) and 68,000–77,000 ev/s on this one (…-v669), same code: compare "
+            "the ratios to the floor of the same run. A ratio of 0.153 is 20,000 ev/s on the faster floor",
         ],
     )
 
