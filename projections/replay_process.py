@@ -133,7 +133,8 @@ class ReaderProcess:
     """Reads, checks, decodes and folds the log after ``position`` (whose hash is ``prev_hash``) up to
     ``end`` in a process of its own; use as a context manager (it is stopped on leaving).
 
-    Iterating gives :data:`Message` s; call :meth:`committed` after writing each window. A reader
+    Iterating gives :data:`Message` s; call :meth:`committed` after writing each window (the reader
+    waits for that before it reads back an update it let go after an earlier window). A reader
     that fails or dies raises :class:`ReaderError` (not a hang). ``cpu`` is the reader's CPU seconds
     and ``peak_rss_kib`` its peak resident memory once it has finished; ``waited``, the seconds the
     parent waited for it.
