@@ -193,7 +193,12 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
                "dispatch by type, a log line; no idempotency store in this measurement",
                "the runtime parses an envelope in one pass (`model_validate_json`; a body it refuses is parsed "
                "again the old way, to name the problem as before) and finds an event's newest version in a table "
-               "kept per registry"],
+               "kept per registry",
+               "the consume ratio sits at the goal's edge and moves with the machine: 0.81 (0.69–1.20) on the machine "
+               "of 2026-11-24 13:55 (kernel 6.18.44-fc-v657); 0.78, 0.73 and 0.73 in three runs on the one of 16:46 "
+               "(…-v669), where the runtime's CPU per event varied from 118 to 177 µs between runs of the same code "
+               "minutes apart and the same code before that day's decoding changes measured the same. The runtime's "
+               "own work per event, profiled, is ≈ 20–30 µs (parse and validation, dispatch)"],
     )
 
 
