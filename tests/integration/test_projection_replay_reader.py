@@ -7,6 +7,7 @@ exactly the indexes of a migrated database, however the replay ended.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
@@ -75,7 +76,7 @@ def test_the_reader_process_sends_windows_folded_in_order_and_stops_at_one_it_ca
     assert windows[0].first_position == 1
     assert all(0 < w.events == w.last_position - w.first_position + 1 <= 5 for w in windows)
     assert all((a.last_position + 1, a.last_hash) == (b.first_position, b.prev_hash)
-               for a, b in zip(windows, windows[1:], strict=False))
+               for a, b in itertools.pairwise(windows))
     assert all(w.log_rows is None for w in windows)  # SQLite to SQLite: the writer copies them with SQL
     assert windows[0].new_rows["projection_updates"]  # view rows, not events
     failed = messages[-1]  # the history's IP that is too long for the view
