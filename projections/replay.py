@@ -139,7 +139,7 @@ def replay(
     ``force``, which empties its projection tables first. ``window`` events are replayed in
     memory per transaction (what the memory held grows with it); ``batch_size`` bounds the
     transactions of the careful path, taken around an event the view cannot take. The log is
-    read, checked and decoded in a second process (:mod:`projections.replay_reader`) if
+    read, checked, decoded and folded in a second process (:mod:`projections.replay_process`) if
     ``reader_process``, by default when there are :data:`READER_PROCESS_FROM` events or more.
     """
     if batch_size < 1 or window < 1:
