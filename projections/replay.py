@@ -252,14 +252,13 @@ def _rebuild(source: Session, source_url: str, target: Engine, end: int, *, batc
     reader = replay_reader.LogReader(source.get_bind().dialect, target.dialect.name)
     if reader_process is None:
         reader_process = end >= READER_PROCESS_FROM
-    # What is decoded or unpickled ahead of a window (millions of objects) forms no cycles: the
-    # collector's passes over it would cost as much as decoding does (as in a window: replay_window).
+    # What a window holds (millions of objects) forms no cycles: the collector's passes over it
+    # would cost as much as decoding does (as in a window: replay_window).
     collecting = gc.isenabled()
     gc.disable()
     try:
         if not reader_process:
-            # each event decoded just before it is applied (the window does it), while its text is at hand
-            _replay_chunks(replay_reader.read_chunks(source, reader, end, decode=False), target, reader, result,
+            _replay_chunks(replay_reader.read_chunks(source, reader, end), target, reader, result,
                            batch_size=batch_size, window=window, progress=progress, end=end)
             return result
         source.close()  # the reader process reads the source from here on
@@ -312,8 +311,7 @@ def _replay_folded(source: Session, source_url: str, target: Engine, reader: rep
             if careful is None:
                 return
             after, after_hash, up_to = careful
-            chunks = replay_reader.read_chunks(source, reader, up_to, position=after, prev_hash=after_hash,
-                                               decode=False)
+            chunks = replay_reader.read_chunks(source, reader, up_to, position=after, prev_hash=after_hash)
             _replay_chunks(chunks, target, reader, result, batch_size=batch_size, window=window, progress=progress,
                            end=end)
             source.close()
@@ -322,41 +320,22 @@ def _replay_folded(source: Session, source_url: str, target: Engine, reader: rep
 
 def _replay_chunks(chunks: Iterator[replay_reader.Chunk], target: Engine, reader: replay_reader.LogReader,
                    result: ReplayResult, *, batch_size: int, window: int, progress: Progress | None,
-                   end: int, first_window: int | None = None) -> None:
-    """Replay the checked, decoded ``chunks`` in windows of ``window`` rows; raise at a broken link.
-
-    With ``first_window``, the windows start that small and grow by half each time: while this process
-    replays one, the reader reads the next (the reader is faster), so neither waits for the other
-    once the first is read.
-    """
-    rows: list[tuple[Any, ...]] = []
-    decoded = replay_reader.Decodings()
-    size = first_window or window
-    for chunk in chunks:
-        rows += chunk.rows
-        decoded.add(chunk)
-        while len(rows) >= size or (chunk.broken is not None and rows):
-            window_rows = rows[:size]
-            del rows[:size]
-            window_decoded, decoded = decoded.split(size)  # the window lets each event go once applied
-            size = min(window, size * 3 // 2 + 1)
-            _replay_rows(target, reader, window_rows, window_decoded, result,
-                         batch_size=batch_size, progress=progress, end=end)
-        if chunk.broken is not None:
-            raise SourceLogBroken(chunk.broken[0], chunk.broken[1], result.events)
-    if rows:
-        _replay_rows(target, reader, rows, decoded, result, batch_size=batch_size, progress=progress, end=end)
+                   end: int) -> None:
+    """Replay the checked ``chunks`` in windows of ``window`` rows; raise at a broken link."""
+    for rows in replay_reader.windows(chunks, window, window):
+        if not isinstance(rows, list):  # the row after the last window does not chain on
+            raise SourceLogBroken(rows[0], rows[1], result.events)
+        _replay_rows(target, reader, rows, result, batch_size=batch_size, progress=progress, end=end)
 
 
 def _replay_rows(target: Engine, reader: replay_reader.LogReader, rows: list[tuple[Any, ...]],
-                 decoded: replay_reader.Decodings, result: ReplayResult, *, batch_size: int,
-                 progress: Progress | None, end: int) -> None:
-    """Replay ``rows`` (checked, decoded) in memory; an event whose reducer fails goes through
+                 result: ReplayResult, *, batch_size: int, progress: Progress | None, end: int) -> None:
+    """Replay ``rows`` (checked) in memory; an event whose reducer fails goes through
     :func:`_replay_batch` instead."""
-    pending, pending_decoded = rows, decoded
+    pending = rows
     while pending:
         try:
-            done = replay_window.replay_window(target, pending, stored=reader.stored, decoded=pending_decoded)
+            done = replay_window.replay_window(target, pending, stored=reader.stored, checked=True)
             _take(done, result, progress, end)
             return
         except replay_window.ReducerFailed as failed:
@@ -365,9 +344,8 @@ def _replay_rows(target: Engine, reader: replay_reader.LogReader, rows: list[tup
         except Exception as exc:  # a database error writing the window: find the event the careful way
             log.info("replay: window at %d goes batch by batch: %r", pending[0][0], exc)
             index = 0
-        if index:  # the same events on the same state: they apply again (decoded again: the window let them go)
-            before, pending_decoded = pending_decoded.split(index)
-            again = replay_window.replay_window(target, pending[:index], stored=reader.stored, decoded=before)
+        if index:  # the same events on the same state: they apply again
+            again = replay_window.replay_window(target, pending[:index], stored=reader.stored, checked=True)
             _take(again, result, progress, end)
         careful = [reader.values(row) for row in pending[index:index + batch_size]]
         broken = _replay_batch(target, careful, result)
@@ -376,7 +354,6 @@ def _replay_rows(target: Engine, reader: replay_reader.LogReader, rows: list[tup
         if broken is not None:  # cannot be: the reader checked the links
             raise SourceLogBroken(broken[0], broken[1], result.events)
         pending = pending[index + batch_size:]
-        pending_decoded = pending_decoded.split(batch_size)[1]
 
 
 def _take(done: replay_window.WindowResult, result: ReplayResult, progress: Progress | None, end: int) -> None:

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from domain.db import make_engine
 from projections.models import GENESIS_HASH
 from projections.replay_fold import Committed, FoldedWindow, Folder, FoldFailed, known_updates, read_only_engine
-from projections.replay_reader import CHUNK, Chunk, LogReader, read_chunks
+from projections.replay_reader import CHUNK, LogReader, read_chunks, windows
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,10 @@ def _serve(source_url: str, target_url: str, position: int, prev_hash: str, end:
                             existing=known_updates(target) if position else set())
             with Session(source) as session:
                 reader = LogReader(source.dialect, target.dialect.name)
-                # each event is decoded as it is folded: a window's decoded events at once would take ≈ 350 MB
                 # the folder compares each row's columns with the envelope it decodes (a second parse is ≈ 8 µs)
                 chunks = read_chunks(session, reader, end, position=position, prev_hash=prev_hash, chunk=chunk,
-                                     decode=False, columns=False)
-                for number, rows in enumerate(_windows(chunks, first_window, window)):
+                                     columns=False)
+                for number, rows in enumerate(windows(chunks, first_window, window)):
                     if not isinstance(rows, list):  # the row after the last window does not chain on
                         send(("broken", rows))
                         break
@@ -100,26 +99,6 @@ def _serve(source_url: str, target_url: str, position: int, prev_hash: str, end:
         return
     except BaseException as exc:  # whatever it is, the parent must hear of it
         send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
-
-
-def _windows(chunks: Iterator[Chunk], first: int, window: int) -> Iterator[list[tuple[Any, ...]] | tuple[int, str]]:
-    """The chunks' rows in windows, ``first`` rows at first, growing by half up to ``window`` (so the
-    parent has a window to write soon after the start); then (position, reason) if the log breaks."""
-    rows: list[tuple[Any, ...]] = []
-    size = first
-    for part in chunks:
-        rows += part.rows
-        while len(rows) >= size:
-            yield rows[:size]
-            del rows[:size]
-            size = min(window, size * 3 // 2 + 1)
-        if part.broken is not None:
-            if rows:
-                yield rows
-            yield part.broken
-            return
-    if rows:
-        yield rows
 
 
 def _spool_parent() -> str | None:

@@ -1,7 +1,8 @@
 """Reading the log for a replay: the rows, their hash links checked, their events decoded.
 
-:func:`read_chunks` reads the source in chunks, checking each row's link in the hash chain; a
-long replay calls it in its reader process (:mod:`projections.replay_process`), a short one here.
+:func:`read_chunks` reads the source in chunks, checking each row's link in the hash chain (a
+long replay calls it in its reader process, :mod:`projections.replay_process`); :func:`decode_row`
+decodes a row's event just before it is applied, while its text is at hand.
 """
 
 from __future__ import annotations
@@ -40,37 +41,14 @@ Decoded = tuple[Envelope, Event] | str
 
 @dataclass
 class Chunk:
-    """Consecutive log rows that chain on from the previous chunk's, each with its decoded event.
+    """Consecutive log rows that chain on from the previous chunk's (each event is decoded as it is applied).
 
     ``broken``: (position, reason) of the row after the last one, which does not chain on (or is
     missing): the last chunk of a broken log has it.
     """
 
     rows: list[tuple[Any, ...]]
-    decoded: list[Decoded | None]  # None: not decoded yet (the window decodes it)
     broken: tuple[int, str] | None = None
-
-
-class Decodings:
-    """A window's decoded events, by index, each let go once taken (a window holds one chunk's at a time)."""
-
-    def __init__(self, items: list[Decoded | None] | None = None) -> None:
-        self.items: list[Decoded | None] = items if items is not None else []
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, chunk: Chunk) -> None:
-        self.items += chunk.decoded
-
-    def take(self, index: int) -> Decoded | None:
-        """The event at ``index``, let go of here (None if it was taken already: decode it again)."""
-        item, self.items[index] = self.items[index], None
-        return item
-
-    def split(self, at: int) -> tuple[Decodings, Decodings]:
-        """The events before ``at`` and from it on."""
-        return Decodings(self.items[:at]), Decodings(self.items[at:])
 
 
 def decode_row(envelope_text: str) -> Decoded:
@@ -124,11 +102,9 @@ def utc_at(row: Sequence[Any], indexes: list[int]) -> tuple[Any, ...]:
 
 
 def read_chunks(session: Session, reader: LogReader, end: int, *, position: int = 0,
-                prev_hash: str = GENESIS_HASH, chunk: int = CHUNK, decode: bool = True, columns: bool = True
-                ) -> Iterator[Chunk]:
-    """The log after ``position`` (whose hash is ``prev_hash``) up to ``end``, checked and decoded, in chunks.
+                prev_hash: str = GENESIS_HASH, chunk: int = CHUNK, columns: bool = True) -> Iterator[Chunk]:
+    """The log after ``position`` (whose hash is ``prev_hash``) up to ``end``, its links checked, in chunks.
 
-    ``decode=False``: the events are left for the window to decode (``decoded`` holds None).
     ``columns=False``: whether each row's id, type and update columns agree with its envelope is
     left to the caller, which decodes it anyway (:func:`projections.log.row_problem`).
 
@@ -137,7 +113,7 @@ def read_chunks(session: Session, reader: LogReader, end: int, *, position: int 
     while position < end:
         rows = reader.read(session, position, end, chunk)
         if not rows:  # the head promised rows that are not there
-            yield Chunk([], [], (position + 1, "rows are missing"))
+            yield Chunk([], (position + 1, "rows are missing"))
             return
         broken: tuple[int, str] | None = None
         for index, row in enumerate(rows):
@@ -147,6 +123,27 @@ def read_chunks(session: Session, reader: LogReader, end: int, *, position: int 
                 rows, broken = rows[:index], (row[_POSITION], problem)
                 break
             position, prev_hash = row[_POSITION], row[_HASH]
-        yield Chunk(rows, [decode_row(row[_ENVELOPE]) for row in rows] if decode else [None] * len(rows), broken)
+        yield Chunk(rows, broken)
         if broken is not None:
             return
+
+
+def windows(chunks: Iterator[Chunk], first: int, window: int) -> Iterator[list[tuple[Any, ...]] | tuple[int, str]]:
+    """The chunks' rows in windows, ``first`` rows at first, growing by half up to ``window`` (so a
+    reader process hands its writer a window soon after the start); then (position, reason) if the log
+    breaks."""
+    rows: list[tuple[Any, ...]] = []
+    size = first
+    for part in chunks:
+        rows += part.rows
+        while len(rows) >= size:
+            yield rows[:size]
+            del rows[:size]
+            size = min(window, size * 3 // 2 + 1)
+        if part.broken is not None:
+            if rows:
+                yield rows
+            yield part.broken
+            return
+    if rows:
+        yield rows

@@ -35,7 +35,7 @@ from projections import log as event_log
 from projections import view
 from projections.models import AppliedEvent, LoggedEvent, UpdateRow
 from projections.replay_fold import FoldedWindow, derive_all, table_model
-from projections.replay_reader import LOG_COLUMNS, Decodings, decode_row
+from projections.replay_reader import LOG_COLUMNS, decode_row
 
 _POSITION = LOG_COLUMNS.index("position")
 _CHAIN = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in (
@@ -65,14 +65,13 @@ class WindowResult:
 
 
 def replay_window(target: Engine, rows: Sequence[Sequence[Any]], *, stored: bool = False,
-                  decoded: Decodings | None = None) -> WindowResult:
+                  checked: bool = False) -> WindowResult:
     """Copy and apply ``rows`` (values in :data:`LOG_COLUMNS` order, times in UTC) in one transaction.
 
     ``stored``: the values are as the target's database stores them (read from a log of the same
-    kind of database), and are copied as they are. ``decoded``: each row's event, decoded already by
-    :func:`projections.replay_reader.read_chunks`, which checked their links too (then only the
-    first row's link to the target's head is checked here). They are let go as they are applied
-    (:meth:`projections.replay_reader.Decodings.take`); one taken already is decoded again.
+    kind of database), and are copied as they are. ``checked``: their links were checked already
+    (:func:`projections.replay_reader.read_chunks`): only the first row's link to the target's head
+    is checked here. Each event is decoded just before it is applied.
 
     Raises :class:`ReducerFailed` (having kept nothing) if an event's reducer raises.
     """
@@ -81,25 +80,23 @@ def replay_window(target: Engine, rows: Sequence[Sequence[Any]], *, stored: bool
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _replay_window(target, rows, stored, decoded)
+        return _replay_window(target, rows, stored, checked)
     finally:
         if collecting:
             gc.enable()
 
 
-def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool,
-                   decoded: Decodings | None) -> WindowResult:
+def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool, checked: bool) -> WindowResult:
     with Session(target) as session, session.begin():
         cache = view.RowCache(plain_updates=True)
         session.info[view.ROW_CACHE] = cache
         head = event_log.lock_head(session)
-        if decoded is None:
+        if not checked:
             good, broken = _chained(rows, head.position, head.hash)
-            decoded = Decodings([None] * len(good))
         else:
             good, broken = _chained(rows[:1], head.position, head.hash)  # the rest were checked by the reader
-            if broken is not None or len(decoded) != len(rows):
-                raise ValueError(f"the decoded rows do not follow the target's head ({broken})")
+            if broken is not None:
+                raise ValueError(f"the checked rows do not follow the target's head ({broken})")
             good = rows
         connection = session.connection()
         _insert(connection, LoggedEvent.__table__, good, stored=stored)
@@ -107,9 +104,7 @@ def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool,
         unapplied: list[tuple[int, str, str, str]] = []
         applied: list[tuple[str, int, str]] = []
         for index, row in enumerate(good):
-            done = decoded.take(index)
-            if done is None:
-                done = decode_row(row[_ENVELOPE])
+            done = decode_row(row[_ENVELOPE])
             if isinstance(done, str):  # as the careful path: the catalogue changed since it was logged
                 position, event_id, event_type = _CHAIN(row)[:3]
                 unapplied.append((position, event_id, event_type, done))
