@@ -155,7 +155,7 @@ class Folder:
         derive_all(cache)
         window = FoldedWindow(
             rows[0][_POSITION], prev_hash, rows[-1][_POSITION], rows[-1][_HASH], len(rows), applied, unapplied,
-            new_rows=_new_rows(cache),
+            new_rows=new_rows(cache),
             changed_rows={model.__tablename__: params for model, params in view.changed_rows(cache).items()},
             log_rows=list(rows) if self.copy_log else None,
         )
@@ -209,7 +209,8 @@ def derive_all(cache: view.RowCache) -> None:
         view.refresh_from_rows(update, by_update.get(updateid, {}))
 
 
-def _new_rows(cache: view.RowCache) -> dict[str, list[tuple[Any, ...]]]:
+def new_rows(cache: view.RowCache) -> dict[str, list[tuple[Any, ...]]]:
+    """The cache's :class:`projections.view.NewRow` s as values in column order, by table (then let go)."""
     out: dict[str, list[tuple[Any, ...]]] = {}
     for model, rows in cache.new.items():
         if rows:

@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from projections import log as event_log
 from projections import view
 from projections.models import AppliedEvent, LoggedEvent, UpdateRow
-from projections.replay_fold import FoldedWindow, derive_all, table_model
+from projections.replay_fold import FoldedWindow, derive_all, new_rows, table_model
 from projections.replay_reader import LOG_COLUMNS, decode_row
 
 _POSITION = LOG_COLUMNS.index("position")
@@ -221,11 +221,8 @@ def _known_updates(session: Session, updateids: dict[str, None]) -> None:
 
 
 def _write_view(connection: Connection, cache: view.RowCache) -> None:
-    for model, rows in cache.new.items():
-        table = model.__table__
-        values = operator.itemgetter(*(c.key for c in table.columns))  # a NewRow's columns are its __dict__
-        _insert(connection, table, [values(row.__dict__) for row in rows])
-    cache.new = {}
+    for name, rows in new_rows(cache).items():
+        _insert(connection, table_model(name).__table__, rows)
     view.write_changed_rows(connection, cache)
 
 
