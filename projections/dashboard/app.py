@@ -13,6 +13,8 @@ script then re-fetches its own URL and swaps the live regions in place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode
 
+import anyio.to_thread
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
@@ -62,6 +65,14 @@ SECURITY_HEADERS = {
 # next and previous pages of servers and IPs): rendering all 10,000 servers of a big update, and
 # 1,000 raw events with their envelopes, took seconds and made a page no one can scroll.
 PAGE_SIZES = {"servers": 200, "ips": 100, "events": 100}
+
+READ_THREADS = 1
+"""Requests reading the database at once in one dashboard process. A request's work is mostly
+Python (building and serialising its models; SQLite answers in a fraction of it), so threads
+running together only took turns for the interpreter lock, at a cost: with 8 requests in flight,
+40 threads (anyio's default) spent ≈ 2× the CPU per request of one, and the unlucky waited
+longest. One at a time, first come first served (bench.dashboard). More processes
+(``dashboard serve --workers N``) give more at once."""
 
 T = TypeVar("T")
 
@@ -164,9 +175,28 @@ def _session(request: Request) -> Iterator[Session]:
 Db = Annotated[Session, Depends(_session)]
 
 
-def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: float = 300.0) -> FastAPI:
-    """The dashboard over the projection database at ``database_url`` (it must be migrated already)."""
+def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
+               read_threads: int = READ_THREADS) -> FastAPI:
+    """The dashboard over the projection database at ``database_url`` (it must be migrated already).
+
+    ``read_threads``: how many requests read the database at once in this process (see
+    :data:`READ_THREADS`); the others wait their turn, first come first served.
+    """
+    if read_threads < 1:
+        raise ValueError(f"read_threads must be at least 1, not {read_threads}")
     engine = read_only_engine(database_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Every route reads in a worker thread (sync routes, their session dependency, ``read``),
+        # all through the default thread limiter of this process's event loop.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = read_threads
+        # What the process holds once started (modules, SQLAlchemy's and pydantic's compiled
+        # schemas, templates: ≈ 130,000 objects) lives as long as it does: a full collection
+        # walked it all, ≈ 100 ms on a slow machine, and every request in flight waited.
+        gc.freeze()
+        yield
+
     templates = _templates()
     static = {name: (_HERE / "static" / name).read_bytes() for name in _STATIC}
 
@@ -177,6 +207,7 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         # The interactive docs load scripts from a CDN, which the CSP forbids; the schema stays at /openapi.json.
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.add_middleware(SecurityHeadersMiddleware)
     app.state.engine = engine

@@ -202,3 +202,43 @@ async def test_an_update_page_shows_batches_abort_not_run_and_its_retry(tmp_path
         assert [b["next"] for b in detail["batch_list"]] == ["await_confirm"]
         assert (await client.get("/api/updates", params={"status": "aborted"})).json()["total"] == 1
     app.state.engine.dispose()
+
+
+@pytest.mark.parametrize("read_threads", [1, 3])
+def test_requests_read_the_database_read_threads_at_a_time(tmp_path, monkeypatch, read_threads):
+    # Threads reading together only take turns for the interpreter lock (bench.dashboard): the
+    # dashboard lets ``read_threads`` requests read at once and queues the others.
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from projections import queries
+
+    url = f"sqlite:///{tmp_path / 'projection.db'}"
+    migrated_engine(url).dispose()
+    real = queries.list_updates
+    lock, inside, most = threading.Lock(), [0], [0]
+
+    def slow_list(session, filters):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.1)
+        with lock:
+            inside[0] -= 1
+        return real(session, filters)
+
+    monkeypatch.setattr(queries, "list_updates", slow_list)
+    app = create_app(url, read_threads=read_threads)
+    with TestClient(app) as client, ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda page: client.get(f"/api/updates?page={page}"), range(1, 7)))
+    app.state.engine.dispose()
+    assert [a.status_code for a in answers] == [200] * 6
+    assert most[0] == read_threads
+
+
+def test_read_threads_must_be_positive():
+    with pytest.raises(ValueError, match="read_threads must be at least 1"):
+        create_app("sqlite://", read_threads=0)
