@@ -24,15 +24,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, DateTime, Engine, MetaData, Table, bindparam, insert, select
+from sqlalchemy import Connection, Engine, MetaData, Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from projections import log as event_log
 from projections import view
+from projections.bulk_insert import insert_rows
 from projections.models import AppliedEvent, LoggedEvent, UpdateRow
 from projections.replay_fold import FoldedWindow, derive_all, new_rows, table_model
 from projections.replay_reader import LOG_COLUMNS, decode_row
@@ -99,7 +100,7 @@ def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool, 
                 raise ValueError(f"the checked rows do not follow the target's head ({broken})")
             good = rows
         connection = session.connection()
-        _insert(connection, LoggedEvent.__table__, good, stored=stored)
+        insert_rows(connection, LoggedEvent.__table__, good, stored=stored)
         _known_updates(session, dict.fromkeys(row[_UPDATEID] for row in good))
         unapplied: list[tuple[int, str, str, str]] = []
         applied: list[tuple[str, int, str]] = []
@@ -115,7 +116,7 @@ def _replay_window(target: Engine, rows: Sequence[Sequence[Any]], stored: bool, 
             except Exception as exc:  # roll the window back: the caller leaves this event out
                 raise ReducerFailed(index, exc) from exc
             applied.append((envelope.id, row[_POSITION], envelope.updateid))
-        _insert(connection, AppliedEvent.__table__, applied)
+        insert_rows(connection, AppliedEvent.__table__, applied)
         derive_all(cache)
         _write_view(connection, cache)
         if good:
@@ -163,7 +164,7 @@ def write_folded(connection: Connection, window: FoldedWindow, *, stored: bool) 
         if window.log_rows is None:
             conn.execute(_copy_log_statement(), bounds)
         else:
-            _insert(conn, LoggedEvent.__table__, window.log_rows, stored=stored)
+            insert_rows(conn, LoggedEvent.__table__, window.log_rows, stored=stored)
         skipped = [u[0] for u in window.unapplied]
         log_table = LoggedEvent.__table__
         conn.execute(insert(AppliedEvent).from_select(
@@ -174,7 +175,7 @@ def write_folded(connection: Connection, window: FoldedWindow, *, stored: bool) 
             ),
         ))
         for name, rows in window.new_rows.items():
-            _insert(conn, table_model(name).__table__, rows)
+            insert_rows(conn, table_model(name).__table__, rows)
         for name, params in window.changed_rows.items():
             conn.execute(view.update_statement(table_model(name)), params)
         head.position, head.hash = window.last_position, window.last_hash
@@ -222,65 +223,5 @@ def _known_updates(session: Session, updateids: dict[str, None]) -> None:
 
 def _write_view(connection: Connection, cache: view.RowCache) -> None:
     for name, rows in new_rows(cache).items():
-        _insert(connection, table_model(name).__table__, rows)
+        insert_rows(connection, table_model(name).__table__, rows)
     view.write_changed_rows(connection, cache)
-
-
-_MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-_StatementCache = dict[tuple[str, str], tuple[str, list[tuple[int, Callable[[Any], Any], bool]]]]
-_STATEMENTS: _StatementCache = {}
-
-
-def _insert(connection: Connection, table: Any, rows: Sequence[Sequence[Any]], *, stored: bool = False) -> None:
-    """INSERT ``rows`` (values in column order) with one executemany of tuples on the DBAPI cursor.
-
-    Values go through the column types' bind processors (as SQLAlchemy would pass them), so the
-    stored form is the one the ORM writes and reads back (``stored``: they are in that form already).
-    Dialects with another paramstyle take the Core path.
-    """
-    if not rows:
-        return
-    dialect = connection.dialect
-    mark = _MARKS.get(dialect.paramstyle)
-    if mark is None:
-        names = [c.name for c in table.columns]
-        connection.execute(insert(table), [dict(zip(names, row, strict=True)) for row in rows])
-        return
-    key = (dialect.name, table.name)
-    if key not in _STATEMENTS:
-        quote = dialect.identifier_preparer.quote
-        columns = list(table.columns)
-        # names from the table's own metadata, quoted; the values are bound
-        listed, marks = ", ".join(quote(c.name) for c in columns), ", ".join(mark for _ in columns)
-        sql = f"INSERT INTO {quote(table.name)} ({listed}) VALUES ({marks})"  # noqa: S608
-        processors: list[tuple[int, Callable[[Any], Any], bool]] = [
-            (i, p, isinstance(c.type, DateTime)) for i, c in enumerate(columns)
-            if (p := c.type.dialect_impl(dialect).bind_processor(dialect)) is not None
-            # sqlite3 stores a bool as the integer SQLAlchemy's processor would make of it
-            and not (dialect.name == "sqlite" and isinstance(c.type, Boolean))
-        ]
-        _STATEMENTS[key] = (sql, processors)
-    sql, processors = _STATEMENTS[key]
-    if stored:
-        processors = []
-    processed: list[tuple[Any, ...]] = []
-    # A window's rows share few times (an event's time goes into all the rows it touches): each is
-    # formatted once. Keyed with its zone too, since equal aware times may show different wall clocks.
-    formatted: dict[tuple[int, Any, Any], Any] = {}
-    for row in rows:
-        if processors:
-            values = list(row)
-            for i, process, is_time in processors:  # None too: as Core does (JSON stores it as 'null')
-                value = values[i]
-                if is_time and value is not None:
-                    memo = (i, value, value.tzinfo)
-                    text = formatted.get(memo)
-                    if text is None:
-                        text = formatted[memo] = process(value)
-                    values[i] = text
-                else:
-                    values[i] = process(value)
-            processed.append(tuple(values))
-        else:
-            processed.append(tuple(row))
-    connection.exec_driver_sql(sql, processed)

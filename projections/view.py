@@ -19,12 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import ipaddress
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, ColumnElement, String, and_, bindparam, case, func, insert, select
+from sqlalchemy import JSON, ColumnElement, String, and_, bindparam, case, func, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
@@ -52,6 +53,7 @@ from bus.events import (
 )
 from domain.types import SERVER_GROUPS
 from projections import view_counts
+from projections.bulk_insert import insert_rows
 from projections.models import (
     VIEW_TABLES,
     BatchRow,
@@ -337,8 +339,9 @@ def write_new_rows(session: Session) -> None:
             continue
         if connection.dialect.name == "postgresql" and model not in _JSON_MODELS:
             _copy_rows(connection, model.__table__.name, names, rows)
-        else:
-            connection.execute(insert(model), [{n: row.__dict__[n] for n in names} for row in rows])
+        else:  # a NewRow's __dict__ holds every column, by key
+            values = operator.itemgetter(*(c.key for c in model.__table__.columns))
+            insert_rows(connection, model.__table__, [values(row.__dict__) for row in rows])
     cache.new = {}
     write_changed_rows(connection, cache)
 
