@@ -198,7 +198,12 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
                "of 2026-11-24 13:55 (kernel 6.18.44-fc-v657); 0.78, 0.73 and 0.73 in three runs on the one of 16:46 "
                "(…-v669), where the runtime's CPU per event varied from 118 to 177 µs between runs of the same code "
                "minutes apart and the same code before that day's decoding changes measured the same. The runtime's "
-               "own work per event, profiled, is ≈ 20–30 µs (parse and validation, dispatch)"],
+               "own work per event, profiled, is ≈ 20–30 µs (parse and validation, dispatch)",
+               "on the machine of 2026-11-24 evening (kernel …-v782) the bare consume floor is 3,200–5,100 ev/s "
+               "from run to run (10,510 on the one of 17:01): the \"about 3,500/s\" issue 8 quotes. Full "
+               "collections of the garbage collector were checked there as a cause of the gap (they took up to "
+               "120 ms in the dashboard's process): one or two per 10,000 events, for the floor as for the "
+               "runtime, so not the difference"],
     )
 
 
