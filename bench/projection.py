@@ -241,14 +241,16 @@ async def main(updates: int, prefetch: int, max_batch: int, kinds: list[str]) ->
         "`ingest_batch` alone on PostgreSQL went from ≈ 0.22 to ≈ 0.15 ms CPU per event (≈ 3,300 to ≈ 5,000 ev/s)",
         "2026-11-24 evening, on a slower machine (kernel 6.18.44-fc-v782): its bare aio-pika consume floor is "
         "3,500–5,100 ev/s in bench.bus and here, the \"about 3,500/s\" the goal was set against, where the "
-        "machines of the runs before measured 8,000–10,500. Here the goal is missed: 1,500–1,700 ev/s on SQLite "
-        "and 1,260–1,340 on PostgreSQL through the broker over three runs. Profiled: SQLAlchemy building each "
+        "machines of the runs before measured 8,000–10,500. Here the goal is missed: 1,470–1,690 ev/s on SQLite "
+        "and 1,260–1,400 on PostgreSQL through the broker over three runs. Profiled: SQLAlchemy building each "
         "row's parameters for the executemany of a batch's new view rows was ≈ 15 % of `ingest_batch`; those "
         "rows now go as plain tuples on the DBAPI cursor with the columns' own bind processors applied by hand "
-        "(`projections/bulk_insert.py`, shared with the replay): `ingest_batch` alone on SQLite went from 0.46 "
-        "to 0.38 ms CPU per event (0.35–0.54 to 0.30–0.34 in three paired runs)",
+        "(`projections/bulk_insert.py`, shared with the replay): `ingest_batch` alone on SQLite went from "
+        "0.35–0.54 to 0.30–0.34 ms CPU per event in three paired runs (old and new code alternating); this "
+        "benchmark's own runs of the new code gave 0.38 and 0.53 ms, an hour apart: the machine's speed moves "
+        "by a third",
         "what remains, and why: per event the service's process spends 0.34–0.48 ms of CPU (aio-pika's own "
-        "share, the floor's process, is 0.18–0.23; then envelope and event validation, ≈ 0.04, gathering, the "
+        "share, the floor's process, is 0.18–0.26; then envelope and event validation, ≈ 0.04, gathering, the "
         "pipe, the acks), the worker 0.50–0.58 ms (decoding again, ≈ 0.04, the log rows' canonical JSON and "
         "hash, the reducers, the writes and commits), and RabbitMQ its share for a persistent message on a "
         "quorum queue: more than 2 cores' worth at 2,000 ev/s, so the rate is set by the CPU of the whole "
