@@ -131,6 +131,8 @@ class UpdateRow(Base):
     """One hot update (the seed's ``uuid``): what it is, who asked, how far it got, and its counts."""
 
     __tablename__ = "projection_updates"
+    # the list filtered by status, most recently active first (projection_0003)
+    __table_args__ = (Index("ix_projection_updates_status_last_event_at", "status", "last_event_at"),)
 
     updateid: Mapped[str] = mapped_column(String(64), primary_key=True)
     project: Mapped[str] = mapped_column(String(64), index=True)

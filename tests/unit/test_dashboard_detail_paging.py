@@ -21,6 +21,7 @@ from projections.dashboard import create_app
 from projections.dashboard.app import PAGE_SIZES
 from projections.ingest import ingest_batch
 from projections.models import LoggedEvent, ServerRow
+from projections.schemas import UpdateFilters
 from tests.projection_support import FILES, at, ip_finished, item, migrated_engine
 
 UPDATEID = "d7a1c0de-0000-4000-8000-000000000042"
@@ -232,3 +233,29 @@ async def test_the_json_detail_is_the_detail_model_with_the_stored_envelopes_as_
     assert body == expected.model_dump(mode="json")
     assert [e["envelope"] for e in body["events"]] == [json.loads(text) for text in stored]
     assert body["events"][0]["envelope"]["data"]["update_server_list"]["game"]["10.0.0.1"] == list(SERVER_NAMES)
+
+
+def test_the_list_filtered_by_status_reads_the_status_and_time_index(engine):
+    # Without it the database looked up every update of the status in the table, then sorted them.
+    statements: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many):
+        if "FROM projection_updates" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with Session(engine) as s:
+            page = queries.list_updates(s, UpdateFilters(status="failed"))
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert page.total >= 0 and len(statements) == 2  # the count, then the page
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        if postgres:  # a small table is cheaper to scan: take that choice away, as above
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("SET enable_sort = off")
+        for statement, parameters in statements:
+            explain = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+            plan = "\n".join(str(r[-1]) for r in conn.exec_driver_sql(explain + statement, parameters))
+            assert "ix_projection_updates_status_last_event_at" in plan, plan
