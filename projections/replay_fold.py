@@ -214,9 +214,7 @@ def new_rows(cache: view.RowCache) -> dict[str, list[tuple[Any, ...]]]:
     out: dict[str, list[tuple[Any, ...]]] = {}
     for model, rows in cache.new.items():
         if rows:
-            table = model.__table__
-            values = operator.itemgetter(*(c.key for c in table.columns))  # a NewRow's columns are its __dict__
-            out[table.name] = [values(row.__dict__) for row in rows]
+            out[model.__table__.name] = view.new_row_values(model, rows)
     cache.new = {}
     return out
 

@@ -339,11 +339,16 @@ def write_new_rows(session: Session) -> None:
             continue
         if connection.dialect.name == "postgresql" and model not in _JSON_MODELS:
             _copy_rows(connection, model.__table__.name, names, rows)
-        else:  # a NewRow's __dict__ holds every column, by key
-            values = operator.itemgetter(*(c.key for c in model.__table__.columns))
-            insert_rows(connection, model.__table__, [values(row.__dict__) for row in rows])
+        else:
+            insert_rows(connection, model.__table__, new_row_values(model, rows))
     cache.new = {}
     write_changed_rows(connection, cache)
+
+
+def new_row_values(model: type[Any], rows: Iterable[NewRow]) -> list[tuple[Any, ...]]:
+    """``rows``' values in the table's column order (a NewRow's ``__dict__`` holds every column, by key)."""
+    values = operator.itemgetter(*(c.key for c in model.__table__.columns))
+    return [values(row.__dict__) for row in rows]
 
 
 _JSON_MODELS = frozenset(m for m in (ServerRow, IpRow, CdnDirRow, FileRow, RsyncTargetRow, BatchRow, UpdateRow)
