@@ -248,7 +248,7 @@ class ConsumerService:
             await message.ack()
             return False
         incoming = Incoming(envelope, event, redelivered=bool(message.redelivered), replayed=replayed,
-                            body=message.body)
+                            body=message.body, publisher=message.user_id or "")
         if self._batch_handler is not None:
             self._gathered.append(_Delivery(message, incoming, attempt))
             self._gathering.set()

@@ -27,6 +27,10 @@ class Incoming(Generic[E_co]):
     redelivered: bool = False
     replayed: bool = False
     body: bytes = b""  # the message body as delivered (empty when not from a delivery), for handing on as is
+    # The AMQP ``user_id`` of the delivery: RabbitMQ refuses a publish whose user_id is not the
+    # connection's login, so this is the one statement about the sender the broker has verified.
+    # Empty when the publisher set none (or the event did not come from a delivery).
+    publisher: str = ""
 
 
 class Emitter(Protocol):

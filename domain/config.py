@@ -209,8 +209,30 @@ class NotifierConfig(_Model):
     state_url: str = Field(default="sqlite:///notifier.db", description="deliveries and their attempts")
 
 
+class TeamGrant(_Model):
+    """Another team's tool: the events it may publish, for which projects (docs/publishing.md)."""
+
+    projects: list[ProjectKey] = Field(min_length=1)
+    events: list[str] = Field(min_length=1, description="event names of the catalogue, e.g. release.announced")
+
+
+class BrokerConfig(_Model):
+    """Who logs in to the broker as whom (bus/identity.py derives every permission from this)."""
+
+    shared_user: str | None = Field(
+        default=None,
+        description="development only: every component logs in as this one user (e.g. guest), so the broker "
+        "cannot tell them apart; `config check` warns. In production leave it unset: each component instance "
+        "has its own user (hotupdate.<component>[.<instance>]), created by `hotupdate rabbitmq provision`",
+    )
+    teams: dict[str, TeamGrant] = Field(
+        default_factory=dict, description="team name → what its broker user team.<name> may publish"
+    )
+
+
 class HotupdateConfig(_Model):
     amqp_url: str = DEFAULT_AMQP_URL
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
     projects: dict[ProjectKey, ProjectConfig]
     receivers: dict[str, ReceiverConfig] = Field(
         default_factory=dict, description="the seed's PROJECT_CELERY_QUEUE_MAP, now routing-key bindings"
@@ -232,6 +254,10 @@ class HotupdateConfig(_Model):
                 for project in machine.projects:
                     if project not in self.projects:
                         raise ValueError(f"{role}.{name}.projects: unknown project {project!r}")
+        for team, grant in self.broker.teams.items():
+            for project in grant.projects:
+                if project not in self.projects:
+                    raise ValueError(f"broker.teams.{team}.projects: unknown project {project!r}")
         for key, proj in self.projects.items():
             for target in proj.rsync_targets:
                 if target.ops_manager not in self.ops_managers:
