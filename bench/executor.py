@@ -182,7 +182,8 @@ def write_world(root: Path, url: str, fleet: Fleet, concurrency: int, uid: str) 
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({
         "amqp_url": url,
-        "projects": {PROJECT: {"areas": {"hot_server": {"大陆": [AREA]}}, "erlang_cookie": COOKIE}},
+        "projects": {PROJECT: {"areas": {"hot_server": {"大陆": [AREA]}}, "erlang_cookie": COOKIE,
+                               "inventory": {AREA: {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}},
         "ops_managers": {OPS: {
             "projects": [PROJECT],
             "incoming_root": str(root / "incoming"),

@@ -28,7 +28,11 @@ def _check(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"ERROR   {exc}", file=sys.stderr)
+        # One line per problem (a contradiction names its key), so each reads like a finding below.
+        problems = str(exc).splitlines()
+        for line in problems:
+            print(f"ERROR   {line}", file=sys.stderr)
+        print(f"{len(problems)} error(s): the configuration does not load", file=sys.stderr)
         return 2
     findings = check_config(config, receiver=args.receiver, ops_manager=args.ops_manager)
     if not args.no_broker:

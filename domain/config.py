@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from domain.config_consistency import ConfigContradictions, contradictions
 from domain.types import (
     AreaCode,
     CdnDir,
@@ -269,6 +270,13 @@ class HotupdateConfig(_Model):
                     raise ValueError(f"projects.{key}.rsync_targets.{target.name}.area: unknown area {target.area!r}")
         return self
 
+    @model_validator(mode="after")
+    def _no_contradictions(self) -> HotupdateConfig:
+        # After _references_resolve: every name these rules follow is known to exist.
+        if problems := contradictions(self):
+            raise ConfigContradictions(problems)
+        return self
+
     def project(self, key: str) -> ProjectConfig:
         try:
             return self.projects[key]
@@ -329,7 +337,12 @@ def parse_config(raw: dict[str, Any], file: Path) -> HotupdateConfig:
         lines = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"{file}: {where}: {err['msg']}")
+            cause = err.get("ctx", {}).get("error")
+            if not err["loc"] and isinstance(cause, ValueError):
+                # Whole-file rules name their own dotted keys, one line each.
+                lines += [f"{file}: {line}" for line in str(cause).splitlines()]
+            else:
+                lines.append(f"{file}: {where}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
     return _resolve_paths(config, file.resolve().parent)
 

@@ -1,9 +1,11 @@
 """``hotupdate config check``: what is wrong with a configuration on this machine, all at once.
 
-The configuration itself was validated when it was loaded; these checks look at the
-machine: directories that must exist and be writable, rsync password files (present,
-mode 600 as the seed insists), the ssh key and known_hosts of an ops manager that reaches its
-game hosts over ssh, and the project-directory symlinks of version roots.
+The configuration itself was validated when it was loaded (a contradiction between its parts,
+domain/config_consistency.py, stops the load and the check prints each one); these checks add
+what is legal but probably not meant, and look at the machine: directories that must exist and
+be writable, rsync password files (present, mode 600 as the seed insists), the ssh key and
+known_hosts of an ops manager that reaches its game hosts over ssh, and the project-directory
+symlinks of version roots.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from domain.config import HotupdateConfig, OpsManagerConfig
+from domain.config_consistency import oddities
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ def check_config(
             findings.append(Finding("warning", f"projects.{key}", "no receiver serves this project"))
         if not project.rsync_targets:
             findings.append(Finding("warning", f"projects.{key}", "no rsync_targets: pushes cannot be requested"))
+    findings += [Finding("warning", odd.key, odd.message) for odd in oddities(config)]
     if not config.cmdb.operators:
         findings.append(Finding("warning", "cmdb.operators", "no operator tokens: nobody can start an update"))
     return findings

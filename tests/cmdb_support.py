@@ -80,7 +80,13 @@ def config_dict() -> dict[str, object]:
                      "module": "cmdb_hot_server", "user": "cmdb_user", "pass_file": "/etc/snqxz_taiwan.password",
                      "ops_manager": "ops2"},
                 ],
-                "inventory": {"tw": {"servers": {"game": {"127.0.0.41": ["tw_1"]}}}},
+                # placeholders of the seed's shape: every area code has servers and CDN dirs
+                "inventory": {
+                    code: {"servers": {"game": {ip: [f"{code}_1"]}},
+                           "cdn": [{"cdn_root_url": "res.snqxz.chuangyunet.com", "cdn_dir": f"{code}_r1"}]}
+                    for code, ip in (("cn", "127.0.0.42"), ("cn_new", "127.0.0.43"), ("tw", "127.0.0.41"),
+                                     ("vn", "127.0.0.44"))
+                },
             },
         },
         "ops_managers": {

@@ -66,6 +66,9 @@ class World:
             "amqp_url": amqp_url,
             "projects": {PROJECT: {
                 "areas": {"hot_server": {"大陆": [AREA]}, "hot_client": {"大陆": [AREA]}},
+                # Tests send their own server lists; the inventory is what an operator would configure.
+                "inventory": {AREA: {"servers": {"game": {"127.0.0.1": ["qq_1"]}},
+                                     "cdn": [{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1"}]}},
                 "erlang_cookie": self.cookie,
             }},
             "ops_managers": {OPS: manager},

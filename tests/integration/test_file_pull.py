@@ -210,8 +210,8 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
         {
             "amqp_url": amqp_url,
             "projects": {
-                "ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}},
-                "snqxz": {"areas": {"hot_server": {"大陆": ["cn"]}}},
+                "ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
+                "snqxz": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
             },
             "receivers": {"recv1": receiver.model_dump(mode="json")},
         },
@@ -256,7 +256,8 @@ async def test_pull_request_from_a_source_that_is_not_the_cmdb_is_parked_and_not
 
     _write_version(receiver, FILES)
     config = parse_config(
-        {"amqp_url": amqp_url, "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+        {"amqp_url": amqp_url, "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                                                 "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}},
          "receivers": {"recv1": receiver.model_dump(mode="json")}},
         tmp_path / "config.yaml",
     )

@@ -54,6 +54,8 @@ def _config(tmp_path: Path, daemon: RsyncDaemon, *, pass_file: Path | None = Non
             "ssss": {
                 "areas": {"hot_server": {"大陆": ["cn"]}, "hot_client": {"大陆": ["cn"]}},
                 "rsync_targets": [target, *extra_targets],
+                "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}},
+                                     "cdn": [{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1"}]}},
             }
         },
         "receivers": {

@@ -37,7 +37,10 @@ FAST = {"backoff_seconds": 0.05, "max_backoff_seconds": 0.2, "timeout_seconds": 
 
 def config_for(amqp_url: str, tmp_path: Path, webhooks: dict[str, list[dict[str, Any]]]) -> HotupdateConfig:
     areas = {"hot_server": {"大陆": ["cn"]}, "hot_client": {"大陆": ["cn"]}}
-    projects = {p: {"areas": areas, "webhooks": [{"secret": SECRET.decode(), **FAST, **w} for w in hooks]}
+    inventory = {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}},
+                        "cdn": [{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1"}]}}
+    projects = {p: {"areas": areas, "inventory": inventory,
+                    "webhooks": [{"secret": SECRET.decode(), **FAST, **w} for w in hooks]}
                 for p, hooks in webhooks.items()}
     raw = {"amqp_url": amqp_url, "projects": projects,
            "notifier": {"state_url": f"sqlite:///{tmp_path / 'notifier.db'}"}}
@@ -348,6 +351,7 @@ async def test_consume_notifier_process_calls_the_webhook_and_stops_on_sigterm(a
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({
             "amqp_url": amqp_url,
             "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                                  "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}},
                                   "webhooks": [{"url": hook.url, "secret_file": "hook.key"}]}},
         }, allow_unicode=True), encoding="utf-8")
         proc = subprocess.Popen(

@@ -8,6 +8,8 @@ from pathlib import Path
 from domain.config import parse_config
 from domain.config_check import check_config, password_file_finding
 
+INVENTORY = {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}
+
 
 def _config(tmp_path: Path, pass_mode: int = 0o600):
     (tmp_path / "versions" / "server" / "x").mkdir(parents=True)
@@ -17,7 +19,7 @@ def _config(tmp_path: Path, pass_mode: int = 0o600):
     pw.write_text("secret\n")
     pw.chmod(pass_mode)
     raw = {
-        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "rsync_targets": [
+        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": INVENTORY, "rsync_targets": [
             {"name": "t", "area": "大陆", "ip": "127.0.0.1", "module": "m", "user": "u",
              "pass_file": "ssss.password", "ops_manager": "ops1"}]}},
         "receivers": {"r1": {"projects": ["ssss"], "version_root": "versions", "backup_root": "backup"}},
@@ -55,7 +57,7 @@ def _ssh_config(tmp_path: Path, runner: dict[str, object]):
     (tmp_path / "incoming").mkdir(exist_ok=True)
     (tmp_path / "cdn").mkdir(exist_ok=True)
     raw = {
-        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": INVENTORY}},
         "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming", "cdn_origin_root": "cdn",
                                   "runner": {"kind": "ssh", **runner}}},
     }
@@ -91,7 +93,7 @@ def test_local_runner_has_no_ssh_findings(tmp_path):
     raw_dirs = [tmp_path / "incoming", tmp_path / "cdn"]
     for d in raw_dirs:
         d.mkdir()
-    config = parse_config({"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}},
+    config = parse_config({"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": INVENTORY}},
                            "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming",
                                                      "cdn_origin_root": "cdn"}}}, tmp_path / "hotupdate.yaml")
     assert not any("ssh" in f.where for f in check_config(config, ops_manager="ops1"))

@@ -15,11 +15,13 @@ from consumers.notifier.webhooks import WebhookBook, redact_url
 from domain.config import NOTIFICATION_KINDS, ConfigError, WebhookConfig, load_config, parse_config
 
 AREAS = {"hot_server": {"大陆": ["cn"]}}
+INVENTORY = {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}
 SECRET = "0123456789abcdef"
 
 
 def config_with(*webhooks: Mapping[str, object], notifier: Mapping[str, object] | None = None):
-    raw: dict[str, object] = {"projects": {"ssss": {"areas": AREAS, "webhooks": [dict(w) for w in webhooks]}}}
+    raw: dict[str, object] = {"projects": {"ssss": {"areas": AREAS, "inventory": INVENTORY,
+                                                       "webhooks": [dict(w) for w in webhooks]}}}
     if notifier is not None:
         raw["notifier"] = dict(notifier)
     return parse_config(raw, Path("/etc/hotupdate/config.yaml"))
@@ -64,7 +66,7 @@ def test_a_secret_file_is_relative_to_the_config_and_read_stripped(tmp_path):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/hook").write_text("  from-a-file-0123456789\n")
     os.chmod(tmp_path / "secrets/hook", 0o600)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {"areas": AREAS, "webhooks": [
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {"areas": AREAS, "inventory": INVENTORY, "webhooks": [
         {"url": "https://h.example.com/h", "secret_file": "secrets/hook"}]}}}, allow_unicode=True))
     config = load_config(tmp_path / "config.yaml")
     (hook,) = config.projects["ssss"].webhooks
@@ -106,7 +108,8 @@ def test_consume_notifier_needs_no_name_and_its_service_is_notifier():
 
 
 def test_consume_notifier_without_webhooks_exits_2_saying_so(tmp_path, capsys):
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {"areas": AREAS}}}, allow_unicode=True))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {"areas": AREAS, "inventory": INVENTORY}}},
+                                                   allow_unicode=True))
     args = _parser().parse_args(["consume", "notifier", "--config", str(tmp_path / "c.yaml")])
     assert args.func(args) == 2
     assert "no project has webhooks" in capsys.readouterr().err

@@ -128,7 +128,8 @@ def test_backoff_doubles_up_to_the_ceiling_and_honours_retry_after():
 
 def _config(webhooks: dict[str, list[dict[str, object]]]):
     areas = {"hot_server": {"大陆": ["cn"]}}
-    projects = {p: {"areas": areas, "webhooks": hooks} for p, hooks in webhooks.items()}
+    inventory = {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}
+    projects = {p: {"areas": areas, "inventory": inventory, "webhooks": hooks} for p, hooks in webhooks.items()}
     return parse_config({"projects": projects}, Path("/etc/hotupdate/config.yaml"))
 
 
