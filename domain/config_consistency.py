@@ -9,9 +9,11 @@ legal but probably not meant (the check reports them as warnings).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from domain.types import ServerGroup
 
 if TYPE_CHECKING:
     from domain.config import HotupdateConfig, ProjectConfig
@@ -134,7 +136,7 @@ def _areas_and_inventories(config: HotupdateConfig) -> Iterator[Contradiction]:
                                     "this inventory (a misspelt code?)")
 
 
-def _has_servers(servers: dict[str, dict[str, list[str]]]) -> bool:
+def _has_servers(servers: Mapping[ServerGroup, Mapping[str, list[str]]]) -> bool:
     return any(names for ips in servers.values() for names in ips.values())
 
 

@@ -210,8 +210,10 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
         {
             "amqp_url": amqp_url,
             "projects": {
-                "ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
-                "snqxz": {"areas": {"hot_server": {"大陆": ["cn"]}}, "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
+                "ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                         "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
+                "snqxz": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                          "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
             },
             "receivers": {"recv1": receiver.model_dump(mode="json")},
         },

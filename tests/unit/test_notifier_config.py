@@ -66,7 +66,8 @@ def test_a_secret_file_is_relative_to_the_config_and_read_stripped(tmp_path):
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets/hook").write_text("  from-a-file-0123456789\n")
     os.chmod(tmp_path / "secrets/hook", 0o600)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {"areas": AREAS, "inventory": INVENTORY, "webhooks": [
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"projects": {"ssss": {
+        "areas": AREAS, "inventory": INVENTORY, "webhooks": [
         {"url": "https://h.example.com/h", "secret_file": "secrets/hook"}]}}}, allow_unicode=True))
     config = load_config(tmp_path / "config.yaml")
     (hook,) = config.projects["ssss"].webhooks
