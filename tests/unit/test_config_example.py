@@ -25,17 +25,19 @@ def test_example_config_has_the_seeds_area_maps():
 def test_example_config_has_the_seeds_rsync_managers_on_loopback():
     config = load_config(EXAMPLE)
     targets = {(p, t.area): t for p, proj in config.projects.items() for t in proj.rsync_targets}
-    assert set(targets) == {("ssss", "大陆"), ("snqxz", "大陆"), ("snqxz", "台湾"), ("snqxz", "越南")}
+    seed = {("ssss", "大陆"), ("snqxz", "大陆"), ("snqxz", "台湾"), ("snqxz", "越南")}
+    assert set(targets) == seed | {("jyjh", "大陆"), ("csxy", "大陆")}  # the last two are placeholders
     ssss = targets[("ssss", "大陆")]
     assert (ssss.ip, ssss.port, ssss.module, ssss.user) == ("127.0.0.1", 10873, "cmdb_hot_server", "cmdb_user")
     assert ssss.pass_file == Path("/etc/ssss.password")
     assert all(t.ip.startswith("127.") and t.ops_manager == "ops1" for t in targets.values())
 
 
-def test_example_config_receiver_serves_the_configured_projects_with_the_seeds_roots():
+def test_example_config_receiver_serves_the_seeds_queue_map_whole_with_the_seeds_roots():
     config = load_config(EXAMPLE)
+    assert set(config.projects) == {"jyjh", "snqxz", "ssss", "csxy"}
     receiver = config.receivers["file_push8"]
-    assert receiver.projects == ["ssss", "snqxz"]
+    assert {n: r.projects for n, r in config.receivers.items()} == {"file_push8": ["jyjh", "snqxz", "ssss", "csxy"]}
     assert receiver.version_root == Path("/data/version_update")
     assert receiver.backup_root == Path("/data/hot_backup")
     assert config.receiver_for("snqxz") == "file_push8"
@@ -50,6 +52,9 @@ def test_example_config_inventory_and_cdn_dirs():
         ("res.ssss.chuangyunet.com", d) for d in ("t1", "test_r1", "s1", "r1")
     ]
     assert set(config.projects["snqxz"].inventory) == {"cn", "tw", "vn"}
+    for placeholder in ("jyjh", "csxy"):
+        inventory = config.projects[placeholder].inventory["cn"]
+        assert set(inventory.servers) == {"game", "cross", "cross_center"} and inventory.cdn
     ops1 = config.ops_managers["ops1"]
     assert ops1.incoming_root.is_absolute() and ops1.cdn_origin_root.is_absolute()
 
@@ -73,13 +78,13 @@ def test_broken_config_error_names_file_key_and_problem(tmp_path):
 
 
 def test_receiver_serving_an_unknown_project_is_named(tmp_path):
-    path = _broken(tmp_path, lambda raw: raw["receivers"]["file_push8"]["projects"].append("jyjh"))
+    path = _broken(tmp_path, lambda raw: raw["receivers"]["file_push8"]["projects"].append("xyz"))
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     message = str(caught.value)
     assert str(path) in message
     assert "receivers.file_push8.projects" in message
-    assert "unknown project 'jyjh'" in message
+    assert "unknown project 'xyz'" in message
 
 
 def test_unreadable_config_file_is_named(tmp_path):
