@@ -95,6 +95,10 @@ class ServerResult(BaseModel):
 UpdateServerList = dict[ServerGroup, dict[IpAddress, list[ServerName]]]
 
 
+_CLIENT_TYPE = ("hot_client only: the seed's 0 or 1, the operator's label of which client build; carried and "
+                "shown, ignored by the ops executor (events.md, `client_type`)")
+
+
 # --- 1. pull: CMDB → file_pull on the version receiver -----------------------------
 
 
@@ -109,7 +113,7 @@ class PullRequested(Event):
     update_type: UpdateType
     version: Version
     area_name: str = Field(min_length=1, max_length=64, description="the area's display name (大陆)")
-    client_type: Literal[0, 1] | None = None
+    client_type: Literal[0, 1] | None = Field(default=None, description=_CLIENT_TYPE)
     requested_by: Operator
 
 
@@ -233,7 +237,7 @@ class _UpdateRequestBody(Event):
     update_file_list: list[FileEntry] = Field(min_length=1)
     requested_by: Operator
     # hot_client
-    client_type: Literal[0, 1] | None = None
+    client_type: Literal[0, 1] | None = Field(default=None, description=_CLIENT_TYPE)
     data: list[CdnTarget] | None = None
     # hot_server
     update_server_list: UpdateServerList | None = None

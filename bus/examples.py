@@ -41,7 +41,10 @@ _FILES = [
     FileEntry(file_name="config/skill.config", file_md5="5724c05c650550ac8034129ad7a4d915", size=2210),
 ]
 _TARGET = RsyncTargetRef(name="ssss_cn", ip="127.0.0.1", port=10873, module="cmdb_hot_server", user="cmdb_user")
-_FAILED = ServerResult(data="更新失败,不执行erl命令", status=False)
+_FAILED = ServerResult(data="更新失败,不执行erl命令", status=False)  # the seed's text, exactly
+_NOT_APPLIED = ServerResult(data="更新失败,不执行erl命令: exit 1: cp: cannot create regular file "
+                                 "'/data/game/127.0.0.11/qq_1/ebin/role_server.beam': No space left on device",
+                            status=False)  # the seed's text, then why
 
 EXAMPLES: tuple[Event, ...] = (
     PullRequested(update_type="hot_server", version="004200000", area_name="大陆", requested_by="alice"),
@@ -116,7 +119,7 @@ EXAMPLES: tuple[Event, ...] = (
         version="004200000",
         ip="127.0.0.11",
         group="game",
-        update_data={"qq_1": _FAILED, "qq_2": ServerResult(data="2 files applied", status=True)},
+        update_data={"qq_1": _NOT_APPLIED, "qq_2": ServerResult(data="2 files applied", status=True)},
         erl_data={"qq_1": _FAILED, "qq_2": ServerResult(data="c:l(role_server). -> {module,role_server}", status=True)},
     ),
     BatchFinished(

@@ -2,7 +2,9 @@
 
 IPs run in parallel (bounded by the executor's semaphore, each with its own deadline); the
 game servers of one IP run one after another, as on the seed's hosts. A server whose files
-fail to apply gets no Erlang command (the seed's "更新失败,不执行erl命令"); a server's first
+fail to apply (or never get applied: files refused, the IP's deadline) gets no Erlang command: its
+``erl_data`` is the seed's "更新失败,不执行erl命令" exactly, its ``update_data`` that text then
+": <why>" (events.md, "Texts the seed fixes"); a server's first
 failing command stops its later ones, since commands usually depend on the ones before.
 Each server's result is recorded the moment it is known and never produced twice.
 
@@ -188,9 +190,11 @@ class ServerUpdater:
 
     async def _fill(self, unit: IpUnit, results: dict[str, ServerOutcome], reason: str, record: Record,
                     *, erl: str = APPLY_SKIPPED_ERL) -> None:
+        # Servers that never got their files say so in the seed's words; aborted ones in their own.
+        update = not_applied(reason) if erl == APPLY_SKIPPED_ERL else ServerResult(data=reason, status=False)
         for server in unit.servers:
             if server not in results:
-                outcome = ServerOutcome(ServerResult(data=reason, status=False), ServerResult(data=erl, status=False))
+                outcome = ServerOutcome(update, ServerResult(data=erl, status=False))
                 await record((unit.group, unit.ip, server), outcome)
                 results[server] = outcome
 
@@ -226,7 +230,7 @@ class ServerUpdater:
                                                     "dest_dir": dest_dir})
             result = await run_argv(argv, timeout=self._command_timeout)
         if not result.ok:
-            return ServerResult(data=f"更新失败: {result.describe()}", status=False)
+            return not_applied(result.describe())
         return ServerResult(data=APPLY_OK, status=True)
 
     async def _erl(self, commands: Sequence[str], ip: str, values: Mapping[str, str]) -> ServerResult:
@@ -240,6 +244,15 @@ class ServerUpdater:
                 return ServerResult(data=f"{command}: {result.describe()}", status=False)
             outputs.append(f"{command}: {result.stdout.strip()}")
         return ServerResult(data="; ".join(outputs), status=True)
+
+
+def not_applied(why: str) -> ServerResult:
+    """``update_data`` of a server whose files were not applied: the seed's text as a prefix, then why.
+
+    The seed shows "更新失败,不执行erl命令" alone; a script of the old system matching it keeps
+    matching ``erl_data`` exactly and ``update_data`` by prefix, and the operator still sees why.
+    """
+    return ServerResult(data=f"{APPLY_SKIPPED_ERL}: {why}", status=False)
 
 
 def _is_set(halt: asyncio.Event | None) -> bool:

@@ -155,8 +155,11 @@ async def test_apply_failure_runs_no_erl_command_on_that_server(world, nodes):
     await executor_for(world).handle(env, event, emitter)
 
     (finished,) = by_type(emitter, IpFinished)
-    assert finished.update_data[bad].status is False and finished.update_data[bad].data.startswith("更新失败")
+    # The seed's text exactly in erl_data; in update_data, that text and then why (events.md).
     assert finished.erl_data[bad].model_dump() == {"data": "更新失败,不执行erl命令", "status": False}
+    assert finished.update_data[bad].status is False
+    seed_text, why = finished.update_data[bad].data.split(": ", 1)
+    assert seed_text == "更新失败,不执行erl命令" and "ebin" in why
     assert runs(world, IP_A, bad) == 0  # not one Erlang command reached it
     assert finished.erl_data[good].status is True and runs(world, IP_A, good) == 1
     assert completed(emitter).final_result is False
@@ -301,7 +304,9 @@ async def test_update_given_up_after_too_many_takeovers_fails_explicitly(world, 
     await executor_for(world, store=store).handle(env, event, emitter)
 
     (finished,) = by_type(emitter, IpFinished)
-    assert finished.update_data[name].status is False and "放弃执行" in finished.update_data[name].data
+    assert finished.update_data[name].model_dump() == {"data": "更新失败,不执行erl命令: 中断3次, 放弃执行",
+                                                       "status": False}
+    assert finished.erl_data[name].model_dump() == {"data": "更新失败,不执行erl命令", "status": False}
     assert runs(world, IP_A, name) == 0
     assert completed(emitter).final_result is False and status_of(store, uid) == "finished"
 
@@ -320,7 +325,8 @@ async def test_ip_deadline_stops_its_remaining_servers_and_records_why(world, no
     (finished,) = by_type(emitter, IpFinished)
     assert finished.update_data[hung].status is True  # its files landed before the deadline
     assert finished.erl_data[hung].model_dump() == {"data": "timeout after 2s (IP)", "status": False}
-    assert finished.update_data[after].model_dump() == {"data": "timeout after 2s (IP)", "status": False}
+    assert finished.update_data[after].model_dump() == {"data": "更新失败,不执行erl命令: timeout after 2s (IP)",
+                                                        "status": False}
     assert finished.erl_data[after].data == "更新失败,不执行erl命令"
     assert runs(world, IP_A, after) == 0  # the IP's time was up before its turn
     assert not erl_call_running(hung)

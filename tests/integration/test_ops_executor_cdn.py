@@ -136,3 +136,21 @@ async def test_unfinished_update_whose_request_cannot_be_read_is_failed_not_left
     assert tasks == []
     record = store.get("u-broken")
     assert record is not None and record.status == "failed" and record.final_data.startswith("无法恢复")
+
+
+async def test_client_type_changes_nothing_the_executor_does(tmp_path):
+    # events.md, `client_type`: the operator's label, carried and shown; the CDN dirs alone decide.
+    outcomes = []
+    for client_type in (0, 1):
+        world = World(tmp_path / f"client_type_{client_type}")
+        uid = str(uuid.uuid4())
+        env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
+        event = event.model_copy(update={"client_type": client_type})
+        emitter = RecordingEmitter(env)
+        await executor_for(world).handle(env, event, emitter)
+        placed = {p.relative_to(world.cdn_root).as_posix(): p.read_bytes()
+                  for p in sorted(world.cdn_root.rglob("*")) if p.is_file()}
+        done = completed(emitter)
+        outcomes.append((placed, done.data, done.final_data))
+    assert outcomes[0] == outcomes[1]
+    assert set(outcomes[0][0]) == {f"{ROOT_URL}/t1/{name}" for name in FILES}

@@ -89,6 +89,7 @@ async def test_a_host_whose_key_is_not_pinned_is_refused_and_nothing_runs_there(
     assert (version_of(nodes, world, s3), runs(world, IP_B, s3)) == ("1", 0)  # no files, no Erlang command
     refused = next(e for e in by_type(emitter, IpFinished) if e.ip == IP_B)
     assert refused.update_data[s3].status is False
+    assert refused.update_data[s3].data.startswith("更新失败,不执行erl命令: ")  # the seed's text, then why
     assert "Host key verification failed" in refused.update_data[s3].data
     assert refused.erl_data[s3].model_dump() == {"data": "更新失败,不执行erl命令", "status": False}
     done = completed(emitter)
