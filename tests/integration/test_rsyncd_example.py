@@ -178,3 +178,12 @@ def test_the_example_is_the_one_in_the_deploy_guide():
     block = re.search(r"```ini\n(# /etc/rsyncd\.conf on an ops manager.*?)```", guide, re.DOTALL)
     assert block is not None and block.group(1) == EXAMPLE.read_text(encoding="utf-8"), (
         "docs/deploy.md must show config/rsyncd.conf.example as it is")
+
+
+def test_a_secrets_file_others_can_read_stops_every_push(daemon, tmp_path):
+    # `strict modes = yes`: the daemon will not use a secrets file others can read (deploy.md step 2).
+    os.chmod(daemon.root / "rsyncd.secrets", 0o644)
+    source, names = _source(tmp_path, {"a.txt": b"a"})
+    result = push_files(daemon.module(_password_file(tmp_path)), source, names, timeout_seconds=30)
+    assert not result.ok and "auth failed" in result.error
+    assert "secrets file must not be other-accessible" in (daemon.root / "rsyncd.log").read_text(encoding="utf-8")
