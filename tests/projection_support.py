@@ -217,3 +217,38 @@ def aborted_client_flow(updateid: str = "cccc0000-0000-4000-8000-000000000001") 
         ok_count=1, failed_count=0, outcome="aborted", not_run=["res.ssss.chuangyunet.com/r1"],
     ), source="hotupdate/ops_executor/ops1", offset=30), 30)
     return [*flow[:3], item(done)]
+
+
+# --- the dashboard's readers (it refuses anyone not signed in) ---------------------------------------
+
+DASHBOARD_TOKEN = "dashboard-test-token-of-an-auditor-seeing-all"
+DASHBOARD_AUTH = {"Authorization": f"Bearer {DASHBOARD_TOKEN}"}
+"""Headers of a reader granted every project (``*``), for tests of what the dashboard shows."""
+
+
+def dashboard_access(**users: tuple[str, list[str]]):
+    """A ``dashboard`` configuration: the auditor of :data:`DASHBOARD_TOKEN`, plus ``users``
+    (name → (token, granted projects))."""
+    from domain.config import DashboardConfig, DashboardUser
+    from projections.dashboard.access import hash_token
+
+    table = {"auditor": DashboardUser(projects=["*"], token_sha256=hash_token(DASHBOARD_TOKEN))}
+    for name, (token, projects) in users.items():
+        table[name] = DashboardUser(projects=projects, token_sha256=hash_token(token))
+    return DashboardConfig(users=table)
+
+
+def write_dashboard_config(directory, dashboard: dict | None = None):
+    """A configuration file for ``hotupdate dashboard serve``: projects ssss and snqxz, and the
+    ``dashboard`` section given (default: the auditor of :data:`DASHBOARD_TOKEN`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from projections.dashboard.access import hash_token
+
+    section = dashboard or {"users": {"auditor": {"projects": ["*"], "token_sha256": hash_token(DASHBOARD_TOKEN)}}}
+    path = Path(directory) / "hotupdate.yaml"
+    path.write_text(yaml.safe_dump({"projects": {"ssss": {"areas": {}}, "snqxz": {"areas": {}}},
+                                    "dashboard": section}), encoding="utf-8")
+    return path
