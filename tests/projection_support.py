@@ -138,18 +138,20 @@ def migrated_engine(url: str):
 class LiveServer:
     """An ASGI app served by uvicorn on a free loopback port, in a thread, for browser and streaming tests."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, port: int | None = None, **uvicorn_args) -> None:
         import socket
         import threading
 
         import uvicorn
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.port = port
+        self.url = f"{'https' if uvicorn_args.get('ssl_certfile') else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=1, lifespan="off")
+                                timeout_graceful_shutdown=1, lifespan="off", **uvicorn_args)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="dashboard-test-server", daemon=True)
 

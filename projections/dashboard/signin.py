@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 from authlib.integrations.base_client import OAuthError
@@ -82,7 +83,7 @@ def install(app: FastAPI, config: DashboardConfig, templates: Jinja2Templates, *
             return JSONResponse({"detail": reason}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if sso is not None:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-            return RedirectResponse(str(request.url_for("sign_in").include_query_params(next=target)), 303)
+            return RedirectResponse(f"{request.app.url_path_for('sign_in')}?{urlencode({'next': target})}", 303)
         return signin_page(request, 401, f"{reason}: this dashboard has no single sign-on configured; "
                                          "use an API token (Authorization: Bearer).")
 
