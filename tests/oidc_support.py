@@ -12,7 +12,7 @@ import pytest
 
 PROVIDER_DIR = Path(__file__).resolve().parent / "oidc_provider"
 CLIENT_ID = "hotupdate-dashboard"
-CLIENT_SECRET = "test-client-secret-of-the-dashboard"  # noqa: S105 (a test provider's client)
+CLIENT_SECRET = "test-client-secret-of-the-dashboard"
 
 
 def _installed() -> None:
