@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, false, func, not_, or_, select
+from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, func, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from projections.log import HEAD_ID
@@ -55,14 +55,13 @@ Projects = Collection[str] | None
 
 
 def _rejected_visible(projects: Projects) -> list[Any]:
-    """Conditions for the rejected messages of ``projects``: the envelope's project, or, when the body
-    did not parse, the routing key's first word (the broker lets a publisher use only its projects' keys)."""
+    """Conditions for the rejected messages about ``projects``: the project its body names, or its
+    routing key's first word (the broker lets a publisher use only its projects' keys; a body that
+    did not parse names none, and one naming another project than its key is shown to both)."""
     if projects is None:
         return []
     return [or_(RejectedEvent.project.in_(projects),
-                and_(RejectedEvent.project.is_(None),
-                     or_(false(), *(RejectedEvent.routing_key.startswith(f"{p}.", autoescape=True)
-                                    for p in projects))))]
+                *(RejectedEvent.routing_key.startswith(f"{p}.", autoescape=True) for p in projects))]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -532,9 +531,7 @@ def _rejected_out(session: Session, rows: Sequence[Any]) -> list[RejectedOut]:
 
 def _rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
     """:func:`_rejected_visible` for one row already read."""
-    if row.project is not None:
-        return bool(row.project in projects)
-    return any(row.routing_key.startswith(f"{p}.") for p in projects)
+    return row.project in projects or any(row.routing_key.startswith(f"{p}.") for p in projects)
 
 
 def list_rejected(session: Session, *, page: int = 1, page_size: int = 50, projects: Projects = None
