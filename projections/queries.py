@@ -385,7 +385,7 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
     rejected = [r for r in conn.execute(_DETAIL["rejected"], uid).all()
                 if projects is None or _rejected_row_visible(r, projects)]
     batches = conn.execute(_DETAIL["batches"], uid).all()
-    children = conn.execute(_DETAIL["children"], uid).all()
+    children = [c for c in conn.execute(_DETAIL["children"], uid).all() if projects is None or c.project in projects]
     return UpdateDetail(
         **_summary_fields(_summary_values(u)),
         area_name=u.area_name,

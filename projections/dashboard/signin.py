@@ -93,7 +93,7 @@ def install(app: FastAPI, config: DashboardConfig, templates: Jinja2Templates, *
     async def sign_in(request: Request, next: str = "/") -> Response:
         if sso is None or config.oidc is None:
             return signin_page(request, 404, "This dashboard has no single sign-on configured.")
-        request.session[_NEXT_KEY] = _local_path(next)
+        request.session[_NEXT_KEY] = local_path(next)
         redirect_uri = config.oidc.redirect_uri or str(request.url_for("auth_callback"))
         try:
             response: Response = await sso.authorize_redirect(request, redirect_uri)
@@ -115,7 +115,7 @@ def install(app: FastAPI, config: DashboardConfig, templates: Jinja2Templates, *
         raw_groups = claims.get(config.oidc.groups_claim) or []
         groups = [str(g) for g in raw_groups] if isinstance(raw_groups, list) else [str(raw_groups)]
         reader = viewer(config, name, groups)
-        target = _local_path(str(request.session.get(_NEXT_KEY, "/")))
+        target = local_path(str(request.session.get(_NEXT_KEY, "/")))
         request.session.clear()
         if not reader.granted_anything:
             log.info("dashboard: %s signed in but is granted no project (groups %s)", name, groups)
@@ -163,8 +163,11 @@ async def _signed_in_claims(sso: StarletteOAuth2App, request: Request) -> dict[s
     return claims
 
 
-def _local_path(target: str) -> str:
-    """``target`` if it is a path on this dashboard, else ``/`` (no redirect to another site after sign-in)."""
-    if target.startswith("/") and not target.startswith("//") and "\\" not in target:
+def local_path(target: str) -> str:
+    """``target`` if it is a path on this dashboard, else ``/`` (no redirect to another site after sign-in).
+
+    Browsers read ``\\`` as ``/`` and drop tabs and newlines, so ``/\\evil`` or ``/<tab>/evil`` would
+    be ``//evil``, another site: any of them, or any other control character or space, gives ``/``."""
+    if target.startswith("/") and not target.startswith("//") and not any(c <= " " or c == "\\" for c in target):
         return target
     return "/"

@@ -178,3 +178,12 @@ def test_the_configuration_refuses_a_grant_of_an_unknown_project(tmp_path):
     raw = {"projects": {"ssss": {"areas": {}}}, "dashboard": {"groups": {"ops": ["ssss", "nope"]}}}
     with pytest.raises(ConfigError, match=r"dashboard.groups.ops: unknown project 'nope'"):
         parse_config(raw, tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "/\t/evil.example", "/\n/evil.example",
+                                    "https://evil.example/", "evil.example", "/ /x", ""])
+def test_after_sign_in_the_browser_goes_back_only_to_a_page_of_the_dashboard(target):
+    from projections.dashboard.signin import local_path
+
+    assert local_path(target) == "/"
+    assert local_path("/updates/x?servers_offset=200") == "/updates/x?servers_offset=200"
