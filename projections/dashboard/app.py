@@ -46,6 +46,7 @@ from domain.config import DashboardConfig
 from domain.db import make_engine
 from projections import queries
 from projections.dashboard import signin
+from projections.dashboard.access import Viewer
 from projections.dashboard.signin import Reader
 from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
 from projections.view import STATUSES
@@ -238,7 +239,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         # route with a session dependency took three), and the model is serialised once.
         return read(lambda s: _json(fn(s)))
 
-    def page(request: Request, name: str, db: Session, viewer: Reader, status_code: int = 200, **context: Any
+    def page(request: Request, name: str, db: Session, viewer: Viewer, status_code: int = 200, **context: Any
              ) -> HTMLResponse:
         # The live state is read before the page's data, so a change in between is reported by the stream.
         context.setdefault("live", queries.live_state(db))
@@ -250,7 +251,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
     # --- HTML pages -------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False, name="list_page")
-    def list_page(request: Request, db: Db, viewer: Reader) -> HTMLResponse:
+    def list_page(request: Request, viewer: Reader, db: Db) -> HTMLResponse:
         live = queries.live_state(db)
         raw = {k: v for k, v in request.query_params.items() if v.strip()}
         error = ""
@@ -265,7 +266,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
                     query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/updates/{updateid}", response_class=HTMLResponse, include_in_schema=False, name="update_page")
-    def update_page(request: Request, updateid: str, db: Db, viewer: Reader,
+    def update_page(request: Request, updateid: str, viewer: Reader, db: Db,
                     servers_offset: Annotated[int, Query(ge=0)] = 0,
                     ips_offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
         live = queries.live_state(db)
@@ -280,7 +281,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
                     sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
-    def rejected_page(request: Request, db: Db, viewer: Reader,
+    def rejected_page(request: Request, viewer: Reader, db: Db,
                       page_no: Annotated[int, Query(alias="page", ge=1)] = 1) -> HTMLResponse:
         live = queries.live_state(db)
         result = queries.list_rejected(db, page=page_no, projects=viewer.projects)
@@ -322,13 +323,13 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         return response
 
     @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
-    def api_rejected(db: Db, viewer: Reader, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
+    def api_rejected(viewer: Reader, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
                      page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
         return _json(queries.list_rejected(db, page=page_no, page_size=page_size, projects=viewer.projects))
 
     @app.get("/api/state", response_model=LiveState, tags=["live"])
-    def api_state(db: Db, _viewer: Reader) -> Response:
+    def api_state(_viewer: Reader, db: Db) -> Response:
         """The log's last position, the projection's change counter and the last rejection's id."""
         return _json(queries.live_state(db))
 
