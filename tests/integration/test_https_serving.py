@@ -42,7 +42,7 @@ def _wait_https(url: str, tls: SelfSigned, proc: subprocess.Popen[bytes], header
             raise AssertionError(proc.stdout.read().decode(errors="replace") if proc.stdout else "exited")
         try:
             return httpx.get(url, verify=tls.client_context(), headers=headers, timeout=2)
-        except httpx.ConnectError:
+        except (httpx.ConnectError, httpx.TimeoutException):  # not listening, or no worker accepting yet
             time.sleep(0.2)
     raise AssertionError(f"{url} did not answer")
 
@@ -120,5 +120,41 @@ def test_cmdb_serve_answers_over_https_with_the_configured_certificate(tmp_path,
         unknown = httpx.get(api, headers=auth(), verify=tls.client_context(), timeout=5)
         assert unknown.status_code == 404  # the operator's token went over TLS and was accepted
         _plain_http_refused(port)
+    finally:
+        _stop(proc)
+
+
+@pytest.mark.slow
+def test_every_worker_honours_a_session_signed_with_the_configured_key(tmp_path):
+    from tests.unit.test_dashboard_access import _session_cookie
+
+    url = f"sqlite:///{tmp_path / 'projection.db'}"
+    engine = migrated_engine(url)
+    ingest_batch(engine, hot_server_flow())
+    engine.dispose()
+    tls = self_signed(tmp_path)
+    key = tmp_path / "session.key"
+    key.write_bytes(os.urandom(48).hex().encode())
+    key.chmod(0o600)
+    config = tmp_path / "hotupdate.yaml"
+    config.write_text(yaml.safe_dump({
+        "projects": {"ssss": {"areas": {}}},
+        "dashboard": {"groups": {"ops": ["ssss"]}, "session_secret_file": str(key),
+                      "oidc": {"issuer": "https://sso.invalid", "client_id": "dash"},
+                      "https": {"certfile": str(tls.certfile), "keyfile": str(tls.keyfile)}},
+    }))
+    port = _free_port()
+    proc = _hotupdate("dashboard", "serve", "--config", str(config), "--database-url", url, "--port", str(port),
+                      "--workers", "2")
+    cookie = _session_cookie({"viewer": {"name": "ana", "groups": ["ops"], "until": time.time() + 600}},
+                             key.read_bytes().strip())
+    try:
+        assert _wait_https(f"https://127.0.0.1:{port}/api/state", tls, proc, {}).status_code == 401
+        with httpx.Client(verify=tls.client_context(), timeout=5) as client:
+            client.cookies.set("hotupdate_dashboard", cookie)
+            # a new connection each time, so both workers answer some of them
+            answers = [client.get(f"https://127.0.0.1:{port}/api/updates", headers={"Connection": "close"})
+                       for _ in range(20)]
+        assert all(a.status_code == 200 and a.json()["total"] == 1 for a in answers)
     finally:
         _stop(proc)
