@@ -48,6 +48,7 @@ from projections.ingest import ingest_batch
 from projections.models import UpdateRow
 
 BIG = "b1900000-0000-4000-8000-000000000000"
+TOKEN = "bench-reader-token"
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 STATUSES = ("succeeded", "failed", "in_progress", "stalled", "aborted")
 
@@ -127,17 +128,33 @@ def bench_app() -> Any:
     return app
 
 
+def _reader_config(directory: Path) -> Path:
+    """A configuration whose one dashboard reader holds :data:`TOKEN` (the dashboard lets no one else in)."""
+    import hashlib
+
+    import yaml
+
+    path = directory / "bench.yaml"
+    path.write_text(yaml.safe_dump({"projects": {"ssss": {"areas": {}}}, "dashboard": {"users": {"bench": {
+        "projects": ["*"], "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}}}}))
+    return path
+
+
 def serve(url: str, port: int, workers: int) -> None:
+    import secrets
+
     import uvicorn
 
-    from projections.dashboard.served import DATABASE_URL_ENV, serve_workers
+    from projections.dashboard.served import DATABASE_URL_ENV, SESSION_SECRET_ENV, serve_workers
 
+    directory = Path(tempfile.mkdtemp(prefix="bench-dashboard-"))
+    config, secret = _reader_config(directory), secrets.token_bytes(32)
     if workers == 1:
-        os.environ[DATABASE_URL_ENV] = url
+        os.environ.update({DATABASE_URL_ENV: url, "HOTUPDATE_CONFIG": str(config), SESSION_SECRET_ENV: secret.hex()})
         uvicorn.run(bench_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
     else:  # as `hotupdate dashboard serve --workers N` runs them
-        serve_workers("bench.dashboard:bench_app", url, host="127.0.0.1", port=port, workers=workers,
-                      log_level="warning", access_log=False)
+        serve_workers("bench.dashboard:bench_app", url, config_file=config, secret=secret, host="127.0.0.1",
+                      port=port, workers=workers, log_level="warning", access_log=False)
 
 
 def _free_port() -> int:
@@ -187,7 +204,8 @@ async def load(base: str, path: str, requests: int, concurrency: int) -> tuple[l
     0.1–0.6 ms).
     """
     host, port = base.removeprefix("http://").rsplit(":", 1)
-    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n".encode()
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n"
+               f"Authorization: Bearer {TOKEN}\r\n\r\n").encode()
     latencies: list[float] = []
     size = 0
     left = requests

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
@@ -37,9 +38,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     dashboard = sub.add_parser("dashboard", help="the read-only status dashboard")
     dashboard_sub = dashboard.add_subparsers(dest="dashboard_command", required=True)
-    serve = dashboard_sub.add_parser("serve", help="serve the dashboard over HTTP")
+    serve = dashboard_sub.add_parser("serve", help="serve the dashboard over HTTP(S)")
     _database_url_argument(serve)
-    serve.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    serve.add_argument("--config", default=None,
+                       help="configuration file (env HOTUPDATE_CONFIG): its dashboard section says who may sign in")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1,
@@ -110,26 +112,43 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from projections.dashboard import create_app
+    from projections.dashboard.served import (
+        FACTORY,
+        DashboardSetupError,
+        check_access,
+        serve_workers,
+        session_secret,
+    )
 
+    config_file = args.config or os.environ.get("HOTUPDATE_CONFIG")
+    if not config_file:
+        print("the dashboard needs its configuration (--config or HOTUPDATE_CONFIG): its dashboard section "
+              "says who may sign in and what each sees", file=sys.stderr)
+        return 2
     try:
-        database_url, _ = _from_config(args)
-    except ConfigError as exc:
+        config = load_config(config_file)
+        check_access(config.dashboard)
+        secret = session_secret(config.dashboard)
+    except (ConfigError, DashboardSetupError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    # Make sure the tables exist (idempotent) before the read-only app opens the database.
-    upgrade(database_url, "projection")
+    database_url = args.database_url or config.projection.database_url
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
+    # Make sure the tables exist (idempotent) before the read-only app opens the database.
+    upgrade(database_url, "projection")
+    https = config.dashboard.https
+    certfile, keyfile = (https.certfile, https.keyfile) if https else (None, None)
     # Open live streams end on shutdown after this long instead of holding it up.
     if args.workers == 1:
-        uvicorn.run(create_app(database_url), host=args.host, port=args.port, timeout_graceful_shutdown=2,
-                    log_level="info")
+        app = create_app(database_url, access=config.dashboard, session_secret=secret)
+        uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info",
+                    ssl_certfile=certfile, ssl_keyfile=keyfile)
         return 0
-    from projections.dashboard.served import FACTORY, serve_workers
-
-    serve_workers(FACTORY, database_url, host=args.host, port=args.port, workers=args.workers,
-                  timeout_graceful_shutdown=2, log_level="info")
+    serve_workers(FACTORY, database_url, config_file=Path(config_file).resolve(), secret=secret, host=args.host,
+                  port=args.port, workers=args.workers, timeout_graceful_shutdown=2, log_level="info",
+                  ssl_certfile=certfile, ssl_keyfile=keyfile)
     return 0
 
 

@@ -154,7 +154,7 @@ def _summary(outcomes: list[Outcome], versions: dict[str, str], world: World, da
         print(f"{server:<12} {ip:<12} {versions[server]}")
     cdn_ok = [d for d in CDN_DIRS if (world.root / "cdn" / CDN_ROOT / d / "lang_zh_cn.json").is_file()]
     print(f"\nCDN dirs with the new resources: {', '.join(cdn_ok) or 'none'}")
-    print(f"\nDashboard: {dashboard}\nLogs:      {world.logs}")
+    print(f"\nDashboard: {dashboard} (send 'Authorization: Bearer {world.token}')\nLogs:      {world.logs}")
     server_ips = sum(len(ips) for ips in SERVERS.values())
     hot_server_outcome, hot_client_outcome = outcomes
     expected = (

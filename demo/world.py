@@ -177,4 +177,7 @@ def config(world: World, password_file: Path) -> dict[str, Any]:
             "operators": [{"name": "demo", "token_sha256": hashlib.sha256(world.token.encode()).hexdigest()}],
         },
         "projection": {"database_url": world.db_url("projection")},
+        # the dashboard's reader: the operator's token, granted every project (the summary prints how to use it)
+        "dashboard": {"users": {"demo": {"projects": ["*"],
+                                         "token_sha256": hashlib.sha256(world.token.encode()).hexdigest()}}},
     }

@@ -197,6 +197,7 @@ class Operator(_Model):
 class CmdbConfig(_Model):
     database_url: str = "sqlite:///cmdb.db"
     operators: list[Operator] = Field(default_factory=list)
+    https: HttpsFiles | None = Field(default=None, description="serve the API over HTTPS (see dashboard.https)")
     stall_after_seconds: float = Field(
         default=300, gt=0, description="an unfinished update with no event for this long is reported stalled"
     )
@@ -231,6 +232,56 @@ class BrokerConfig(_Model):
     )
 
 
+# --- dashboard: who may read which projects, how they sign in, HTTPS (docs/deploy.md) ---------------
+
+ProjectGrant = ProjectKey | Literal["*"]
+"""A project key, or ``*``: every project (auditors)."""
+
+
+class HttpsFiles(_Model):
+    """A certificate chain and its private key (PEM) for serving HTTPS, handed to uvicorn."""
+
+    certfile: Path
+    keyfile: Path = Field(description="the private key; keep it mode 600")
+
+
+class DashboardUser(_Model):
+    """A dashboard user: the projects granted directly and through groups, and an API token's hash."""
+
+    projects: list[ProjectGrant] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list, description="groups of dashboard.groups this user is in")
+    token_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the API token (hotupdate cmdb hash-token)"
+    )
+
+
+class OidcConfig(_Model):
+    """Single sign-on: OpenID Connect authorization-code flow with PKCE against the company's provider."""
+
+    issuer: str = Field(description="the provider's issuer URL; its /.well-known/openid-configuration is read")
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path | None = Field(default=None, description="confidential client's secret; none: public")
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claim: str = "preferred_username"
+    groups_claim: str = Field(default="groups", description="the claim listing the user's groups (dashboard.groups)")
+    redirect_uri: str | None = Field(
+        default=None, description="https://<dashboard>/auth/callback as registered; default: from the request"
+    )
+
+
+class DashboardConfig(_Model):
+    users: dict[str, DashboardUser] = Field(default_factory=dict, description="user name → grants and token")
+    groups: dict[str, list[ProjectGrant]] = Field(
+        default_factory=dict, description="group (from dashboard.users or the provider's groups claim) → projects"
+    )
+    oidc: OidcConfig | None = None
+    session_secret_file: Path | None = Field(
+        default=None, description="key signing session cookies (shared by the workers); none: random per start"
+    )
+    session_hours: float = Field(default=8, gt=0, le=24 * 30)
+    https: HttpsFiles | None = None
+
+
 class HotupdateConfig(_Model):
     amqp_url: str = DEFAULT_AMQP_URL
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
@@ -247,6 +298,7 @@ class HotupdateConfig(_Model):
         "(other teams' tools); every event is always accepted from its catalogue producer hotupdate/<component>",
     )
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> HotupdateConfig:
@@ -275,6 +327,16 @@ class HotupdateConfig(_Model):
         # After _references_resolve: every name these rules follow is known to exist.
         if problems := contradictions(self):
             raise ConfigContradictions(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _dashboard_grants_resolve(self) -> HotupdateConfig:
+        grants = [(f"dashboard.users.{n}.projects", u.projects) for n, u in self.dashboard.users.items()]
+        grants += [(f"dashboard.groups.{n}", projects) for n, projects in self.dashboard.groups.items()]
+        for where, projects in grants:
+            for project in projects:
+                if project != "*" and project not in self.projects:
+                    raise ValueError(f"{where}: unknown project {project!r}")
         return self
 
     def project(self, key: str) -> ProjectConfig:
@@ -378,4 +440,16 @@ def _resolve_paths(config: HotupdateConfig, base: Path) -> HotupdateConfig:
         )
         for k, p in config.projects.items()
     }
-    return config.model_copy(update={"receivers": receivers, "ops_managers": managers, "projects": projects})
+    def fix_https(h: HttpsFiles | None) -> HttpsFiles | None:
+        return h and HttpsFiles(certfile=fix(h.certfile), keyfile=fix(h.keyfile))
+
+    d = config.dashboard
+    dashboard = d.model_copy(update={
+        "https": fix_https(d.https),
+        "session_secret_file": fix(d.session_secret_file) if d.session_secret_file else None,
+        "oidc": d.oidc and d.oidc.model_copy(update={
+            "client_secret_file": fix(d.oidc.client_secret_file) if d.oidc.client_secret_file else None}),
+    })
+    cmdb = config.cmdb.model_copy(update={"https": fix_https(config.cmdb.https)})
+    return config.model_copy(update={"receivers": receivers, "ops_managers": managers, "projects": projects,
+                                     "dashboard": dashboard, "cmdb": cmdb})

@@ -5,12 +5,12 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, bindparam, func, not_, or_, select
+from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, func, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from projections.log import HEAD_ID
@@ -49,6 +49,19 @@ from projections.schemas import (
 from projections.view import OPTIONAL_STAGES, STAGE_FIELDS
 
 _CHANGED_LIMIT = 200
+
+Projects = Collection[str] | None
+"""The projects a reader is granted: the queries below show nothing of any other (None: every project)."""
+
+
+def _rejected_visible(projects: Projects) -> list[Any]:
+    """Conditions for the rejected messages about ``projects``: the project its body names, or its
+    routing key's first word (the broker lets a publisher use only its projects' keys; a body that
+    did not parse names none, and one naming another project than its key is shown to both)."""
+    if projects is None:
+        return []
+    return [or_(RejectedEvent.project.in_(projects),
+                *(RejectedEvent.routing_key.startswith(f"{p}.", autoescape=True) for p in projects))]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -112,9 +125,9 @@ def _summary_values(u: Any) -> dict[str, Any]:
     return dict(zip(_SUMMARY_NAMES, u, strict=True))
 
 
-def list_updates(session: Session, filters: UpdateFilters) -> UpdatePage:
-    """Updates matching ``filters``, most recently active first, one page of them."""
-    conditions = []
+def list_updates(session: Session, filters: UpdateFilters, projects: Projects = None) -> UpdatePage:
+    """Updates matching ``filters`` of ``projects``, most recently active first, one page of them."""
+    conditions: list[ColumnElement[bool]] = [] if projects is None else [UpdateRow.project.in_(projects)]
     if filters.project:
         conditions.append(UpdateRow.project == filters.project)
     if filters.area:
@@ -147,11 +160,12 @@ def list_updates(session: Session, filters: UpdateFilters) -> UpdatePage:
     })
 
 
-def facets(session: Session) -> dict[str, list[str]]:
-    """The projects and areas present, for the list page's filter choices."""
-    projects = session.scalars(select(UpdateRow.project).distinct().order_by(UpdateRow.project)).all()
-    areas = session.scalars(select(UpdateRow.area).distinct().order_by(UpdateRow.area)).all()
-    return {"projects": list(projects), "areas": list(areas)}
+def facets(session: Session, projects: Projects = None) -> dict[str, list[str]]:
+    """The projects and areas present (of ``projects``), for the list page's filter choices."""
+    granted = [] if projects is None else [UpdateRow.project.in_(projects)]
+    present = session.scalars(select(UpdateRow.project).where(*granted).distinct().order_by(UpdateRow.project)).all()
+    areas = session.scalars(select(UpdateRow.area).where(*granted).distinct().order_by(UpdateRow.area)).all()
+    return {"projects": list(present), "areas": list(areas)}
 
 
 def _timeline(u: UpdateRow) -> list[StageStep]:
@@ -350,12 +364,13 @@ def _ip_rank(row: Any) -> int:
 
 
 def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
-                  servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None
-                  ) -> UpdateDetail | None:
+                  servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None,
+                  projects: Projects = None) -> UpdateDetail | None:
     """One update's detail; ``servers_limit`` servers from ``servers_offset`` and ``ips_limit`` IPs from
-    ``ips_offset``, each in the failed-first order (all of them when the limit is None)."""
+    ``ips_offset``, each in the failed-first order (all of them when the limit is None).
+    None when there is no such update of ``projects`` (another project's update is not there)."""
     u = session.get(UpdateRow, updateid)
-    if u is None:
+    if u is None or (projects is not None and u.project not in projects):
         return None
     conn, uid = session.connection(), {"updateid": updateid}
     ips, ips_total = _ip_page(session, updateid, ips_offset, ips_limit)
@@ -367,9 +382,10 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
     files = conn.execute(_DETAIL["files"], uid).all()
     events_total = conn.execute(_DETAIL["events_total"], uid).scalar_one()
     logged = _logged_rows(session, updateid, events_limit)
-    rejected = conn.execute(_DETAIL["rejected"], uid).all()
+    rejected = [r for r in conn.execute(_DETAIL["rejected"], uid).all()
+                if projects is None or _rejected_row_visible(r, projects)]
     batches = conn.execute(_DETAIL["batches"], uid).all()
-    children = conn.execute(_DETAIL["children"], uid).all()
+    children = [c for c in conn.execute(_DETAIL["children"], uid).all() if projects is None or c.project in projects]
     return UpdateDetail(
         **_summary_fields(_summary_values(u)),
         area_name=u.area_name,
@@ -474,8 +490,8 @@ def _logged_out(row: Any, applied: bool, envelope: dict[str, Any] | None = None)
 
 
 def update_detail_json(session: Session, updateid: str, *, events_limit: int = 1000, servers_offset: int = 0,
-                       servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None
-                       ) -> str | None:
+                       servers_limit: int | None = None, ips_offset: int = 0, ips_limit: int | None = None,
+                       projects: Projects = None) -> str | None:
     """:func:`update_detail` as JSON (the same document), its raw events' envelopes copied in as stored.
 
     An envelope is stored as canonical JSON text; parsing it into a dict, validating the dict and
@@ -483,7 +499,8 @@ def update_detail_json(session: Session, updateid: str, *, events_limit: int = 1
     update is its request, naming every server (≈ 100 KiB of JSON for 10,000 servers).
     """
     detail = update_detail(session, updateid, events_limit=0, servers_offset=servers_offset,
-                           servers_limit=servers_limit, ips_offset=ips_offset, ips_limit=ips_limit)
+                           servers_limit=servers_limit, ips_offset=ips_offset, ips_limit=ips_limit,
+                           projects=projects)
     if detail is None:
         return None
     events = []
@@ -512,11 +529,19 @@ def _rejected_out(session: Session, rows: Sequence[Any]) -> list[RejectedOut]:
     ]
 
 
-def list_rejected(session: Session, *, page: int = 1, page_size: int = 50) -> RejectedPage:
-    """Messages the projection parked, newest first."""
-    total = session.execute(select(func.count()).select_from(RejectedEvent)).scalar_one()
+def _rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
+    """:func:`_rejected_visible` for one row already read."""
+    return row.project in projects or any(row.routing_key.startswith(f"{p}.") for p in projects)
+
+
+def list_rejected(session: Session, *, page: int = 1, page_size: int = 50, projects: Projects = None
+                  ) -> RejectedPage:
+    """Messages the projection parked (about ``projects``), newest first."""
+    visible = _rejected_visible(projects)
+    total = session.execute(select(func.count()).select_from(RejectedEvent).where(*visible)).scalar_one()
     rows = session.scalars(
-        select(RejectedEvent).order_by(RejectedEvent.id.desc()).offset((page - 1) * page_size).limit(page_size)
+        select(RejectedEvent).where(*visible).order_by(RejectedEvent.id.desc())
+        .offset((page - 1) * page_size).limit(page_size)
     ).all()
     return RejectedPage(
         items=_rejected_out(session, rows), total=total, page=page, page_size=page_size,
@@ -532,29 +557,36 @@ def live_state(session: Session) -> LiveState:
     return LiveState(position=head.position, version=head.version, rejected=rejected)
 
 
-def changes_since(session: Session, before: LiveState, now: LiveState) -> LiveChange:
-    """Which updates changed between two live states (None when that cannot be told)."""
+def changes_since(session: Session, before: LiveState, now: LiveState, projects: Projects = None
+                  ) -> LiveChange | None:
+    """Which updates (of ``projects``) changed between two live states (``updates`` None when that
+    cannot be told); None when nothing of ``projects`` changed (never when ``projects`` is None)."""
     updates: set[str] = set()
+    granted = [] if projects is None else [LoggedEvent.project.in_(projects)]
     if now.position > before.position:
         updates.update(
             session.scalars(
                 select(LoggedEvent.updateid)
-                .where(LoggedEvent.position > before.position, LoggedEvent.position <= now.position)
+                .where(LoggedEvent.position > before.position, LoggedEvent.position <= now.position, *granted)
                 .distinct()
                 .limit(_CHANGED_LIMIT + 1)
             ).all()
         )
+    rejected_seen = False
     if now.rejected > before.rejected:
-        updates.update(
-            u for u in session.scalars(
-                select(RejectedEvent.updateid)
-                .where(RejectedEvent.id > before.rejected, RejectedEvent.id <= now.rejected)
-                .distinct()
-                .limit(_CHANGED_LIMIT + 1)
-            ).all() if u
-        )
+        rejected = session.scalars(
+            select(RejectedEvent.updateid)
+            .where(RejectedEvent.id > before.rejected, RejectedEvent.id <= now.rejected,
+                   *_rejected_visible(projects))
+            .distinct()
+            .limit(_CHANGED_LIMIT + 1)
+        ).all()
+        rejected_seen = bool(rejected)
+        updates.update(u for u in rejected if u)
     # A version step without new rows (an event applied on retry, a repeated rejection,
     # a client that reconnected with an old state) cannot be attributed: say "any".
     explained = now.position > before.position or now.rejected > before.rejected
     unknown = len(updates) > _CHANGED_LIMIT or not explained or before.version > now.version
+    if projects is not None and not unknown and not updates and not rejected_seen:
+        return None  # only other projects changed: a reader of these hears nothing of it
     return LiveChange(**now.model_dump(), updates=None if unknown else sorted(updates))

@@ -138,18 +138,20 @@ def migrated_engine(url: str):
 class LiveServer:
     """An ASGI app served by uvicorn on a free loopback port, in a thread, for browser and streaming tests."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, port: int | None = None, **uvicorn_args) -> None:
         import socket
         import threading
 
         import uvicorn
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        if port is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+        self.port = port
+        self.url = f"{'https' if uvicorn_args.get('ssl_certfile') else 'http'}://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=1, lifespan="off")
+                                timeout_graceful_shutdown=1, lifespan="off", **uvicorn_args)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="dashboard-test-server", daemon=True)
 
@@ -217,3 +219,38 @@ def aborted_client_flow(updateid: str = "cccc0000-0000-4000-8000-000000000001") 
         ok_count=1, failed_count=0, outcome="aborted", not_run=["res.ssss.chuangyunet.com/r1"],
     ), source="hotupdate/ops_executor/ops1", offset=30), 30)
     return [*flow[:3], item(done)]
+
+
+# --- the dashboard's readers (it refuses anyone not signed in) ---------------------------------------
+
+DASHBOARD_TOKEN = "dashboard-test-token-of-an-auditor-seeing-all"
+DASHBOARD_AUTH = {"Authorization": f"Bearer {DASHBOARD_TOKEN}"}
+"""Headers of a reader granted every project (``*``), for tests of what the dashboard shows."""
+
+
+def dashboard_access(**users: tuple[str, list[str]]):
+    """A ``dashboard`` configuration: the auditor of :data:`DASHBOARD_TOKEN`, plus ``users``
+    (name → (token, granted projects))."""
+    from domain.config import DashboardConfig, DashboardUser
+    from projections.dashboard.access import hash_token
+
+    table = {"auditor": DashboardUser(projects=["*"], token_sha256=hash_token(DASHBOARD_TOKEN))}
+    for name, (token, projects) in users.items():
+        table[name] = DashboardUser(projects=projects, token_sha256=hash_token(token))
+    return DashboardConfig(users=table)
+
+
+def write_dashboard_config(directory, dashboard: dict | None = None):
+    """A configuration file for ``hotupdate dashboard serve``: projects ssss and snqxz, and the
+    ``dashboard`` section given (default: the auditor of :data:`DASHBOARD_TOKEN`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from projections.dashboard.access import hash_token
+
+    section = dashboard or {"users": {"auditor": {"projects": ["*"], "token_sha256": hash_token(DASHBOARD_TOKEN)}}}
+    path = Path(directory) / "hotupdate.yaml"
+    path.write_text(yaml.safe_dump({"projects": {"ssss": {"areas": {}}, "snqxz": {"areas": {}}},
+                                    "dashboard": section}), encoding="utf-8")
+    return path

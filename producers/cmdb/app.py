@@ -41,7 +41,10 @@ async def run(runtime: CmdbRuntime, *, host: str, port: int, stop: asyncio.Event
     if own_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    server = _Server(uvicorn.Config(runtime.api, log_config=None, lifespan="off"))
+    https = runtime.config.cmdb.https
+    server = _Server(uvicorn.Config(runtime.api, log_config=None, lifespan="off",
+                                    ssl_certfile=https.certfile if https else None,
+                                    ssl_keyfile=https.keyfile if https else None))
     relay = asyncio.create_task(runtime.relay.run(stop), name="cmdb-outbox-relay")
     consumer = asyncio.create_task(_start_when_reachable(runtime, stop), name="cmdb-consumer-start")
     stalls = asyncio.create_task(

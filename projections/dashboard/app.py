@@ -1,5 +1,9 @@
 """The read-only status dashboard: server-rendered pages, their JSON twins, and a live change stream.
 
+Only for those signed in (:mod:`projections.dashboard.signin`), and each sees only the projects
+they are granted (:mod:`projections.dashboard.access`): every query takes the reader's projects,
+and another project's update is "no such update".
+
 Read-only by construction: every route is GET (the route table is tested), and the database
 connections refuse writes (SQLite ``query_only``, PostgreSQL read-only transactions). Event
 content is rendered through Jinja2 with autoescaping on, and every response carries a strict
@@ -17,6 +21,7 @@ import contextlib
 import gc
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime
 from functools import partial
@@ -37,9 +42,13 @@ from starlette.datastructures import MutableHeaders
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from domain.config import DashboardConfig
 from domain.db import make_engine
 from projections import queries
-from projections.schemas import LiveChange, LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
+from projections.dashboard import signin
+from projections.dashboard.access import Viewer
+from projections.dashboard.signin import Reader
+from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
 from projections.view import STATUSES
 
 log = logging.getLogger(__name__)
@@ -175,10 +184,14 @@ def _session(request: Request) -> Iterator[Session]:
 Db = Annotated[Session, Depends(_session)]
 
 
-def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
+def create_app(database_url: str, *, access: DashboardConfig, session_secret: bytes | None = None,
+               secure_cookies: bool = True, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
                read_threads: int = READ_THREADS) -> FastAPI:
     """The dashboard over the projection database at ``database_url`` (it must be migrated already).
 
+    ``access``: who may sign in and what each sees. ``session_secret`` signs the session cookies
+    (the same in every worker; random when None: sessions then end with the process).
+    ``secure_cookies``: False only to test sign-in over plain HTTP.
     ``read_threads``: how many requests read the database at once in this process (see
     :data:`READ_THREADS`); the others wait their turn, first come first served.
     """
@@ -209,6 +222,8 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         redoc_url=None,
         lifespan=lifespan,
     )
+    signin.install(app, access, templates, session_secret=session_secret or secrets.token_bytes(32),
+                   secure_cookies=secure_cookies)
     app.add_middleware(SecurityHeadersMiddleware)
     app.state.engine = engine
 
@@ -224,17 +239,19 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         # route with a session dependency took three), and the model is serialised once.
         return read(lambda s: _json(fn(s)))
 
-    def page(request: Request, name: str, db: Session, status_code: int = 200, **context: Any) -> HTMLResponse:
+    def page(request: Request, name: str, db: Session, viewer: Viewer, status_code: int = 200, **context: Any
+             ) -> HTMLResponse:
         # The live state is read before the page's data, so a change in between is reported by the stream.
         context.setdefault("live", queries.live_state(db))
-        context.setdefault("rejected_total", queries.list_rejected(db, page_size=1).total)
+        context.setdefault("rejected_total", queries.list_rejected(db, page_size=1, projects=viewer.projects).total)
         context.setdefault("updateid", "")
+        context["viewer"] = viewer
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
     # --- HTML pages -------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False, name="list_page")
-    def list_page(request: Request, db: Db) -> HTMLResponse:
+    def list_page(request: Request, viewer: Reader, db: Db) -> HTMLResponse:
         live = queries.live_state(db)
         raw = {k: v for k, v in request.query_params.items() if v.strip()}
         error = ""
@@ -243,30 +260,32 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         except ValidationError as exc:
             error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             filters = UpdateFilters()
-        result = queries.list_updates(db, filters)
-        return page(request, "list.html", db, 400 if error else 200, view="list", live=live, result=result,
-                    filters=filters, facets=queries.facets(db), error=error, statuses=STATUSES,
+        result = queries.list_updates(db, filters, viewer.projects)
+        return page(request, "list.html", db, viewer, 400 if error else 200, view="list", live=live, result=result,
+                    filters=filters, facets=queries.facets(db, viewer.projects), error=error, statuses=STATUSES,
                     query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/updates/{updateid}", response_class=HTMLResponse, include_in_schema=False, name="update_page")
-    def update_page(request: Request, updateid: str, db: Db, servers_offset: Annotated[int, Query(ge=0)] = 0,
+    def update_page(request: Request, updateid: str, viewer: Reader, db: Db,
+                    servers_offset: Annotated[int, Query(ge=0)] = 0,
                     ips_offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
         live = queries.live_state(db)
         detail = queries.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
                                        servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
-                                       ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"])
+                                       ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"],
+                                       projects=viewer.projects)
         if detail is None:
-            return page(request, "not_found.html", db, 404, view="update", live=live, updateid=updateid)
+            return page(request, "not_found.html", db, viewer, 404, view="update", live=live, updateid=updateid)
         raw = {k: v for k, v in request.query_params.items() if v.strip()}
-        return page(request, "update.html", db, view="update", live=live, u=detail, updateid=updateid,
+        return page(request, "update.html", db, viewer, view="update", live=live, u=detail, updateid=updateid,
                     sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
-    def rejected_page(request: Request, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1
-                      ) -> HTMLResponse:
+    def rejected_page(request: Request, viewer: Reader, db: Db,
+                      page_no: Annotated[int, Query(alias="page", ge=1)] = 1) -> HTMLResponse:
         live = queries.live_state(db)
-        result = queries.list_rejected(db, page=page_no)
-        return page(request, "rejected.html", db, view="rejected", live=live, result=result)
+        result = queries.list_rejected(db, page=page_no, projects=viewer.projects)
+        return page(request, "rejected.html", db, viewer, view="rejected", live=live, result=result)
 
     # --- JSON twins ---------------------------------------------------------------------------
 
@@ -274,13 +293,13 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
     # as is); ``response_model`` still describes them in the OpenAPI schema.
 
     @app.get("/api/updates", response_model=UpdatePage, tags=["updates"])
-    async def api_updates(filters: Annotated[UpdateFilters, Query()]) -> Response:
+    async def api_updates(filters: Annotated[UpdateFilters, Query()], viewer: Reader) -> Response:
         """Hot updates matching the filters, most recently active first."""
-        return await read_json(partial(queries.list_updates, filters=filters))
+        return await read_json(partial(queries.list_updates, filters=filters, projects=viewer.projects))
 
     @app.get("/api/updates/{updateid}", response_model=UpdateDetail, tags=["updates"],
-             responses={404: {"description": "no such update"}})
-    async def api_update(updateid: str,
+             responses={404: {"description": "no such update (or another project's)"}})
+    async def api_update(updateid: str, viewer: Reader,
                          events_limit: Annotated[int, Query(ge=0, le=100_000)] = 20,
                          servers_offset: Annotated[int, Query(ge=0)] = 0,
                          servers_limit: Annotated[int, Query(ge=0, le=100_000)] = 100,
@@ -295,7 +314,7 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         def detail(s: Session) -> Response | None:
             found = queries.update_detail_json(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
                                                servers_limit=servers_limit, ips_offset=ips_offset,
-                                               ips_limit=ips_limit)
+                                               ips_limit=ips_limit, projects=viewer.projects)
             return None if found is None else Response(found, media_type="application/json")
 
         response = await read(detail)
@@ -304,19 +323,20 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         return response
 
     @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
-    def api_rejected(db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
+    def api_rejected(viewer: Reader, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
                      page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
-        return _json(queries.list_rejected(db, page=page_no, page_size=page_size))
+        return _json(queries.list_rejected(db, page=page_no, page_size=page_size, projects=viewer.projects))
 
     @app.get("/api/state", response_model=LiveState, tags=["live"])
-    def api_state(db: Db) -> Response:
+    def api_state(_viewer: Reader, db: Db) -> Response:
         """The log's last position, the projection's change counter and the last rejection's id."""
         return _json(queries.live_state(db))
 
     @app.get("/api/stream", response_class=EventSourceResponse, tags=["live"])
     async def api_stream(
         request: Request,
+        viewer: Reader,
         position: int | None = None,
         version: int | None = None,
         rejected: int | None = None,
@@ -335,8 +355,10 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
         while loop.time() < deadline:
             now = await read(queries.live_state)
             if now != before:
-                change: LiveChange = await read(partial(_changes, before=before, now=now))
-                yield ServerSentEvent(event="change", data=change, id=f"{now.position}.{now.version}.{now.rejected}")
+                change = await read(partial(queries.changes_since, before=before, now=now, projects=viewer.projects))
+                if change is not None:
+                    yield ServerSentEvent(event="change", data=change,
+                                          id=f"{now.position}.{now.version}.{now.rejected}")
                 before = now
             await asyncio.sleep(poll_seconds)
 
@@ -353,10 +375,6 @@ def create_app(database_url: str, *, poll_seconds: float = 0.2, stream_seconds: 
 
 def _json(model: BaseModel) -> Response:
     return Response(model.model_dump_json(), media_type="application/json")
-
-
-def _changes(session: Session, *, before: LiveState, now: LiveState) -> LiveChange:
-    return queries.changes_since(session, before, now)
 
 
 def _resume_state(last_event_id: str | None, position: int | None, version: int | None,

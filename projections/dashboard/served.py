@@ -1,32 +1,68 @@
-"""The dashboard served by several uvicorn worker processes on one port
-(``hotupdate dashboard serve --workers N``).
+"""Serving the dashboard: its settings from the configuration, and several uvicorn worker processes
+on one port (``hotupdate dashboard serve --workers N``).
 
 The dashboard keeps no state of its own (it reads the projection's database and polls it for
 the live stream), so it scales by processes, each with its own read-only pool. uvicorn starts
 workers by importing an app factory by name, not by passing an app object: each builds its app
-for the database the parent named in the environment.
+for the database and configuration the parent named in the environment, with the parent's
+session key, so a session signed by one worker is good in every other.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
+from domain.config import DashboardConfig, load_config
 from projections.dashboard.app import create_app
 
 DATABASE_URL_ENV = "HOTUPDATE_DASHBOARD_DATABASE_URL"
+SESSION_SECRET_ENV = "HOTUPDATE_DASHBOARD_SESSION_SECRET"  # noqa: S105 (the variable's name)
 FACTORY = "projections.dashboard.served:app_from_environment"
+
+
+class DashboardSetupError(ValueError):
+    """The configuration lets no one in, or its session key file is unsafe."""
+
+
+def check_access(access: DashboardConfig) -> None:
+    """Refuse a dashboard no one could sign in to (it would only ever answer 401)."""
+    if access.oidc is None and not any(u.token_sha256 for u in access.users.values()):
+        raise DashboardSetupError(
+            "dashboard: no one can sign in: configure dashboard.oidc (single sign-on) or a user with a "
+            "token_sha256 under dashboard.users (docs/deploy.md, 'Dashboard sign-in')")
+
+
+def session_secret(access: DashboardConfig) -> bytes:
+    """The key signing session cookies: ``session_secret_file``'s, else a new random one (sessions then
+    end when the dashboard restarts)."""
+    path = access.session_secret_file
+    if path is None:
+        return secrets.token_bytes(32)
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise DashboardSetupError(f"dashboard.session_secret_file: cannot read {path}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise DashboardSetupError(f"dashboard.session_secret_file: {path} is readable by others: chmod 600 it")
+    if len(key) < 32:
+        raise DashboardSetupError(f"dashboard.session_secret_file: {path}: use at least 32 bytes")
+    return key
 
 
 def app_from_environment() -> FastAPI:
     """The dashboard over the database named in :data:`DATABASE_URL_ENV` (set by the serving parent)."""
     url = os.environ.get(DATABASE_URL_ENV)
-    if not url:
+    secret = os.environ.get(SESSION_SECRET_ENV)
+    if not url or not secret:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set: start workers with 'hotupdate dashboard serve --workers N'")
-    return create_app(url)
+    return create_app(url, access=load_config().dashboard, session_secret=bytes.fromhex(secret))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -44,11 +80,14 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_workers(factory: str, database_url: str, *, host: str, port: int, workers: int, **uvicorn_args: Any) -> None:
+def serve_workers(factory: str, database_url: str, *, config_file: Path, secret: bytes, host: str, port: int,
+                  workers: int, **uvicorn_args: Any) -> None:
     """Serve ``factory`` (an app factory's import name) with ``workers`` processes on ``host``:``port``."""
     import uvicorn
 
-    os.environ[DATABASE_URL_ENV] = database_url  # what each worker builds its app for
+    # what each worker builds its app for; the environment reaches only this process's own children
+    os.environ.update({DATABASE_URL_ENV: database_url, "HOTUPDATE_CONFIG": str(config_file),
+                       SESSION_SECRET_ENV: secret.hex()})
     sock = listening_socket(host, port)
     try:
         uvicorn.run(factory, factory=True, workers=workers, fd=sock.fileno(), **uvicorn_args)

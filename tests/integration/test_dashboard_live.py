@@ -12,7 +12,16 @@ import pytest
 
 from projections.dashboard import create_app
 from projections.ingest import ingest_batch
-from tests.projection_support import LiveServer, hot_client_flow, hot_server_flow, ip_finished, item, migrated_engine
+from tests.projection_support import (
+    DASHBOARD_AUTH,
+    LiveServer,
+    dashboard_access,
+    hot_client_flow,
+    hot_server_flow,
+    ip_finished,
+    item,
+    migrated_engine,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "test-artifacts" / "dashboard-update.png"
@@ -45,7 +54,8 @@ def test_the_stream_names_the_changed_update_within_a_second(projection):
     url, engine = projection
     flow = hot_server_flow(complete=False)
     ingest_batch(engine, flow[:6])
-    with LiveServer(create_app(url)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with LiveServer(create_app(url, access=dashboard_access())) as server, \
+            httpx.Client(base_url=server.url, timeout=10, headers=DASHBOARD_AUTH) as client:
         state = client.get("/api/state").json()
         found: list = []
         with client.stream("GET", "/api/stream", params=state) as response:
@@ -75,10 +85,10 @@ def test_the_pages_show_the_numbers_and_follow_new_events_without_reload(project
                         note="<script>window.__pwned = 1</script><img src=x onerror=alert(1)>")
     ingest_batch(engine, [*flow[:-1], item(nasty.model_copy(update={"id": "nasty-1"}))])
 
-    with LiveServer(create_app(url)) as server, sync_playwright() as pw:
+    with LiveServer(create_app(url, access=dashboard_access())) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, extra_http_headers=DASHBOARD_AUTH)
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             errors: list[str] = []

@@ -21,7 +21,7 @@ from domain.db import make_engine
 from projections.dashboard.served import listening_socket
 from projections.ingest import ingest_batch
 from projections.service import SERVICE
-from tests.projection_support import hot_server_flow, migrated_engine
+from tests.projection_support import DASHBOARD_AUTH, hot_server_flow, migrated_engine, write_dashboard_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # The subcommands as `hotupdate` runs them, whether or not cli/main.py lists the module yet.
@@ -79,7 +79,8 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
                                            "--history-stream"),
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     dashboard = subprocess.Popen(
-        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port)),
+        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port),
+                   "--config", str(write_dashboard_config(tmp_path))),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
@@ -90,18 +91,19 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
         while time.monotonic() < deadline:
             time.sleep(0.2)
             try:
-                state = httpx.get(f"{base}/api/state", timeout=2)
+                state = httpx.get(f"{base}/api/state", timeout=2, headers=DASHBOARD_AUTH)
             except httpx.HTTPError:
                 continue
             if not published and state.status_code == 200:
                 asyncio.run(_declare_and_publish(amqp_url, [env for env, _ in flow]))
                 published = True
-            detail = httpx.get(f"{base}/api/updates/{flow[0][0].updateid}", timeout=2)
+            detail = httpx.get(f"{base}/api/updates/{flow[0][0].updateid}", timeout=2, headers=DASHBOARD_AUTH)
             if detail.status_code == 200 and detail.json()["event_count"] == len(flow):
                 break
         assert detail is not None and detail.status_code == 200, detail
         assert detail.json()["stage"] == "completed"
-        assert "text/html" in httpx.get(f"{base}/updates/{flow[0][0].updateid}", timeout=2).headers["content-type"]
+        assert "text/html" in httpx.get(f"{base}/updates/{flow[0][0].updateid}", timeout=2,
+                                        headers=DASHBOARD_AUTH).headers["content-type"]
         kept = asyncio.run(_history_ids(amqp_url))  # --history-stream: the broker kept a copy too
         assert kept == [env.id for env, _ in flow]
     finally:
@@ -136,7 +138,8 @@ def test_dashboard_serve_with_workers_answers_from_each_and_stops_them_all(tmp_p
     engine.dispose()
     port = _free_port()
     dashboard = subprocess.Popen(
-        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port), "--workers", "2"),
+        _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port), "--workers", "2",
+                   "--config", str(write_dashboard_config(tmp_path))),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     workers: list[int] = []
@@ -145,7 +148,7 @@ def test_dashboard_serve_with_workers_answers_from_each_and_stops_them_all(tmp_p
         answered = 0
         while time.monotonic() < deadline and answered < 20:
             try:
-                listed = httpx.get(f"http://127.0.0.1:{port}/api/updates", timeout=2)
+                listed = httpx.get(f"http://127.0.0.1:{port}/api/updates", timeout=2, headers=DASHBOARD_AUTH)
             except httpx.HTTPError:
                 time.sleep(0.2)
                 continue
@@ -163,7 +166,8 @@ def test_dashboard_serve_with_workers_answers_from_each_and_stops_them_all(tmp_p
 
 def test_dashboard_serve_refuses_no_workers(tmp_path):
     done = subprocess.run(_hotupdate("dashboard", "serve", "--database-url", f"sqlite:///{tmp_path / 'p.db'}",
-                                     "--workers", "0"), cwd=ROOT, capture_output=True, text=True, timeout=60)
+                                     "--workers", "0", "--config", str(write_dashboard_config(tmp_path))),
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--workers must be at least 1" in done.stderr
 
 

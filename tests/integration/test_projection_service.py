@@ -17,7 +17,7 @@ from bus.topology import ServiceQueue, Topology, declare_all
 from projections import log as event_log
 from projections.dashboard import create_app
 from projections.service import SERVICE, build_service, run
-from tests.projection_support import hot_client_flow, hot_server_flow, ip_finished
+from tests.projection_support import DASHBOARD_AUTH, dashboard_access, hot_client_flow, hot_server_flow, ip_finished
 
 pytestmark = [pytest.mark.rabbit]
 DELAYS = (100, 200)
@@ -62,9 +62,10 @@ async def test_published_events_in_any_order_with_redeliveries_are_visible_in_th
         for env, _ in shuffled:
             await pub.publish(env)
     _consumer, projection, stop, task = await _started(amqp_url, database_url, ingest_in_worker=ingest_in_worker)
-    app = create_app(database_url)
+    app = create_app(database_url, access=dashboard_access())
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             server_id, client_id = flow[0][0].updateid, hot_client_flow()[0][0].updateid
             detail = await _wait_for(
                 lambda: client.get(f"/api/updates/{server_id}"),
@@ -97,7 +98,7 @@ async def test_malformed_invalid_and_unappliable_events_are_parked_and_listed_wi
     # valid as an event, but its IP is too long for the view: logged, never applied, retried, then parked
     poison = ip_finished(request, "fe80::1%" + "x" * 200, "game", {"qq_9": True}, offset=30, minutes=9)
     consumer, _projection, stop, task = await _started(amqp_url, database_url)
-    app = create_app(database_url)
+    app = create_app(database_url, access=dashboard_access())
     try:
         async with AsyncPublisher(amqp_url) as pub:
             for env, _ in flow:
@@ -116,7 +117,8 @@ async def test_malformed_invalid_and_unappliable_events_are_parked_and_listed_wi
             await exchange.publish(aio_pika.Message(json.dumps(forged).encode(), message_id="forged-1"),
                                    routing_key="ssss.cn.ip.finished.v1")
 
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             rejected = await _wait_for(lambda: client.get("/api/rejected"), lambda r: r.json()["total"] == 3)
             reasons = {r["message_id"]: r["reason"] for r in rejected.json()["items"]}
             assert reasons["garbage-1"].startswith("malformed: body is not JSON")

@@ -12,7 +12,17 @@ from sqlalchemy.exc import DBAPIError
 
 from projections.dashboard import create_app
 from projections.ingest import ingest_batch, record_rejection
-from tests.projection_support import T0, at, hot_client_flow, hot_server_flow, ip_finished, item, migrated_engine
+from tests.projection_support import (
+    DASHBOARD_AUTH,
+    T0,
+    at,
+    dashboard_access,
+    hot_client_flow,
+    hot_server_flow,
+    ip_finished,
+    item,
+    migrated_engine,
+)
 
 SERVER_ID = "350cf0ef-c12e-4bcc-d0df-369a09a4a357"
 CLIENT_ID = "c1b2c3d4-0000-4000-8000-000000000001"
@@ -39,14 +49,15 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 async def client(database_url):
-    app = create_app(database_url)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as c:
+    app = create_app(database_url, access=dashboard_access())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                 headers=DASHBOARD_AUTH) as c:
         yield c
     app.state.engine.dispose()
 
 
 def test_every_route_only_reads():
-    app = create_app("sqlite://")
+    app = create_app("sqlite://", access=dashboard_access())
     methods = set()
     for route in app.routes:
         route_methods = getattr(route, "methods", None)
@@ -187,8 +198,9 @@ async def test_an_update_page_shows_batches_abort_not_run_and_its_retry(tmp_path
     )
     ingest_batch(engine, [*flow[:8], item(control["batch1"]), item(control["abort"]), item(done), item(retry)])
     engine.dispose()
-    app = create_app(url)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+    app = create_app(url, access=dashboard_access())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                 headers=DASHBOARD_AUTH) as client:
         page = (await client.get(f"/updates/{request.updateid}")).text
         assert 'class="status status-aborted"' in page
         assert 'id="abort"' in page and "wrong build" in page
@@ -221,18 +233,18 @@ def test_requests_read_the_database_read_threads_at_a_time(tmp_path, monkeypatch
     real = queries.list_updates
     lock, inside, most = threading.Lock(), [0], [0]
 
-    def slow_list(session, filters):
+    def slow_list(session, filters, projects=None):
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
         time.sleep(0.1)
         with lock:
             inside[0] -= 1
-        return real(session, filters)
+        return real(session, filters, projects)
 
     monkeypatch.setattr(queries, "list_updates", slow_list)
-    app = create_app(url, read_threads=read_threads)
-    with TestClient(app) as client, ThreadPoolExecutor(6) as pool:
+    app = create_app(url, access=dashboard_access(), read_threads=read_threads)
+    with TestClient(app, headers=DASHBOARD_AUTH) as client, ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda page: client.get(f"/api/updates?page={page}"), range(1, 7)))
     app.state.engine.dispose()
     assert [a.status_code for a in answers] == [200] * 6
@@ -241,4 +253,4 @@ def test_requests_read_the_database_read_threads_at_a_time(tmp_path, monkeypatch
 
 def test_read_threads_must_be_positive():
     with pytest.raises(ValueError, match="read_threads must be at least 1"):
-        create_app("sqlite://", read_threads=0)
+        create_app("sqlite://", access=dashboard_access(), read_threads=0)

@@ -22,7 +22,7 @@ from projections.dashboard.app import PAGE_SIZES
 from projections.ingest import ingest_batch
 from projections.models import LoggedEvent, ServerRow
 from projections.schemas import UpdateFilters
-from tests.projection_support import FILES, at, ip_finished, item, migrated_engine
+from tests.projection_support import DASHBOARD_AUTH, FILES, at, dashboard_access, ip_finished, item, migrated_engine
 
 UPDATEID = "d7a1c0de-0000-4000-8000-000000000042"
 # Names whose code-point order differs from a locale's ("10.0.0.10" < "10.0.0.9", "B" < "Z" < "a").
@@ -165,9 +165,10 @@ def test_the_failed_first_indexes_give_the_pages_order_without_a_sort(engine):
 
 
 async def test_the_json_detail_defaults_to_one_screen_of_each_list_with_the_totals(engine):
-    app = create_app(engine.url.render_as_string(hide_password=False))
+    app = create_app(engine.url.render_as_string(hide_password=False), access=dashboard_access())
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             d = (await client.get(f"/api/updates/{UPDATEID}")).json()
             schema = (await client.get("/openapi.json")).json()
     finally:
@@ -192,11 +193,12 @@ async def test_the_update_page_shows_a_page_of_servers_and_ips_and_links_to_the_
     monkeypatch.setitem(PAGE_SIZES, "ips", 25)
     with Session(engine) as s:
         whole = queries.update_detail(s, UPDATEID)
-    app = create_app(engine.url.render_as_string(hide_password=False))
+    app = create_app(engine.url.render_as_string(hide_password=False), access=dashboard_access())
     servers: list[tuple[str, str]] = []
     ips: list[str] = []
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             for name, found in (("servers", servers), ("ips", ips)):
                 url: str | None = f"/updates/{UPDATEID}"
                 while url:
@@ -218,9 +220,10 @@ async def test_the_update_page_shows_a_page_of_servers_and_ips_and_links_to_the_
 
 
 async def test_the_json_detail_is_the_detail_model_with_the_stored_envelopes_as_they_were_logged(engine):
-    app = create_app(engine.url.render_as_string(hide_password=False))
+    app = create_app(engine.url.render_as_string(hide_password=False), access=dashboard_access())
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             response = await client.get(f"/api/updates/{UPDATEID}", params={"events_limit": 30})
     finally:
         app.state.engine.dispose()
