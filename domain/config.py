@@ -200,6 +200,9 @@ class CmdbConfig(_Model):
     stall_after_seconds: float = Field(
         default=300, gt=0, description="an unfinished update with no event for this long is reported stalled"
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="a request body over this is refused (413) unread"
+    )
 
 
 class ProjectionConfig(_Model):
