@@ -101,3 +101,23 @@ def test_pika_gets_one_verifying_tls_parameter_set_per_node_in_order(tmp_path: P
     assert params[0].ssl_options is not None and params[0].ssl_options.server_hostname == "mq1"
     assert params[0].ssl_options.context.check_hostname and params[1].ssl_options.server_hostname == "mq2"
     assert params[2].ssl_options is None
+
+
+def test_config_check_reports_plain_remote_nodes_and_a_client_key_others_can_read(tmp_path: Path):
+    from domain.config_check import broker_tls_findings
+
+    plain = parse_config(_raw(amqp_url="amqp://u:p@127.0.0.1/,amqp://u:p@mq2/"), tmp_path / "h.yaml")
+    assert [(f.level, f.where) for f in broker_tls_findings(plain)] == [("warning", "amqp_url")]
+    assert "mq2" in broker_tls_findings(plain)[0].message and ":p@" not in broker_tls_findings(plain)[0].message
+
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-----BEGIN-----\n")
+    (tmp_path / "client.key").chmod(0o644)
+    tls = {"ca_file": "ca.pem", "cert_file": "client.pem", "key_file": "client.key"}
+    config = parse_config(_raw(amqp_url="amqps://u:p@mq1/", broker={"tls": tls}), tmp_path / "h.yaml")
+    levels = {f.where: f.level for f in broker_tls_findings(config)}
+    assert levels == {"broker.tls.ca_file": "ok", "broker.tls.cert_file": "ok", "broker.tls.key_file": "error"}
+    (tmp_path / "client.key").chmod(0o600)
+    (tmp_path / "ca.pem").unlink()
+    levels = {f.where: f.level for f in broker_tls_findings(config)}
+    assert levels == {"broker.tls.ca_file": "error", "broker.tls.cert_file": "ok", "broker.tls.key_file": "ok"}
