@@ -102,3 +102,36 @@ async def test_publishers_move_to_the_next_node_when_theirs_is_killed(own_node, 
             got = await second.wait_for(2)
     assert {m.message_id for m in got} == {after_async.id, after_sync.id}
     assert connection.node.port == urlsplit(amqp_url).port
+
+
+@pytest.mark.slow
+async def test_a_consumer_whose_node_is_killed_resumes_on_the_next_node(own_node, amqp_url):
+    address = f"{own_node.url()},{amqp_url}"
+    received: list[str] = []
+
+    async def handle(msg: Incoming[PullRequested], _emit: Emitter) -> None:
+        received.append(msg.envelope.id)
+
+    spec = ServiceQueue(service="failover_consumer", bindings=(binding(PullRequested, project="ssss"),))
+    service = ConsumerService(amqp_url=address, queue=spec, handlers={PullRequested: handle}, source="hotupdate/tests")
+    await service.start()
+    try:
+        async with AsyncPublisher(own_node.url()) as first:
+            await first.publish(before := _envelope("u-before"))
+        for _ in range(100):
+            if received:
+                break
+            await asyncio.sleep(0.1)
+        assert received == [before.id]
+
+        own_node.kill()
+        after = _envelope("u-after")
+        async with AsyncPublisher(amqp_url) as second:
+            for _ in range(300):  # until the consumer has re-declared its queue there and is bound again
+                await second.publish(after)
+                await asyncio.sleep(0.1)
+                if after.id in received:
+                    break
+    finally:
+        await service.stop()
+    assert after.id in received
