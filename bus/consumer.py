@@ -31,6 +31,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bus.connection import connect_robust
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
@@ -165,7 +166,7 @@ class ConsumerService:
 
     async def start(self) -> None:
         """Declare the service's topology and start consuming."""
-        self._connection = await aio_pika.connect_robust(self._url)
+        self._connection = await connect_robust(self._url)
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         self._queue, _ = await declare_service(channel, self._topology, self._spec)

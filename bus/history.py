@@ -24,6 +24,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from bus.connection import connect
 from bus.envelope import Envelope, EnvelopeError
 from bus.topology import Topology, declare_exchanges
 
@@ -51,7 +52,7 @@ async def declare_history(channel: AbstractChannel, topology: Topology) -> Abstr
 
 async def ensure_history(amqp_url: str, topology: Topology) -> None:
     """:func:`declare_history` on a connection of its own (idempotent)."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect(amqp_url)
     try:
         await declare_history(await connection.channel(), topology)
     finally:
@@ -69,7 +70,7 @@ async def read_history(amqp_url: str, topology: Topology, *, start: Start = "fir
                        idle_seconds: float = 2.0) -> AsyncIterator[HistoryEntry]:
     """The stream's entries from ``start`` on, oldest first; ends after ``limit`` entries or once
     nothing arrived for ``idle_seconds`` (a stream never ends by itself)."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect(amqp_url)
     try:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=200)  # the broker requires a prefetch for stream consumers

@@ -15,6 +15,7 @@ from typing import Any
 
 import pika
 
+from bus.connection import connect_blocking
 from bus.topology import Topology
 
 REASON_HEADER = "x-hotupdate-park-reason"
@@ -51,7 +52,7 @@ class ParkingQueues:
 
     @contextmanager
     def _channel(self) -> Iterator[Any]:
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
+        connection = connect_blocking(self._url)
         try:
             channel = connection.channel()
             channel.confirm_delivery()

@@ -19,6 +19,7 @@ import pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInvalidStateError, DeliveryError
 
+from bus.connection import connect_blocking, connect_robust
 from bus.envelope import Envelope
 from bus.topology import Topology, declare_exchanges
 
@@ -61,7 +62,7 @@ class AsyncPublisher:
     async def connect(self) -> None:
         if self._connection is not None:
             return
-        self._connection = await aio_pika.connect_robust(self._url)
+        self._connection = await connect_robust(self._url)
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         if self._declare:
             self._exchange = await declare_exchanges(self._channel, self._topology)
@@ -128,14 +129,14 @@ class SyncPublisher:
         self, url: str, topology: Topology | None = None, *, retry_seconds: float = 30.0, declare: bool = True
     ) -> None:
         self._declare = declare
-        self._params = pika.URLParameters(url)
+        self._url = url
         self._topology = topology or Topology()
         self._retry_seconds = retry_seconds
         self._connection: pika.BlockingConnection | None = None
         self._channel: Any = None
 
     def _connect(self) -> None:
-        self._connection = pika.BlockingConnection(self._params)
+        self._connection = connect_blocking(self._url)
         channel = self._connection.channel()
         channel.confirm_delivery()
         self._channel = channel

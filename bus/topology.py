@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 
+from bus.connection import connect
 from bus.events import Event
+from domain.broker_address import redact, split_broker_urls
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ async def declare_service(
 
 async def declare_all(url: str, topology: Topology, services: list[ServiceQueue] | None = None) -> None:
     """Declare the shared exchanges and the given services' queues (idempotent)."""
-    connection = await aio_pika.connect(url)
+    connection = await connect(url)
     try:
         channel = await connection.channel()
         await declare_exchanges(channel, topology)
@@ -151,11 +152,18 @@ async def declare_all(url: str, topology: Topology, services: list[ServiceQueue]
 
 
 async def check_broker(url: str, topology: Topology) -> list[str]:
-    """Problems reaching the broker or its exchanges with these credentials (empty when fine)."""
+    """Problems reaching each node of the broker or its exchanges with these credentials (empty when fine)."""
+    problems: list[str] = []
+    for node in split_broker_urls(url):
+        problems += await _check_node(node, topology)
+    return problems
+
+
+async def _check_node(url: str, topology: Topology) -> list[str]:
     try:
-        connection = await aio_pika.connect(url, timeout=10)
+        connection = await connect(url, timeout=10)
     except Exception as exc:  # every failure to connect is a finding, not a crash
-        return [f"cannot connect to {_redact(url)}: {exc!r}"]
+        return [f"cannot connect to {redact(url)}: {exc!r}"]
     problems: list[str] = []
     try:
         for name in (topology.events_exchange, topology.unroutable_exchange, topology.dead_letter_exchange):
@@ -171,11 +179,3 @@ async def check_broker(url: str, topology: Topology) -> list[str]:
         await connection.close()
     return problems
 
-
-def _redact(url: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}" if user else host, parts.path, "", ""))

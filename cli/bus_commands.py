@@ -13,14 +13,16 @@ from bus.envelope import Envelope, EnvelopeError
 from bus.publisher import PublishError, SyncPublisher
 from bus.registry import DEFAULT_REGISTRY
 from bus.topology import Topology, declare_all
-from domain.config import DEFAULT_AMQP_URL
+from domain.config import DEFAULT_AMQP_URL, broker_address_from_env
 
 
 def amqp_url_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--amqp-url",
         default=os.environ.get("HOTUPDATE_AMQP_URL", DEFAULT_AMQP_URL),
-        help="broker URL (env HOTUPDATE_AMQP_URL)",
+        type=broker_address_from_env,  # argparse also converts the default: both get the TLS files
+        help="broker URL, or several for failover (env HOTUPDATE_AMQP_URL; TLS files from "
+        "HOTUPDATE_BROKER_CA_FILE/_CERT_FILE/_KEY_FILE)",
     )
     parser.add_argument("--namespace", default="hotupdate", help="exchange/queue name prefix")
 

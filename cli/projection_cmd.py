@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from domain.config import DEFAULT_AMQP_URL, ConfigError, load_config
+from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
 from domain.db import VERSION_LOCATIONS, upgrade
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,16 @@ def _database_url_argument(parser: argparse.ArgumentParser) -> None:
 
 def _from_config(args: argparse.Namespace) -> tuple[str, str]:
     """(database URL, broker URL): flags and environment first, then the configuration file if there is one."""
-    database_url, amqp_url = args.database_url, getattr(args, "amqp_url", None) or os.environ.get("HOTUPDATE_AMQP_URL")
-    if database_url and amqp_url:
-        return database_url, amqp_url
+    flag_url = getattr(args, "amqp_url", None)
+    database_url, amqp_url = args.database_url, flag_url or os.environ.get("HOTUPDATE_AMQP_URL")
+    if database_url and amqp_url:  # no configuration needed: the TLS files come from the environment
+        return database_url, broker_address_from_env(amqp_url)
     if args.config or os.environ.get("HOTUPDATE_CONFIG"):
-        config = load_config(args.config)
-        return database_url or config.projection.database_url, amqp_url or config.amqp_url
-    return database_url or _FALLBACK_DB_URL, amqp_url or DEFAULT_AMQP_URL
+        config = load_config(args.config)  # its amqp_url is HOTUPDATE_AMQP_URL's when set, with broker.tls
+        amqp_url = broker_address_from_env(flag_url) if flag_url else config.amqp_url
+        return database_url or config.projection.database_url, amqp_url
+    # without a configuration the TLS files come from the environment
+    return database_url or _FALLBACK_DB_URL, broker_address_from_env(amqp_url or DEFAULT_AMQP_URL)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -85,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         database_url, amqp_url = _from_config(args)
-    except ConfigError as exc:
+    except ValueError as exc:  # ConfigError, or a broker address that cannot be read
         print(exc, file=sys.stderr)
         return 2
     consumer, projection = build_service(

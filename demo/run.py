@@ -61,14 +61,16 @@ def _wait_http(url: str, children: Children, timeout: float = 60) -> None:
 
 
 def wait_consumers(amqp_url: str, queues: list[str], children: Children, timeout: float = 60) -> None:
-    import pika  # only for this readiness probe
+    import pika.exceptions  # only for this readiness probe
+
+    from bus.connection import connect_blocking
 
     deadline = time.monotonic() + timeout
     pending = list(queues)
     while pending and time.monotonic() < deadline:
         if dead := children.dead():
             raise ScenarioError(f"{dead[0].name} exited early; see {dead[0].log_path}")
-        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        connection = connect_blocking(amqp_url)
         try:
             for name in list(pending):
                 channel = connection.channel()

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from domain.broker_address import parse_broker_address, with_tls_files
 from domain.config_consistency import ConfigContradictions, contradictions
 from domain.types import (
     AreaCode,
@@ -201,6 +202,9 @@ class CmdbConfig(_Model):
     stall_after_seconds: float = Field(
         default=300, gt=0, description="an unfinished update with no event for this long is reported stalled"
     )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="a request body over this is refused (413) unread"
+    )
 
 
 class ProjectionConfig(_Model):
@@ -218,6 +222,25 @@ class TeamGrant(_Model):
     events: list[str] = Field(min_length=1, description="event names of the catalogue, e.g. release.announced")
 
 
+class BrokerTls(_Model):
+    """TLS to the broker: the files every component uses on its ``amqps://`` URLs (docs/deploy.md).
+
+    The server's certificate and host name are always verified: against ``ca_file``, or the system's
+    trusted CAs without it. ``cert_file``/``key_file`` are this machine's client certificate (for brokers
+    that require one), so they usually come from ``HOTUPDATE_BROKER_CERT_FILE``/``_KEY_FILE``.
+    """
+
+    ca_file: Path | None = Field(default=None, description="PEM CA bundle that signed the broker's certificate")
+    cert_file: Path | None = Field(default=None, description="PEM client certificate (with key_file)")
+    key_file: Path | None = Field(default=None, description="PEM private key of cert_file; mode 600")
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> BrokerTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class BrokerConfig(_Model):
     """Who logs in to the broker as whom (bus/identity.py derives every permission from this)."""
 
@@ -230,6 +253,7 @@ class BrokerConfig(_Model):
     teams: dict[str, TeamGrant] = Field(
         default_factory=dict, description="team name → what its broker user team.<name> may publish"
     )
+    tls: BrokerTls | None = Field(default=None, description="TLS files for amqps:// URLs")
 
 
 # --- dashboard: who may read which projects, how they sign in, HTTPS (docs/deploy.md) ---------------
@@ -283,7 +307,12 @@ class DashboardConfig(_Model):
 
 
 class HotupdateConfig(_Model):
-    amqp_url: str = DEFAULT_AMQP_URL
+    amqp_url: str = Field(
+        default=DEFAULT_AMQP_URL,
+        description="the broker: one URL, or several for failover (comma-separated URLs, or a host list "
+        "amqps://u:p@mq1,mq2,mq3/vhost; domain/broker_address.py); after loading, amqps:// URLs carry the "
+        "files of broker.tls, so every component connects with them",
+    )
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     projects: dict[ProjectKey, ProjectConfig]
     receivers: dict[str, ReceiverConfig] = Field(
@@ -339,6 +368,18 @@ class HotupdateConfig(_Model):
                     raise ValueError(f"{where}: unknown project {project!r}")
         return self
 
+    @field_validator("amqp_url")
+    @classmethod
+    def _readable_broker_address(cls, value: str) -> str:
+        parse_broker_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _broker_tls_needs_amqps(self) -> HotupdateConfig:
+        if (tls := self.broker.tls) is not None:
+            _fold_broker_tls(self.amqp_url, tls)  # raises when a URL is plain amqp://
+        return self
+
     def project(self, key: str) -> ProjectConfig:
         try:
             return self.projects[key]
@@ -388,7 +429,39 @@ def load_config(path: str | Path | None = None) -> HotupdateConfig:
         raise ConfigError(f"{file}: the top level must be a mapping")
     if url := os.environ.get("HOTUPDATE_AMQP_URL"):
         raw["amqp_url"] = url
+    if tls_env := _broker_tls_env():
+        broker = raw.get("broker") or {}
+        if isinstance(broker, dict):  # anything else is reported by the validation
+            raw["broker"] = {**broker, "tls": {**(broker.get("tls") or {}), **tls_env}}
     return parse_config(raw, file)
+
+
+BROKER_TLS_ENV = {
+    "ca_file": "HOTUPDATE_BROKER_CA_FILE",
+    "cert_file": "HOTUPDATE_BROKER_CERT_FILE",
+    "key_file": "HOTUPDATE_BROKER_KEY_FILE",
+}
+
+
+def _broker_tls_env() -> dict[str, str]:
+    return {key: value for key, name in BROKER_TLS_ENV.items() if (value := os.environ.get(name))}
+
+
+def _fold_broker_tls(address: str, tls: BrokerTls) -> str:
+    def text(p: Path | None) -> str | None:
+        return str(p) if p is not None else None
+
+    return with_tls_files(
+        address, ca_file=text(tls.ca_file), cert_file=text(tls.cert_file), key_file=text(tls.key_file)
+    )
+
+
+def broker_address_from_env(address: str) -> str:
+    """``address`` (e.g. ``--amqp-url``) with the TLS files of ``HOTUPDATE_BROKER_*_FILE``, for commands
+    that run without a configuration file; a ValueError says what is wrong."""
+    env = _broker_tls_env()
+    parse_broker_address(address)
+    return _fold_broker_tls(address, BrokerTls.model_validate(env)) if env else address
 
 
 def parse_config(raw: dict[str, Any], file: Path) -> HotupdateConfig:
@@ -406,7 +479,22 @@ def parse_config(raw: dict[str, Any], file: Path) -> HotupdateConfig:
             else:
                 lines.append(f"{file}: {where}: {err['msg']}")
         raise ConfigError("\n".join(lines)) from None
-    return _resolve_paths(config, file.resolve().parent)
+    return _with_broker_tls(_resolve_paths(config, file.resolve().parent), file.resolve().parent)
+
+
+def _with_broker_tls(config: HotupdateConfig, base: Path) -> HotupdateConfig:
+    """Write the broker.tls files (relative to the config file) into amqp_url, where every component reads it."""
+    if config.broker.tls is None:
+        return config
+    tls = config.broker.tls.model_copy(update={
+        key: path if path is None or path.is_absolute() else base / path
+        for key, path in (("ca_file", config.broker.tls.ca_file), ("cert_file", config.broker.tls.cert_file),
+                          ("key_file", config.broker.tls.key_file))
+    })
+    return config.model_copy(update={
+        "amqp_url": _fold_broker_tls(config.amqp_url, tls),
+        "broker": config.broker.model_copy(update={"tls": tls}),
+    })
 
 
 def _resolve_paths(config: HotupdateConfig, base: Path) -> HotupdateConfig:

@@ -4,8 +4,8 @@ The configuration itself was validated when it was loaded (a contradiction betwe
 domain/config_consistency.py, stops the load and the check prints each one); these checks add
 what is legal but probably not meant, and look at the machine: directories that must exist and
 be writable, rsync password files (present, mode 600 as the seed insists), the ssh key and
-known_hosts of an ops manager that reaches its game hosts over ssh, and the project-directory
-symlinks of version roots.
+known_hosts of an ops manager that reaches its game hosts over ssh, the project-directory
+symlinks of version roots, and the broker's TLS files.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from domain.broker_address import parse_broker_address, redact
 from domain.config import HotupdateConfig, OpsManagerConfig
 from domain.config_consistency import oddities
 
@@ -151,4 +152,34 @@ def check_config(
     findings += [Finding("warning", odd.key, odd.message) for odd in oddities(config)]
     if not config.cmdb.operators:
         findings.append(Finding("warning", "cmdb.operators", "no operator tokens: nobody can start an update"))
+    findings += broker_tls_findings(config)
     return findings
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def broker_tls_findings(config: HotupdateConfig) -> list[Finding]:
+    """Broker nodes reached without TLS (a warning off this machine); the TLS files present, the key private."""
+    out = [
+        Finding("warning", "amqp_url", f"{redact(node.url)} is reached without TLS (amqps:// and broker.tls)")
+        for node in parse_broker_address(config.amqp_url)
+        if not node.tls and node.host not in _LOOPBACK
+    ]
+    tls = config.broker.tls
+    if tls is None:
+        return out
+    for key, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file)):
+        if path is not None:
+            found = _secret_file(f"broker.tls.{key}", path, key.replace("_", " "))
+            out.append(found if isinstance(found, Finding) else Finding("ok", f"broker.tls.{key}", f"{path}"))
+    if tls.key_file is not None:
+        mode = _secret_file("broker.tls.key_file", tls.key_file, "client key")
+        if isinstance(mode, Finding):
+            out.append(mode)
+        elif mode & 0o077:
+            fix = f"only its owner may read it (chmod 600 {tls.key_file})"
+            out.append(Finding("error", "broker.tls.key_file", f"client key {tls.key_file} has mode {mode:03o}; {fix}"))
+        else:
+            out.append(Finding("ok", "broker.tls.key_file", f"client key {tls.key_file} is mode {mode:03o}"))
+    return out

@@ -8,6 +8,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from bus.connection import connect
 from bus.topology import Topology, declare_exchanges
 
 
@@ -22,7 +23,7 @@ class Probe:
         self._arrived = asyncio.Condition()
 
     async def __aenter__(self) -> Probe:
-        self._connection = await aio_pika.connect(self.url)
+        self._connection = await connect(self.url)
         self.channel = await self._connection.channel()
         self.exchange = await declare_exchanges(self.channel, self.topology)
         return self

@@ -21,6 +21,7 @@ from producers.cmdb.errors import (
     UnknownArea,
     UnknownProject,
 )
+from producers.cmdb.guard import RequestGuard
 from producers.cmdb.schemas import (
     AbortRequest,
     CreatedResponse,
@@ -128,6 +129,8 @@ def create_app(
     if not config.cmdb.operators:
         log.warning("no operators configured (cmdb.operators): every request will be refused")
     app = FastAPI(title="hotupdate CMDB", version="1")
+    # a bad token, or a body over the limit, is refused before the body is read (guard.py)
+    app.add_middleware(RequestGuard, operators=config.cmdb.operators, max_body_bytes=config.cmdb.max_body_bytes)
     app.state.cmdb = CmdbContext(config=config, database=database)
     app.add_exception_handler(CmdbError, _domain_error)
     app.include_router(router)

@@ -10,8 +10,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from domain.config import HotupdateConfig
-from producers.cmdb.auth import operator_for
 from producers.cmdb.database import CmdbDatabase
+from producers.cmdb.guard import MISSING_TOKEN_DETAIL, OPERATOR_STATE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,16 @@ _bearer = HTTPBearer(auto_error=False, description="an operator's token (hotupda
 
 
 def get_operator(
-    config: Annotated[HotupdateConfig, Depends(get_config)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The operator named by the bearer token; 401 for a missing or unknown token."""
-    name = operator_for(credentials.credentials, config.cmdb.operators) if credentials is not None else None
-    if name is None:
+    """The operator the request guard (guard.py) found for the bearer token before the body was read;
+    401 if there is none. ``_bearer`` only declares the scheme in the OpenAPI document."""
+    name = getattr(request.state, OPERATOR_STATE_KEY, None)
+    if not isinstance(name, str):
         log.warning("refused a request without a valid operator token")
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            detail="a valid operator token is required (Authorization: Bearer <token>)",
+            detail=MISSING_TOKEN_DETAIL,
             headers={"WWW-Authenticate": "Bearer"},
         )
     return name
