@@ -54,7 +54,8 @@ def test_redact_hides_passwords_and_query_of_every_node():
 
 
 def _raw(**extra: object) -> dict[str, object]:
-    return {"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}}}, **extra}
+    return {"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                                  "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}}, **extra}
 
 
 def test_config_broker_tls_is_written_into_every_amqps_url_relative_to_the_config_file(tmp_path: Path):
@@ -81,7 +82,8 @@ def test_config_with_broker_tls_but_a_plain_amqp_url_is_an_error_naming_the_key(
 def test_the_machines_client_certificate_comes_from_the_environment(tmp_path: Path, monkeypatch):
     file = tmp_path / "hotupdate.yaml"
     file.write_text("amqp_url: amqps://u:p@mq1/prod\nbroker: {tls: {ca_file: /etc/ca.pem}}\n"
-                    "projects: {ssss: {areas: {hot_server: {大陆: [cn]}}}}\n")
+                    "projects: {ssss: {areas: {hot_server: {大陆: [cn]}},"
+                    " inventory: {cn: {servers: {game: {127.0.0.1: [qq_1]}}}}}}\n")
     monkeypatch.setenv("HOTUPDATE_AMQP_URL", "amqps://u:p@mq1,mq2/prod")
     monkeypatch.setenv("HOTUPDATE_BROKER_CERT_FILE", "/etc/ops1.pem")
     monkeypatch.setenv("HOTUPDATE_BROKER_KEY_FILE", "/etc/ops1.key")
