@@ -18,14 +18,18 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
+from domain.config import ConfigError
+
 COOKIE_NAME = ".erlang.cookie"
 # What erl accepts in a cookie file's first line without surprises: printable, no spaces.
 _COOKIE = re.compile(r"[\x21-\x7e]{1,255}")
 OWNER_ONLY_MODES = (0o600, 0o400)
 
 
-class CookieError(ValueError):
-    """The cookie file is missing, unreadable, readable by others, or holds no valid cookie."""
+class CookieError(ConfigError):
+    """The cookie file is missing, unreadable, readable by others, or holds no valid cookie.
+
+    A ConfigError, so a process that cannot start because of it says why and exits (``hotupdate consume``)."""
 
 
 def read_cookie(path: Path) -> str:
