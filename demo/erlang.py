@@ -2,16 +2,23 @@
 
 Every node this helper starts is stopped at teardown (``erl_call -q``, then SIGKILL of its
 beam process if it is still there), and :meth:`ErlangNodes.stop_all` reports any survivor.
+
+The cookie is never on a command line: ``erl`` and ``erl_call`` run with ``HOME`` pointing at a
+private directory holding ``.erlang.cookie`` (as the ops executor runs erl_call), so neither the
+nodes' argv nor erl_call's shows it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from domain.erlang_cookie import make_home
 
 
 class ErlangError(RuntimeError):
@@ -52,13 +59,18 @@ class ErlangNodes:
 
     def __init__(self, cookie: str) -> None:
         self.cookie = cookie
+        self.home = make_home(cookie)  # HOME of every erl and erl_call started here
         self.pids: dict[str, int] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HOME": str(self.home)}
 
     def start(self, name: str, cwd: Path, code_path: Path) -> int:
         """Start node ``name`` (cwd ``cwd``, ``code_path`` on its code path); returns its OS pid once it answers."""
         subprocess.run(
-            ["erl", "-sname", name, "-setcookie", self.cookie, "-detached", "-noshell", "-pa", str(code_path)],
-            cwd=cwd, check=True, timeout=30,
+            ["erl", "-sname", name, "-detached", "-noshell", "-pa", str(code_path)],
+            cwd=cwd, check=True, timeout=30, env=self.env,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -74,8 +86,8 @@ class ErlangNodes:
     def eval(self, name: str, expr: str, *, check: bool = True) -> str:
         """Evaluate ``expr`` on node ``name``; erl_call's printed ``{ok, Value}`` or error."""
         out = subprocess.run(
-            ["erl_call", "-sname", name, "-c", self.cookie, "-e"],
-            input=expr + ".\n", capture_output=True, text=True, timeout=30,
+            ["erl_call", "-sname", name, "-e"],
+            input=expr + ".\n", capture_output=True, text=True, timeout=30, env=self.env,
         )
         text = (out.stdout or out.stderr).strip()
         if check and (out.returncode != 0 or not text.startswith("{ok,")):
@@ -85,8 +97,8 @@ class ErlangNodes:
     def apply(self, name: str, module: str, function: str) -> str:
         """``module:function()`` on node ``name``, as erl_call -a prints it."""
         out = subprocess.run(
-            ["erl_call", "-sname", name, "-c", self.cookie, "-a", f"{module} {function}"],
-            capture_output=True, text=True, timeout=30,
+            ["erl_call", "-sname", name, "-a", f"{module} {function}"],
+            capture_output=True, text=True, timeout=30, env=self.env,
         )
         if out.returncode != 0:
             raise ErlangError(f"{name}: {module}:{function}(): {out.stderr.strip()}")
@@ -94,7 +106,7 @@ class ErlangNodes:
 
     def stop(self, name: str) -> None:
         pid = self.pids.pop(name)
-        subprocess.run(["erl_call", "-sname", name, "-c", self.cookie, "-q"], capture_output=True, timeout=30)
+        subprocess.run(["erl_call", "-sname", name, "-q"], capture_output=True, timeout=30, env=self.env)
         deadline = time.monotonic() + 10
         while process_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -107,4 +119,6 @@ class ErlangNodes:
         for name in list(self.pids):
             self.stop(name)
         time.sleep(0.2)
+        (self.home / ".erlang.cookie").chmod(0o600)
+        shutil.rmtree(self.home, ignore_errors=True)
         return [pid for pid in started if process_alive(pid)]

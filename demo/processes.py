@@ -34,9 +34,12 @@ class Child:
 class Children:
     """Starts, watches and stops the demo's components."""
 
-    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False) -> None:
+    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False, cwd: Path | None = None) -> None:
         self._logs = logs
         self._env = env
+        # The work directory: a default relative path of a component (a SQLite file, its lock) lands
+        # there, never in the directory the demo was started from.
+        self._cwd = cwd
         self._verbose = verbose
         self.children: list[Child] = []
 
@@ -47,7 +50,7 @@ class Children:
         log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE if self._verbose else log, stderr=subprocess.STDOUT,
-            env=self._env, start_new_session=True,
+            env=self._env, start_new_session=True, cwd=self._cwd,
         )
         child = Child(name, argv, log_path, process, log)
         if self._verbose and process.stdout is not None:

@@ -113,7 +113,8 @@ def component_args(world: World, amqp_url: str, cmdb_port: int, dash_port: int) 
                       "--processed-db", world.db_url("file_pull")],
         "file_push": ["consume", "file-push", "--config", config, "--receiver", "recv1",
                       "--processed-db", world.db_url("file_push")],
-        "ops_executor": ["consume", "ops-executor", "--config", config, "--ops-manager", "ops1"],
+        "ops_executor": ["consume", "ops-executor", "--config", config, "--ops-manager", "ops1",
+                         "--processed-db", world.db_url("ops_executor")],
         "projection": ["projection", "run", "--database-url", world.db_url("projection"), "--amqp-url", amqp_url],
         "cmdb": ["cmdb", "serve", "--config", config, "--port", str(cmdb_port)],
         "dashboard": ["dashboard", "serve", "--database-url", world.db_url("projection"), "--port", str(dash_port)],
@@ -125,7 +126,7 @@ def start_components(world: World, amqp_url: str, stack: ExitStack, *, verbose: 
     """Start every component as its own process (stopped by ``stack``) and wait until each answers."""
     env = {**os.environ, "HOTUPDATE_CONFIG": str(world.config_file), "HOTUPDATE_AMQP_URL": amqp_url,
            **(extra_env or {})}
-    children = Children(world.logs, env, verbose=verbose)
+    children = Children(world.logs, env, verbose=verbose, cwd=world.root)
     stack.callback(children.stop_all)
     cmdb_port, dash_port = free_port(), free_port()
     argv = component_args(world, amqp_url, cmdb_port, dash_port)

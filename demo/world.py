@@ -57,6 +57,10 @@ class World:
         return self.root / "hotupdate.yaml"
 
     @property
+    def cookie_file(self) -> Path:
+        return self.root / "secrets" / "erlang.cookie"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -84,6 +88,8 @@ def build(world: World) -> None:
     password_file = world.root / "secrets" / "ssss.password"
     password_file.write_text(world.rsync_password + "\n", encoding="utf-8")
     os.chmod(password_file, 0o600)  # rsync (and the seed) insist
+    world.cookie_file.write_text(world.cookie + "\n", encoding="ascii")
+    os.chmod(world.cookie_file, 0o600)  # the ops executor refuses a cookie others may read
     world.config_file.write_text(
         yaml.safe_dump(config(world, password_file), allow_unicode=True, sort_keys=False), encoding="utf-8"
     )
@@ -150,7 +156,7 @@ def config(world: World, password_file: Path) -> dict[str, Any]:
                     }
                 },
                 "erlang_cmd_list": [f"c:l({MODULE})."],
-                "erlang_cookie": world.cookie,
+                "erlang_cookie_file": str(world.cookie_file),
             }
         },
         "receivers": {
@@ -168,7 +174,7 @@ def config(world: World, password_file: Path) -> dict[str, Any]:
                 "runner": {
                     "kind": "local",
                     "server_root": str(world.root / "hosts" / "{ip}" / "{server}"),
-                    "erl_cmd": ["erl_call", "-sname", world.node_prefix + "{server}", "-c", "{cookie}", "-e"],
+                    "erl_cmd": ["erl_call", "-sname", world.node_prefix + "{server}", "-e"],
                 },
             }
         },

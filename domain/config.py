@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED, check_patterns, command_refusals, describe
 from domain.broker_address import parse_broker_address, with_tls_files
 from domain.config_consistency import ConfigContradictions, contradictions
 from domain.types import (
@@ -116,7 +117,33 @@ class ProjectConfig(_Model):
     rsync_targets: list[RsyncTarget] = Field(default_factory=list)
     inventory: dict[AreaCode, AreaInventory] = Field(default_factory=dict)
     erlang_cmd_list: list[str] = Field(default_factory=list, description="default commands for hot_server")
-    erlang_cookie: str = Field(default="hotupdate", pattern=r"^[A-Za-z0-9_]{1,255}$")
+    # --- what an update may run, and the Erlang cookie (domain/allowed.py, docs/deploy.md) ---
+    erlang_cmd_allowed: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ERLANG_CMD_ALLOWED),
+        description="regular expressions; an Erlang command must match one in full (default: hot loading "
+        "of a named module only). Enforced by the CMDB's API and again by the ops executor",
+    )
+    erlang_cookie_file: Path | None = Field(
+        default=None,
+        description="file holding the project's Erlang cookie, mode 600; read by an ops manager with a local "
+        "runner (an ssh runner's game hosts use their own ~/.erlang.cookie). Never on a command line",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_cookie(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "erlang_cookie" in data:
+            raise ValueError("erlang_cookie: an inline cookie is no longer read; put it in a file (mode 600) "
+                             "named by erlang_cookie_file")
+        return data
+
+    @model_validator(mode="after")
+    def _commands_allowed(self) -> ProjectConfig:
+        check_patterns(self.erlang_cmd_allowed)
+        if refused := command_refusals(self.erlang_cmd_list, self.erlang_cmd_allowed):
+            raise ValueError(describe(refused))
+        return self
+    # --- end of the block ---
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="notified by the notifier")
 
     def area_codes(self, update_type: UpdateType, area_name: str) -> list[str]:
@@ -173,7 +200,9 @@ class RunnerConfig(_Model):
     apply_cmd: list[str] | None = Field(
         default=None, description="default: copy the staged files into <server_root>/ebin"
     )
-    erl_cmd: list[str] | None = Field(default=None, description="default: erl_call -sname {server} -c {cookie} -a …")
+    erl_cmd: list[str] | None = Field(
+        default=None, description="default: erl_call -sname {server} -e (the cookie comes from $HOME/.erlang.cookie)"
+    )
 
 
 class OpsManagerConfig(_Model):
@@ -524,6 +553,7 @@ def _resolve_paths(config: HotupdateConfig, base: Path) -> HotupdateConfig:
                     w.model_copy(update={"secret_file": fix(w.secret_file)}) if w.secret_file else w
                     for w in p.webhooks
                 ],
+                "erlang_cookie_file": fix(p.erlang_cookie_file) if p.erlang_cookie_file else None,
             }
         )
         for k, p in config.projects.items()

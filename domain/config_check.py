@@ -4,8 +4,9 @@ The configuration itself was validated when it was loaded (a contradiction betwe
 domain/config_consistency.py, stops the load and the check prints each one); these checks add
 what is legal but probably not meant, and look at the machine: directories that must exist and
 be writable, rsync password files (present, mode 600 as the seed insists), the ssh key and
-known_hosts of an ops manager that reaches its game hosts over ssh, the project-directory
-symlinks of version roots, and the broker's TLS files.
+known_hosts of an ops manager that reaches its game hosts over ssh, the Erlang cookie file of
+each project an ops manager with a local runner serves, the project-directory symlinks of
+version roots, and the broker's TLS files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Literal
 from domain.broker_address import parse_broker_address, redact
 from domain.config import HotupdateConfig, OpsManagerConfig
 from domain.config_consistency import oddities
+from domain.erlang_cookie import CookieError, read_cookie
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,34 @@ def _ssh_findings(where: str, manager: OpsManagerConfig) -> list[Finding]:
     return out
 
 
+def cookie_findings(config: HotupdateConfig, manager: OpsManagerConfig) -> list[Finding]:
+    """Each served project's Erlang cookie file: set, readable, mode 600, a cookie (local runner only)."""
+    if manager.runner.kind == "ssh":
+        return [Finding("ok", f"projects.{key}.erlang_cookie_file",
+                        f"ssh runner: erl_call on each game host reads ~{manager.runner.ssh_user}/.erlang.cookie there")
+                for key in manager.projects]
+    return [cookie_file_finding(f"projects.{key}.erlang_cookie_file", config.projects[key].erlang_cookie_file,
+                                hot_server="hot_server" in config.projects[key].areas)
+            for key in manager.projects]
+
+
+def cookie_file_finding(where: str, path: Path | None, *, hot_server: bool = True) -> Finding:
+    """The cookie never has a default and is never on a command line: it is a file only its owner reads."""
+    if path is None:
+        if not hot_server:
+            return Finding("ok", where, "not set (no hot_server updates)")
+        return Finding("error", where, "not set: hot_server updates cannot run Erlang commands "
+                                       "(name a file holding the cookie, mode 600)")
+    mode = _secret_file(where, path, "Erlang cookie file")
+    if isinstance(mode, Finding):
+        return mode
+    try:
+        read_cookie(path)
+    except CookieError as exc:
+        return Finding("error", where, str(exc))
+    return Finding("ok", where, f"Erlang cookie file {path} is mode {mode:03o}")
+
+
 def check_ops_manager(config: HotupdateConfig, name: str) -> list[Finding]:
     manager = config.ops_managers[name]
     where = f"ops_managers.{name}"
@@ -124,6 +154,7 @@ def check_ops_manager(config: HotupdateConfig, name: str) -> list[Finding]:
     ]
     if manager.runner.kind == "ssh":
         findings += _ssh_findings(where, manager)
+    findings += cookie_findings(config, manager)
     return findings
 
 

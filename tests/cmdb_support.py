@@ -30,6 +30,7 @@ from bus.events import (
 )
 from bus.handling import Incoming, child_envelope
 from bus.registry import DEFAULT_REGISTRY
+from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED
 from domain.config import HotupdateConfig, parse_config
 from producers.cmdb.auth import hash_token
 from producers.cmdb.database import CmdbDatabase
@@ -69,6 +70,8 @@ def config_dict() -> dict[str, object]:
                     }
                 },
                 "erlang_cmd_list": ["user_default:reload()."],
+                # hot loading (the default forms) and this project's own reload function
+                "erlang_cmd_allowed": [*DEFAULT_ERLANG_CMD_ALLOWED, r"user_default:reload\(\)"],
             },
             "snqxz": {
                 "areas": {

@@ -19,7 +19,7 @@ from bus.events import UpdateRequested
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.state import StateStore
 from domain.config import HotupdateConfig
-from tests.ops_world import OPS, PROJECT, VERSION, World, envelope_of
+from tests.ops_world import OPS, VERSION, World, envelope_of
 
 HOST_SCRIPT = """\
 import pathlib, sys, time
@@ -68,6 +68,8 @@ class Fleet:
         return self.world.server_dir(ip, server)
 
     def config(self, amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/", **ops: Any) -> HotupdateConfig:
+        """The world's config with the fake hosts as runner; the inventory holds IPs 1-16, 4 servers each."""
+        self.world.allow({"game": {self.ip(i): [self.server(i, n) for n in range(1, 5)] for i in range(1, 17)}})
         runner = {
             "kind": "local",
             "server_root": str(self.world.root / "hosts" / "{ip}" / "{server}"),
@@ -80,7 +82,7 @@ class Fleet:
         config = config or self.config()
         return Executor(ops_manager=OPS, config=config.ops_managers[OPS],
                         store=store or StateStore(self.world.state_url),
-                        cookies={PROJECT: config.projects[PROJECT].erlang_cookie})
+                        projects=config.projects)
 
     def fail(self, ip: str, server: str) -> None:
         root = self.root_of(ip, server)
@@ -111,6 +113,7 @@ class Fleet:
         uid = update_id or str(uuid.uuid4())
         files = self.world.push(uid, {"m.beam": b"new code"})
         servers = {self.ip(i): [self.server(i, n) for n in range(1, servers_per_ip + 1)] for i in range(1, ips + 1)}
+        self.world.allow({"game": servers})
         event = UpdateRequested.model_validate({
             "update_type": "hot_server", "version": VERSION, "ops_manager": OPS, "update_file_list": files,
             "requested_by": "tester", "update_server_list": {"game": servers},

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +13,15 @@ from typing import Any
 from bus.envelope import Envelope
 from bus.events import CdnTarget, FileEntry, UpdateRequested
 from bus.registry import make_envelope
+from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED
 from domain.config import HotupdateConfig
 from domain.layout import incoming_dir
 
 PROJECT, AREA, VERSION, OPS = "ssss", "cn", "004200000", "om1"
+# Erlang command forms the executor tests use beyond the default hot loading (the project's erlang_cmd_allowed).
+SLOW_IF_MARKED = 'case filelib:is_file("slow") of true -> timer:sleep(infinity); false -> ok end'
+TEST_COMMAND_FORMS = (r"hu_mod_[0-9a-f]+:bump\(\)", r"timer:sleep\((infinity|[0-9]+)\)", re.escape(SLOW_IF_MARKED),
+                      r"sleep:[0-9.]+")
 
 
 @dataclass
@@ -22,6 +29,9 @@ class World:
     root: Path
     suffix: str = field(default_factory=lambda: secrets.token_hex(4))
     ops: dict[str, Any] = field(default_factory=dict)
+    # The project's inventory for AREA: what the tests' requests may address (see allow / allow_cdn).
+    servers: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    cdn: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def cookie(self) -> str:
@@ -50,6 +60,28 @@ class World:
     def server_dir(self, ip: str, server: str) -> Path:
         return self.root / "hosts" / ip / server
 
+    @property
+    def cookie_file(self) -> Path:
+        """The project's Erlang cookie file (mode 600), written on first use."""
+        path = self.root / "secrets" / "erlang.cookie"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(self.cookie + "\n")
+        return path
+
+    def allow(self, servers: dict[str, dict[str, list[str]]]) -> None:
+        """Put these servers (group → IP → names) into the inventory of configs made from now on."""
+        for group, ips in servers.items():
+            for ip, names in ips.items():
+                known = self.servers.setdefault(group, {}).setdefault(ip, [])
+                known.extend(n for n in names if n not in known)
+
+    def allow_cdn(self, dirs: list[tuple[str, str]]) -> None:
+        """Put these (CDN root, dir) into the inventory of configs made from now on."""
+        self.cdn.extend(d for d in dirs if d not in self.cdn)
+
     def config(self, amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/", **ops: Any) -> HotupdateConfig:
         manager = {
             "projects": [PROJECT],
@@ -66,10 +98,10 @@ class World:
             "amqp_url": amqp_url,
             "projects": {PROJECT: {
                 "areas": {"hot_server": {"大陆": [AREA]}, "hot_client": {"大陆": [AREA]}},
-                # Tests send their own server lists; the inventory is what an operator would configure.
-                "inventory": {AREA: {"servers": {"game": {"127.0.0.1": ["qq_1"]}},
-                                     "cdn": [{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1"}]}},
-                "erlang_cookie": self.cookie,
+                "erlang_cookie_file": str(self.cookie_file),
+                "erlang_cmd_allowed": [*DEFAULT_ERLANG_CMD_ALLOWED, *TEST_COMMAND_FORMS],
+                "inventory": {AREA: {"servers": self.servers,
+                                     "cdn": [{"cdn_root_url": u, "cdn_dir": d} for u, d in self.cdn]}},
             }},
             "ops_managers": {OPS: manager},
         })
@@ -86,8 +118,11 @@ class World:
         return entries
 
 
-def hot_server_request(update_id: str, files: list[FileEntry], servers: dict[str, dict[str, list[str]]],
-                       commands: list[str]) -> tuple[Envelope, UpdateRequested]:
+def hot_server_request(world: World, update_id: str, files: list[FileEntry],
+                       servers: dict[str, dict[str, list[str]]], commands: list[str]
+                       ) -> tuple[Envelope, UpdateRequested]:
+    """A hot_server request; its servers join ``world``'s inventory (for configs made afterwards)."""
+    world.allow(servers)
     event = UpdateRequested.model_validate({
         "update_type": "hot_server", "version": VERSION, "ops_manager": OPS, "update_file_list": files,
         "requested_by": "tester", "update_server_list": servers, "erlang_cmd_list": commands,
@@ -95,8 +130,10 @@ def hot_server_request(update_id: str, files: list[FileEntry], servers: dict[str
     return envelope_of(event, update_id), event
 
 
-def hot_client_request(update_id: str, files: list[FileEntry], dirs: list[tuple[str, str]]
+def hot_client_request(world: World, update_id: str, files: list[FileEntry], dirs: list[tuple[str, str]]
                        ) -> tuple[Envelope, UpdateRequested]:
+    """A hot_client request; its CDN dirs join ``world``'s inventory (for configs made afterwards)."""
+    world.allow_cdn(dirs)
     event = UpdateRequested(
         update_type="hot_client", version=VERSION, ops_manager=OPS, update_file_list=files,
         requested_by="tester", client_type=0,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -33,6 +34,7 @@ from demo.erlang import ErlangNodes
 from demo.rsyncd import RsyncDaemon
 from demo.run import Components, start_components, wait_consumers
 from demo.world import AREA_NAME, MODULE, PROJECT, World, build, code_dir
+from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED, erlang_command_form
 
 T = TypeVar("T")
 FINAL = {"pull_failed", "push_failed", "completed", "failed"}
@@ -107,6 +109,9 @@ def erlang_commands(*commands: str) -> Configure:
 
     def tweak(config: dict[str, Any]) -> None:
         config["projects"][PROJECT]["erlang_cmd_list"] = list(commands)
+        # The project allows exactly these commands besides hot loading (a bump, a sleep: test forms).
+        config["projects"][PROJECT]["erlang_cmd_allowed"] = [
+            *DEFAULT_ERLANG_CMD_ALLOWED, *(re.escape(erlang_command_form(c)) for c in commands)]
 
     return tweak
 

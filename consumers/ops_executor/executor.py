@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -87,7 +87,9 @@ from consumers.ops_executor.state import (
     UpdateRecord,
 )
 from consumers.ops_executor.templates import ServerTemplates, check_purge_template
-from domain.config import OpsManagerConfig
+from domain.allowed import Refusal, describe, update_refusals
+from domain.config import OpsManagerConfig, ProjectConfig
+from domain.erlang_cookie import ErlangHomes
 from domain.layout import LayoutError, incoming_dir, update_path
 from domain.types import CdnDir, HostName, IpAddress, RelativeFileName, ServerName
 
@@ -290,11 +292,17 @@ class _CdnTargets:
 class Executor:
     """Runs the hot updates addressed to one ops manager."""
 
-    def __init__(self, *, ops_manager: str, config: OpsManagerConfig, cookies: dict[str, str],
+    def __init__(self, *, ops_manager: str, config: OpsManagerConfig, projects: Mapping[str, ProjectConfig],
                  store: StateStore, runner: HostRunner | None = None, max_attempts: int = 3) -> None:
+        """``projects``: the configuration of the projects this ops manager serves (inventory, allowed
+        commands, cookie file). With a local runner each cookie file is read now (CookieError if it is
+        missing or others may read it) into a private HOME for Erlang commands; :meth:`close` removes them."""
         self.ops_manager = ops_manager
         self._config = config
-        self._cookies = cookies
+        self._projects = dict(projects)
+        local = config.runner.kind == "local"
+        self._homes = ErlangHomes({p: c.erlang_cookie_file for p, c in self._projects.items()
+                                   if local and c.erlang_cookie_file is not None})
         self._store = store
         self._max_attempts = max_attempts
         self._semaphore = asyncio.Semaphore(config.concurrency)
@@ -311,6 +319,21 @@ class Executor:
         self._closing = False
 
     # --- entry points ----------------------------------------------------------------
+
+    def disallowed(self, envelope: Envelope, event: UpdateRequested) -> list[Refusal]:
+        """What the update would touch or run that its project's configuration does not allow."""
+        project = self._projects.get(envelope.project)
+        if project is None:
+            return [Refusal("project", envelope.project, f"is not served by ops manager {self.ops_manager}")]
+        return update_refusals(
+            project, envelope.area, update_server_list=event.update_server_list,
+            cdn_targets=[(t.cdn_root_url, t.cdn_dir) for t in event.data or []],
+            erlang_cmd_list=event.erlang_cmd_list,
+        )
+
+    def close(self) -> None:
+        """Remove the private Erlang HOME directories (and their cookie copies)."""
+        self._homes.close()
 
     async def handle(self, envelope: Envelope, event: UpdateRequested, emit: Emitter) -> None:
         """Run, resume or answer the update ``envelope`` requests; see the module docstring."""
@@ -471,7 +494,14 @@ class Executor:
                    halt: asyncio.Event, *, quiet_before: int = 1) -> None:
         """Run (or carry on) the update; events of batches before ``quiet_before`` were published already."""
         uid = envelope.updateid
-        reason = refusal(event, envelope, self._cookies)
+        reason = refusal(event, envelope, self._projects)
+        if reason is None and (refused := self.disallowed(envelope, event)):
+            # The handler parks such a request before it gets here; this catches a resumed or carried-on
+            # update whose project's configuration changed since.
+            reason = describe(refused)
+        if reason is None and event.erlang_cmd_list and self._config.runner.kind == "local" \
+                and self._homes.get(envelope.project) is None:
+            reason = f"projects.{envelope.project}.erlang_cookie_file is not set: Erlang commands cannot run"
         if reason is not None:
             log.warning("update %s: refused: %s", uid, reason)
             record = await self._store.afinish(uid, status="failed", final_result=False,
@@ -491,7 +521,7 @@ class Executor:
         targets: _Targets
         if event.update_type == "hot_server":
             job = ServerJob(project=envelope.project, area=envelope.area, update_id=uid, version=event.version,
-                            cookie=self._cookies[envelope.project], staged_dir=directory, files=files,
+                            erlang_home=self._homes.get(envelope.project), staged_dir=directory, files=files,
                             commands=tuple(event.erlang_cmd_list), blocked=blocked)
             targets = _ServerTargets(self._store, uid, event, self._servers, job)
         else:
@@ -629,13 +659,13 @@ _HOST = TypeAdapter(HostName)
 _FILE = TypeAdapter(RelativeFileName)
 
 
-def refusal(event: UpdateRequested, envelope: Envelope, cookies: dict[str, str]) -> str | None:
+def refusal(event: UpdateRequested, envelope: Envelope, projects: Mapping[str, object]) -> str | None:
     """Why the update must not run at all, or None.
 
     The event was validated when decoded; this checks again every value that becomes a path
     or a process argument, so an event built any other way cannot smuggle one in.
     """
-    if envelope.project not in cookies:
+    if envelope.project not in projects:
         return f"项目 {envelope.project} 不由本运维管理机负责"
     try:
         update_path(envelope.project, envelope.area, envelope.updateid, event.version)

@@ -5,6 +5,9 @@
 - *update abort requested* → the running update starts nothing more and completes "aborted".
 
 The queue is bound by project only: each handler acts on updates of this ops manager alone.
+A request for anything the project's configuration does not allow (a server, IP or CDN dir
+outside the inventory, an Erlang command outside ``erlang_cmd_allowed``) is parked with the
+reason before anything is recorded or run: whoever published it, the executor checks.
 Events after a go-ahead or an abort are children of the update's request, published through
 ``emitter_for``, not of the operator's event.
 """
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import logging
 
+from bus.consumer import Reject
 from bus.events import BatchConfirmed, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Incoming
 from consumers.ops_executor.executor import EmitterFor, Executor
+from domain.allowed import describe
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,9 @@ async def handle_update_requested(msg: Incoming[UpdateRequested], emit: Emitter,
         log.debug("update %s is for ops manager %s, not %s; ignored", env.updateid, event.ops_manager,
                   executor.ops_manager)
         return
+    if refused := executor.disallowed(env, event):
+        log.warning("update %s: refused, not allowed by the configuration: %s", env.updateid, describe(refused))
+        raise Reject(f"not allowed by the configuration of project {env.project}: {describe(refused)}")
     log.info("update requested id=%s update=%s type=%s version=%s rollout=%s redelivered=%s",
              env.id, env.updateid, event.update_type, event.version, event.rollout, msg.redelivered)
     await executor.handle(env, event, emit)

@@ -5,20 +5,24 @@ copied into a staging directory beside it (same file system), then each is renam
 place: a client fetching a file sees the old or the new one, never half of one. The set of
 files is not swapped as a whole, because the directory also holds files this update does not
 carry. Every file is md5-checked where it landed; then the project's purge command, if any.
+A cancelled run (an interrupted update) stops the copy before it returns: a dir whose files
+were still being staged gets none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bus.events import FileEntry, ServerResult
-from consumers.ops_executor.runner import StagedFile, run_argv
+from consumers.ops_executor.runner import CopyStopped, StagedFile, run_argv
 from consumers.ops_executor.templates import purge_argv
 from domain.md5 import file_md5
 
@@ -67,8 +71,15 @@ class CdnUpdater:
         async with self._semaphore:
             if halt is not None and halt.is_set():  # aborted while waiting for its turn
                 return None
+            stop = threading.Event()
+            placing = asyncio.ensure_future(asyncio.to_thread(place_files, job.files, target, job.update_id, stop))
             try:
-                await asyncio.to_thread(place_files, job.files, target, job.update_id)
+                await asyncio.shield(placing)
+            except asyncio.CancelledError:
+                stop.set()  # the thread cannot be killed: it stops before its next file, and we wait for that
+                with contextlib.suppress(CopyStopped, OSError):
+                    await asyncio.shield(placing)
+                raise
             except OSError as exc:
                 log.warning("update %s: CDN dir %s not updated: %s", job.update_id, target, exc)
                 return ServerResult(data=f"更新失败: {exc.strerror or exc}: {exc.filename or target}", status=False)
@@ -87,14 +98,20 @@ class CdnUpdater:
         return ServerResult(data=CDN_OK, status=True)
 
 
-def place_files(files: Sequence[StagedFile], target: Path, update_id: str) -> None:
-    """Stage ``files`` beside ``target``, then rename each into ``target`` (created if missing)."""
+def place_files(files: Sequence[StagedFile], target: Path, update_id: str,
+                stop: threading.Event | None = None) -> None:
+    """Stage ``files`` beside ``target``, then rename each into ``target`` (created if missing).
+
+    ``stop`` set while staging: nothing is placed (:class:`CopyStopped`).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.hotupdate-{update_id}"
     shutil.rmtree(staging, ignore_errors=True)  # a leftover of an interrupted run of this update
     staging.mkdir()
     try:
         for item in files:
+            if stop is not None and stop.is_set():
+                raise CopyStopped()
             staged = staging / item.name
             staged.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(item.source, staged)

@@ -103,7 +103,7 @@ class ServerJob:
     area: str
     update_id: str
     version: str
-    cookie: str
+    erlang_home: Path | None  # HOME holding the project's .erlang.cookie (local runner); None over ssh
     staged_dir: Path
     files: tuple[StagedFile, ...]
     commands: tuple[str, ...]
@@ -207,7 +207,7 @@ class ServerUpdater:
         root = self._templates.root_of(ip, server)
         values = {
             "ip": ip, "server": server, "server_root": root, "group": group, "project": job.project,
-            "area": job.area, "version": job.version, "update_id": job.update_id, "cookie": job.cookie,
+            "area": job.area, "version": job.version, "update_id": job.update_id,
             **self._ssh,
         }
         applied = await self._apply(job, ip, values)
@@ -216,7 +216,7 @@ class ServerUpdater:
             return ServerOutcome(applied, ServerResult(data=APPLY_SKIPPED_ERL, status=False))
         if progress is not None:
             progress[server] = applied
-        erl = await self._erl(job.commands, ip, values)
+        erl = await self._erl(job.commands, ip, values, job.erlang_home)
         log.info("update %s: %s/%s applied, erl %s", job.update_id, ip, server, "ok" if erl.status else "failed")
         return ServerOutcome(applied, erl)
 
@@ -233,13 +233,14 @@ class ServerUpdater:
             return not_applied(result.describe())
         return ServerResult(data=APPLY_OK, status=True)
 
-    async def _erl(self, commands: Sequence[str], ip: str, values: Mapping[str, str]) -> ServerResult:
+    async def _erl(self, commands: Sequence[str], ip: str, values: Mapping[str, str],
+                   home: Path | None) -> ServerResult:
         if not commands:
             return ServerResult(data=NO_ERL_COMMANDS, status=True)
         outputs = []
         for command in commands:
             argv, stdin = self._templates.erl_argv(values, command)
-            result = await self._runner.run(ip, argv, stdin=stdin, timeout=self._command_timeout)
+            result = await self._runner.run(ip, argv, stdin=stdin, timeout=self._command_timeout, home=home)
             if not result.ok or erl_output_failed(result.stdout):
                 return ServerResult(data=f"{command}: {result.describe()}", status=False)
             outputs.append(f"{command}: {result.stdout.strip()}")

@@ -3,7 +3,13 @@
 Two runners share one protocol: :class:`LocalRunner` (subprocesses on this machine, where an
 "IP" is only a placeholder in directory templates: the default, used by tests and the demo)
 and :class:`SshRunner` (the system ``ssh`` client in batch mode). Every command has a timeout;
-on timeout or cancellation the whole process group is killed, so no child outlives its step.
+on timeout or cancellation the whole process group is killed, so no child outlives its step,
+and the local copy of files stops (between chunks) before the timeout is reported: what is
+reported as stopped has stopped.
+
+The Erlang cookie never travels on a command line. The local runner runs Erlang commands with
+``HOME`` set to a private directory holding the project's cookie (:mod:`domain.erlang_cookie`);
+over ssh the game host's own ``~/.erlang.cookie`` (of ``ssh_user``) applies.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import os
 import shlex
 import signal
 import tarfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -67,8 +74,12 @@ def _kill_group(proc: asyncio.subprocess.Process) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def run_argv(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float) -> CommandResult:
-    """Run ``argv`` on this machine with a timeout; kill its process group on timeout or cancellation."""
+async def run_argv(argv: Sequence[str], *, stdin: bytes | None = None, timeout: float,
+                   env: Mapping[str, str] | None = None) -> CommandResult:
+    """Run ``argv`` on this machine with a timeout; kill its process group on timeout or cancellation.
+
+    ``env``: variables set for the command on top of this process's environment.
+    """
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -76,6 +87,7 @@ async def run_argv(argv: Sequence[str], *, stdin: bytes | None = None, timeout: 
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     except OSError as exc:
         return CommandResult(ok=False, error=f"cannot run {argv[0]}: {exc.strerror or exc}")
@@ -99,9 +111,12 @@ class HostRunner(Protocol):
     kind: str
 
     async def run(
-        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
     ) -> CommandResult:
-        """Run ``argv`` on host ``ip`` (arguments stay separate: no shell splits or expands them)."""
+        """Run ``argv`` on host ``ip`` (arguments stay separate: no shell splits or expands them).
+
+        ``home``: a directory holding ``.erlang.cookie``, the ``HOME`` of a local Erlang command.
+        """
         ...
 
     async def put_files(
@@ -117,34 +132,60 @@ class LocalRunner:
     kind = "local"
 
     async def run(
-        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
     ) -> CommandResult:
-        return await run_argv(argv, stdin=stdin, timeout=timeout)
+        return await run_argv(argv, stdin=stdin, timeout=timeout, env={"HOME": str(home)} if home else None)
 
     async def put_files(
         self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
     ) -> CommandResult:
+        stop = threading.Event()
+        copy = asyncio.ensure_future(asyncio.to_thread(copy_into, files, Path(dest_dir), stop))
         try:
-            await asyncio.wait_for(asyncio.to_thread(copy_into, files, Path(dest_dir)), timeout)
+            await asyncio.wait_for(asyncio.shield(copy), timeout)
         except TimeoutError:
+            # The thread cannot be killed: tell it to stop and wait until it has (it removes its
+            # partial file), so nothing lands after the timeout is reported.
+            await _stopped(copy, stop)
+            log.warning("copy into %s timed out after %ss; stopped", dest_dir, timeout)
             return CommandResult(ok=False, error=f"timeout after {timeout:g}s")
+        except asyncio.CancelledError:
+            await _stopped(copy, stop)
+            raise
         except OSError as exc:
             return CommandResult(ok=False, error=f"{exc.strerror or exc}: {exc.filename or dest_dir}")
         return CommandResult(ok=True, returncode=0, stdout=f"{len(files)} file(s) copied")
 
 
-def copy_into(files: Sequence[StagedFile], dest_dir: Path) -> None:
-    """Copy each file to ``dest_dir/<name>``, replacing atomically so a loader never sees half a file."""
+async def _stopped(copy: asyncio.Future[None], stop: threading.Event) -> None:
+    stop.set()
+    with contextlib.suppress(CopyStopped, OSError):
+        await asyncio.shield(copy)
+
+
+class CopyStopped(Exception):
+    """The copy was told to stop; files already replaced stay, the one in progress was removed."""
+
+
+def copy_into(files: Sequence[StagedFile], dest_dir: Path, stop: threading.Event | None = None) -> None:
+    """Copy each file to ``dest_dir/<name>``, replacing atomically so a loader never sees half a file.
+
+    ``stop`` set: the copy ends before the next file or chunk (:class:`CopyStopped`).
+    """
     if not dest_dir.is_dir():
         # A server's code directory must already exist: creating it would hide a wrong server_root.
         raise NotADirectoryError(20, "not a directory", str(dest_dir))
     for item in files:
+        if stop is not None and stop.is_set():
+            raise CopyStopped()
         target = dest_dir / item.name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.hotupdate-tmp"
         try:
             with item.source.open("rb") as src, tmp.open("wb") as dst:
                 while chunk := src.read(1024 * 1024):
+                    if stop is not None and stop.is_set():
+                        raise CopyStopped()
                     dst.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -177,8 +218,9 @@ class SshRunner:
         return [self._ssh, *opts, "-l", self._config.ssh_user, "--", ip, shlex.join(argv)]
 
     async def run(
-        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float
+        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
     ) -> CommandResult:
+        # ``home`` is this machine's: on the game host the ssh user's own ~/.erlang.cookie applies.
         return await run_argv(self.ssh_argv(ip, argv), stdin=stdin, timeout=timeout)
 
     async def put_files(

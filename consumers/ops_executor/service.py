@@ -84,6 +84,7 @@ class OpsExecutorService(ConsumerService):
             await asyncio.wait(self.resumed, timeout=timeout)
         await self._resume_publisher.close()
         self.store.close()
+        self.executor.close()
 
 
 def build_service(
@@ -108,7 +109,7 @@ def build_service(
     store = StateStore(url)
     executor = Executor(
         ops_manager=ops_manager, config=manager, store=store, runner=runner,
-        cookies={p: config.project(p).erlang_cookie for p in manager.projects},
+        projects={p: config.project(p) for p in manager.projects},
     )
     service = f"{ROLE}.{ops_manager}"
     source = f"hotupdate/{ROLE}/{ops_manager}"

@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 from domain.config import RunnerConfig
 
-# erl_call evaluates the expression it reads on stdin (-e) on the server's node.
-DEFAULT_ERL_CMD: tuple[str, ...] = ("erl_call", "-sname", "{server}", "-c", "{cookie}", "-e")
+# erl_call evaluates the expression it reads on stdin (-e) on the server's node. No -c: erl_call then
+# reads $HOME/.erlang.cookie, and the runner points HOME at the project's private cookie directory.
+DEFAULT_ERL_CMD: tuple[str, ...] = ("erl_call", "-sname", "{server}", "-e")
 # Placeholders each template may use.
 SERVER_FIELDS = frozenset({"ip", "server", "server_root", "group", "project", "area", "version", "update_id",
                            "ssh_user", "ssh_port"})
 APPLY_FIELDS = SERVER_FIELDS | {"staged_dir", "dest_dir"}
-ERL_FIELDS = SERVER_FIELDS | {"cookie", "command"}
+ERL_FIELDS = SERVER_FIELDS | {"command"}
 PURGE_FIELDS = frozenset({"cdn_root_url", "cdn_dir", "target_dir", "project", "area", "version", "update_id"})
 FILES_ARG = "{files}"  # a purge argument that is exactly this expands to one argument per file
 
@@ -79,6 +80,10 @@ class ServerTemplates:
         if config.apply_cmd is not None:
             check_template("runner.apply_cmd", config.apply_cmd, APPLY_FIELDS)
         erl = tuple(config.erl_cmd) if config.erl_cmd is not None else DEFAULT_ERL_CMD
+        if "cookie" in placeholders(erl):
+            raise TemplateError("runner.erl_cmd: {cookie} is not filled any more: a cookie on a command line is "
+                                "visible to every user (ps); erl_call reads $HOME/.erlang.cookie, made from the "
+                                "project's erlang_cookie_file")
         check_template("runner.erl_cmd", erl, ERL_FIELDS)
         return cls(config.server_root, tuple(config.apply_cmd) if config.apply_cmd else None, erl)
 

@@ -16,6 +16,7 @@ from producers.cmdb.errors import (
     BadState,
     CmdbError,
     InvalidChoice,
+    NotAllowed,
     NotConfigured,
     NotFound,
     UnknownArea,
@@ -43,6 +44,7 @@ ERROR_STATUS: dict[type[CmdbError], int] = {
     AmbiguousArea: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidChoice: status.HTTP_422_UNPROCESSABLE_CONTENT,
     NotConfigured: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    NotAllowed: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
@@ -82,7 +84,8 @@ def push_update(
     """Push the chosen files (all by default) to the area's rsync targets."""
     choice = body or PushRequest()
     cmd = service.PushUpdate(
-        files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs, rollout=choice.rollout
+        files=choice.files, servers=choice.servers, cdn_dirs=choice.cdn_dirs, rollout=choice.rollout,
+        update_server_list=choice.update_server_list,
     )
     return service.push_update(db, cfg, update_id, cmd, requested_by=operator)
 

@@ -33,3 +33,7 @@ class BadState(CmdbError):
 
 class NotConfigured(CmdbError):
     """The configuration lacks something the action needs (no rsync target for the area)."""
+
+
+class NotAllowed(InvalidChoice):
+    """A value the project's configuration does not allow (domain/allowed.py); the message names the field."""

@@ -40,6 +40,10 @@ class PushRequest(_Body):
         default=None, description="hot_client: only these CDN dirs (<cdn_dir> or <cdn_root_url>/<cdn_dir>)"
     )
     rollout: RolloutPlan | None = Field(default=None, description="batches; absent: every target in one batch")
+    update_server_list: dict[str, dict[str, list[str]]] | None = Field(
+        default=None, description="hot_server: only these servers, in the seed's shape group → IP → servers; "
+        "each must be in the inventory, on that IP, in that group (instead of servers)",
+    )
 
 
 class AbortRequest(_Body):

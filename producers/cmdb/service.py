@@ -20,7 +20,7 @@ load with a lock, ``require`` the state, change it, ``enqueue`` the event.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -39,11 +39,12 @@ from bus.events import (
     UpdateAbortRequested,
 )
 from bus.registry import make_envelope
+from domain.allowed import command_refusals, describe
 from domain.config import HotupdateConfig
 from domain.types import UpdateType
 from producers.cmdb.areas import project_config, resolve_area
 from producers.cmdb.database import CmdbDatabase
-from producers.cmdb.errors import BadState, InvalidChoice, NotFound
+from producers.cmdb.errors import BadState, InvalidChoice, NotAllowed, NotFound
 from producers.cmdb.expected import failed_or_unrun, missing_targets
 from producers.cmdb.models import HotUpdate, TargetResult, as_utc, utcnow
 from producers.cmdb.outbox import enqueue
@@ -57,7 +58,7 @@ from producers.cmdb.states import (
     State,
     require,
 )
-from producers.cmdb.targets import rsync_targets, update_targets
+from producers.cmdb.targets import require_allowed, rsync_targets, update_targets
 
 SOURCE = "hotupdate/cmdb"
 
@@ -85,6 +86,7 @@ class PushUpdate:
     servers: Sequence[str] | None = None
     cdn_dirs: Sequence[str] | None = None
     rollout: RolloutPlan | None = None  # None: one batch
+    update_server_list: Mapping[str, Mapping[str, Sequence[str]]] | None = None  # instead of servers
 
 
 def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpdate, requested_by: str) -> str:
@@ -101,6 +103,8 @@ def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpda
         if cmd.client_type is not None:
             raise InvalidChoice("client_type is for hot_client updates only")
         erlang_cmds = list(cmd.erlang_cmd_list) if cmd.erlang_cmd_list is not None else list(proj.erlang_cmd_list)
+        if refused := command_refusals(erlang_cmds, proj.erlang_cmd_allowed):
+            raise NotAllowed(f"{describe(refused)} (project {cmd.project!r})")
     update_id = str(uuid.uuid4())
     event = _event(
         PullRequested,
@@ -149,8 +153,10 @@ def push_update(
         proj = project_config(config, row.project)
         refs, ops_manager = rsync_targets(row.project, proj, row.area_name)
         targets = update_targets(
-            row.project, proj, row.area_code, _update_type(row), servers=cmd.servers, cdn_dirs=cmd.cdn_dirs
+            row.project, proj, row.area_code, _update_type(row), servers=cmd.servers, cdn_dirs=cmd.cdn_dirs,
+            update_server_list=cmd.update_server_list,
         )
+        require_allowed(row.project, proj, row.area_code, targets, row.erlang_cmd_list or [])
         event = _event(
             PushRequested,
             update_type=row.update_type,
@@ -175,7 +181,7 @@ def push_update(
         row.rsync_targets = [t.model_dump(mode="json") for t in refs]
         row.ops_manager = ops_manager
         row.update_targets = targets
-        row.narrowed = cmd.servers is not None or cmd.cdn_dirs is not None
+        row.narrowed = cmd.servers is not None or cmd.cdn_dirs is not None or cmd.update_server_list is not None
         row.rollout = cmd.rollout.model_dump(mode="json") if cmd.rollout else None
         row.push_event_id = envelope.id
         row.push_requested_at = utcnow()
@@ -293,6 +299,7 @@ def _start_linked(
     if not files:
         raise BadState(f"update {parent.id} pushed no files to repeat")
     proj = project_config(config, parent.project)
+    require_allowed(parent.project, proj, parent.area_code, targets, erlang_cmd_list)
     refs, ops_manager = rsync_targets(parent.project, proj, parent.area_name)
     update_id = str(uuid.uuid4())
     pull = _event(

@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bus.events import CdnTarget, RsyncTargetRef
+from domain.allowed import Refusal, describe, server_refusals, update_refusals
 from domain.config import ProjectConfig
 from domain.types import ServerGroup, UpdateType
-from producers.cmdb.errors import InvalidChoice, NotConfigured
+from producers.cmdb.errors import InvalidChoice, NotAllowed, NotConfigured
 
 
 def rsync_targets(project: str, proj: ProjectConfig, area_name: str) -> tuple[list[RsyncTargetRef], str]:
@@ -38,14 +39,27 @@ def update_targets(
     update_type: UpdateType,
     servers: Sequence[str] | None = None,
     cdn_dirs: Sequence[str] | None = None,
+    update_server_list: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
-    """``{"update_server_list": …}`` for hot_server or ``{"data": […]}`` for hot_client, from the inventory."""
+    """``{"update_server_list": …}`` for hot_server or ``{"data": […]}`` for hot_client, from the inventory.
+
+    An operator narrows by server names (``servers``), by the seed's group → IP → servers
+    (``update_server_list``) or by CDN dirs; anything outside the inventory is refused (NotAllowed).
+    """
     inventory = proj.inventory.get(area_code)
     where = f"project {project!r}, area code {area_code!r}"
+    if update_server_list is not None and (servers is not None or update_type != "hot_server"):
+        raise InvalidChoice("update_server_list narrows a hot_server update: give it instead of servers")
     if update_type == "hot_server":
         if cdn_dirs:
             raise InvalidChoice("a hot_server update runs on game servers: choose servers, not cdn_dirs")
-        server_list = _server_list(inventory.servers if inventory else {}, servers, where)
+        if update_server_list is not None:
+            if refused := server_refusals(update_server_list, inventory):
+                raise NotAllowed(f"{describe(refused)} (inventory of {where})")
+            server_list = {g: {ip: list(names) for ip, names in ips.items() if names}
+                           for g, ips in update_server_list.items()}
+        else:
+            server_list = _server_list(inventory.servers if inventory else {}, servers, where)
         if not any(server_list.values()):
             raise NotConfigured(f"no game server in the inventory of {where}")
         return {"update_server_list": server_list}
@@ -66,9 +80,9 @@ def _server_list(
                 for group, ips in inventory.items() if ips}
     wanted = set(chosen)
     known = {name for ips in inventory.values() for names in ips.values() for name in names}
-    unknown = sorted(wanted - known)
-    if unknown:
-        raise InvalidChoice(f"server(s) not in the inventory of {where}: {', '.join(unknown)}")
+    if refused := [Refusal(f"servers[{i}]", s, f"is not in the inventory of {where}")
+                   for i, s in enumerate(chosen) if s not in known]:
+        raise NotAllowed(describe(refused))
     narrowed: dict[str, dict[str, list[str]]] = {}
     for group, ips in inventory.items():
         for ip, names in ips.items():
@@ -85,7 +99,23 @@ def _cdn_dirs(inventory: list[CdnTarget], chosen: Sequence[str] | None, where: s
     wanted = set(chosen)
     kept = [c for c in inventory if c.cdn_dir in wanted or f"{c.cdn_root_url}/{c.cdn_dir}" in wanted]
     matched = {c.cdn_dir for c in kept} | {f"{c.cdn_root_url}/{c.cdn_dir}" for c in kept}
-    unknown = sorted(wanted - matched)
-    if unknown:
-        raise InvalidChoice(f"CDN dir(s) not in the inventory of {where}: {', '.join(unknown)}")
+    if refused := [Refusal(f"cdn_dirs[{i}]", d, f"is not in the inventory of {where}")
+                   for i, d in enumerate(chosen) if d not in matched]:
+        raise NotAllowed(describe(refused))
     return kept
+
+
+def require_allowed(project: str, proj: ProjectConfig, area_code: str, targets: Mapping[str, Any],
+                    erlang_cmd_list: Sequence[str]) -> None:
+    """Refuse (NotAllowed) an update whose targets or Erlang commands the configuration does not allow now.
+
+    The same rule the ops executor applies to the *update requested* (domain/allowed.py): checked
+    again when targets come from an earlier update (retry, rollback) or the configuration changed.
+    """
+    refused = update_refusals(
+        proj, area_code, update_server_list=targets.get("update_server_list"),
+        cdn_targets=[(c["cdn_root_url"], c["cdn_dir"]) for c in targets.get("data") or []],
+        erlang_cmd_list=erlang_cmd_list,
+    )
+    if refused:
+        raise NotAllowed(f"{describe(refused)} (project {project!r}, area code {area_code!r})")

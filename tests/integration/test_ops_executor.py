@@ -48,7 +48,7 @@ def executor_for(world: World, config: HotupdateConfig | None = None, store: Sta
     config = config or world.config()
     return Executor(
         ops_manager=OPS, config=config.ops_managers[OPS], store=store or StateStore(world.state_url),
-        cookies={PROJECT: config.projects[PROJECT].erlang_cookie},
+        projects=config.projects,
     )
 
 
@@ -98,7 +98,7 @@ async def test_update_loads_new_beam_on_every_running_node_without_restart(world
     pids_before = dict(nodes.pids)
     assert {version_of(nodes, world, s) for s in (s1, s2, s3)} == {"1"}
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [s1, s2]}, "cross": {IP_B: [s3]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [s1, s2]}, "cross": {IP_B: [s3]}},
                                     [f"c:l({world.module})", f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
 
@@ -122,7 +122,7 @@ async def test_node_down_fails_only_its_erl_command(world, nodes):
     up = server(world, nodes, IP_A, "qq_1")
     down = server(world, nodes, IP_B, "qq_2", start=False)
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [up], IP_B: [down]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [up], IP_B: [down]}},
                                     [f"c:l({world.module})"])
     emitter = RecordingEmitter(env)
 
@@ -148,7 +148,7 @@ async def test_apply_failure_runs_no_erl_command_on_that_server(world, nodes):
     ebin.rmdir()
     ebin.write_text("a regular file where the code directory should be")  # root ignores chmod; this it can't
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [good, bad]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [good, bad]}},
                                     [f"c:l({world.module})", f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
 
@@ -168,7 +168,7 @@ async def test_apply_failure_runs_no_erl_command_on_that_server(world, nodes):
 async def test_hanging_command_is_killed_and_recorded_as_timeout(world, nodes):
     name = server(world, nodes, IP_A, "qq_1")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [name]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [name]}},
                                     ["timer:sleep(infinity)", f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
     executor = executor_for(world, world.config(command_timeout_seconds=2))
@@ -196,7 +196,7 @@ async def test_server_name_with_shell_metacharacters_is_refused_and_nothing_runs
         UpdateRequested.model_validate(raw)  # the bus refuses it when decoding (parked, see the service test)
     # Built around validation, the executor still refuses it before running anything.
     event = UpdateRequested.model_construct(**{**raw, "update_file_list": files, "data": None, "client_type": None})
-    env = envelope_of(hot_server_request(uid, files, {"game": {IP_A: [name]}}, [])[1], uid)
+    env = envelope_of(hot_server_request(world, uid, files, {"game": {IP_A: [name]}}, [])[1], uid)
     emitter = RecordingEmitter(env)
 
     await executor_for(world).handle(env, event, emitter)
@@ -215,7 +215,7 @@ async def test_server_name_with_shell_metacharacters_is_refused_and_nothing_runs
 async def test_redelivered_request_is_answered_from_the_record_without_running_again(world, nodes):
     s1, s2 = server(world, nodes, IP_A, "qq_1"), server(world, nodes, IP_B, "qq_2")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [s1], IP_B: [s2]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [s1], IP_B: [s2]}},
                                     [f"c:l({world.module})", f"{world.module}:bump()"])
     first = RecordingEmitter(env)
     await executor_for(world).handle(env, event, first)
@@ -236,7 +236,7 @@ async def test_redelivered_request_is_answered_from_the_record_without_running_a
 async def test_concurrent_redelivery_waits_for_the_running_update_instead_of_starting_another(world, nodes):
     name = server(world, nodes, IP_A, "qq_1")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [name]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [name]}},
                                     ["timer:sleep(1500)", f"{world.module}:bump()"])
     executor = executor_for(world)
     first, second = RecordingEmitter(env), RecordingEmitter(env)
@@ -254,7 +254,7 @@ async def test_interrupted_update_is_finished_without_running_any_server_twice(w
     slow = server(world, nodes, IP_B, "qq_2")
     (world.server_dir(IP_B, slow) / "slow").write_text("hang until this file is gone")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [fast], IP_B: [slow]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [fast], IP_B: [slow]}},
                                     [f"c:l({world.module})", SLOW_IF_MARKED, f"{world.module}:bump()"])
     store = StateStore(world.state_url)
     executor = executor_for(world, store=store)
@@ -293,7 +293,7 @@ async def test_interrupted_update_is_finished_without_running_any_server_twice(w
 async def test_update_given_up_after_too_many_takeovers_fails_explicitly(world, nodes):
     name = server(world, nodes, IP_A, "qq_1")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [name]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [name]}},
                                     [f"{world.module}:bump()"])
     store = StateStore(world.state_url)
     for _ in range(3):  # three executors each died while running it
@@ -315,7 +315,7 @@ async def test_ip_deadline_stops_its_remaining_servers_and_records_why(world, no
     hung, after = server(world, nodes, IP_A, "qq_1"), server(world, nodes, IP_A, "qq_2")
     (world.server_dir(IP_A, hung) / "slow").write_text("hang")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [hung, after]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [hung, after]}},
                                     [SLOW_IF_MARKED, f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
     executor = executor_for(world, world.config(ip_timeout_seconds=2, command_timeout_seconds=60))
@@ -339,7 +339,7 @@ async def test_configured_apply_command_runs_on_the_ops_manager_with_separate_ar
     ebin.mkdir(parents=True)
     uid = str(uuid.uuid4())
     files = world.push(uid, {"a b.beam": b"with a space", "sub/c.beam": b"nested"})
-    env, event = hot_server_request(uid, files, {"game": {IP_A: [name]}}, [])
+    env, event = hot_server_request(world, uid, files, {"game": {IP_A: [name]}}, [])
     config = world.config(runner={"kind": "local", "server_root": str(world.root / "hosts" / "{ip}" / "{server}"),
                                   "apply_cmd": ["cp", "-R", "{staged_dir}/.", "{dest_dir}"]})
     emitter = RecordingEmitter(env)

@@ -23,7 +23,7 @@ PURGE = [sys.executable, "-c",
 def executor_for(world: World, **ops) -> Executor:
     config = world.config(**ops)
     return Executor(ops_manager=OPS, config=config.ops_managers[OPS], store=StateStore(world.state_url),
-                    cookies={PROJECT: config.projects[PROJECT].erlang_cookie})
+                    projects=config.projects)
 
 
 def completed(emitter: RecordingEmitter) -> UpdateCompleted:
@@ -45,7 +45,7 @@ async def test_each_cdn_dir_gets_the_files_and_an_unwritable_one_alone_fails(tmp
     (origin / "r1").write_text("a regular file where a directory should be")  # root ignores chmod
     uid = str(uuid.uuid4())
     dirs = [(ROOT_URL, "t1"), (ROOT_URL, "test_r1"), (ROOT_URL, "s1"), (ROOT_URL, "r1")]
-    env, event = hot_client_request(uid, world.push(uid, FILES), dirs)
+    env, event = hot_client_request(world, uid, world.push(uid, FILES), dirs)
     emitter = RecordingEmitter(env)
 
     await executor_for(world, purge_cmd={PROJECT: PURGE}).handle(env, event, emitter)
@@ -70,7 +70,7 @@ async def test_each_cdn_dir_gets_the_files_and_an_unwritable_one_alone_fails(tmp
 async def test_all_cdn_dirs_updated_reports_all_done(tmp_path):
     world = World(tmp_path)
     uid = str(uuid.uuid4())
-    env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1"), (ROOT_URL, "s1")])
+    env, event = hot_client_request(world, uid, world.push(uid, FILES), [(ROOT_URL, "t1"), (ROOT_URL, "s1")])
     emitter = RecordingEmitter(env)
 
     await executor_for(world).handle(env, event, emitter)
@@ -84,7 +84,7 @@ async def test_files_not_matching_their_md5_are_never_placed(tmp_path):
     uid = str(uuid.uuid4())
     files = world.push(uid, FILES)
     (world.incoming_root / PROJECT / "cn" / uid / "004200000" / "a.txt").write_bytes(b"tampered in transit")
-    env, event = hot_client_request(uid, files, [(ROOT_URL, "t1")])
+    env, event = hot_client_request(world, uid, files, [(ROOT_URL, "t1")])
     emitter = RecordingEmitter(env)
 
     await executor_for(world).handle(env, event, emitter)
@@ -98,7 +98,7 @@ async def test_files_not_matching_their_md5_are_never_placed(tmp_path):
 async def test_failing_purge_command_marks_the_dir_failed(tmp_path):
     world = World(tmp_path)
     uid = str(uuid.uuid4())
-    env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
+    env, event = hot_client_request(world, uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
     emitter = RecordingEmitter(env)
 
     await executor_for(world, purge_cmd={PROJECT: ["false", "{cdn_dir}"]}).handle(env, event, emitter)
@@ -111,7 +111,7 @@ async def test_failing_purge_command_marks_the_dir_failed(tmp_path):
 async def test_redelivered_hot_client_request_does_not_copy_again(tmp_path):
     world = World(tmp_path)
     uid = str(uuid.uuid4())
-    env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1"), (ROOT_URL, "s1")])
+    env, event = hot_client_request(world, uid, world.push(uid, FILES), [(ROOT_URL, "t1"), (ROOT_URL, "s1")])
     first = RecordingEmitter(env)
     await executor_for(world).handle(env, event, first)
     placed = world.cdn_root / ROOT_URL / "t1" / "a.txt"

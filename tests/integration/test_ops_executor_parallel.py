@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.runner import CommandResult, StagedFile
 from consumers.ops_executor.state import StateStore
-from tests.ops_world import OPS, PROJECT, World, hot_server_request
+from tests.ops_world import OPS, World, hot_server_request
 from tests.recording import RecordingEmitter
 
 
@@ -32,7 +33,7 @@ class GaugeRunner:
         return CommandResult(ok=True, returncode=0, stdout="{ok, ok}")
 
     async def run(self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None,
-                  timeout: float) -> CommandResult:
+                  timeout: float, home: Path | None = None) -> CommandResult:
         return await self._step(ip, "erl")
 
     async def put_files(self, ip: str, files: Sequence[StagedFile], dest_dir: str, *,
@@ -42,13 +43,13 @@ class GaugeRunner:
 
 async def test_ips_run_in_parallel_up_to_the_concurrency_limit(tmp_path):
     world = World(tmp_path)
+    uid = str(uuid.uuid4())
+    ips = {f"10.0.0.{i}": [f"qq_{i}"] for i in range(1, 7)}
+    env, event = hot_server_request(world, uid, world.push(uid, {"m.beam": b"x"}), {"game": ips}, ["c:l(m)"])
     config = world.config(concurrency=2)
     runner = GaugeRunner()
     executor = Executor(ops_manager=OPS, config=config.ops_managers[OPS], store=StateStore(world.state_url),
-                        cookies={PROJECT: world.cookie}, runner=runner)
-    uid = str(uuid.uuid4())
-    ips = {f"10.0.0.{i}": [f"qq_{i}"] for i in range(1, 7)}
-    env, event = hot_server_request(uid, world.push(uid, {"m.beam": b"x"}), {"game": ips}, ["c:l(m)"])
+                        projects=config.projects, runner=runner)
 
     await executor.handle(env, event, RecordingEmitter(env))
 

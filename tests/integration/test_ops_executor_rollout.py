@@ -321,12 +321,12 @@ async def test_hot_client_rolls_out_over_cdn_dirs_and_stops_after_a_failed_batch
     (world.cdn_root / root_url / "d2").write_text("a file where the dir should be")  # d2 cannot be written
     uid = str(uuid.uuid4())
     dirs = [(root_url, f"d{i}") for i in range(1, 6)]
-    _, plain = hot_client_request(uid, world.push(uid, {"a.txt": b"v2"}), dirs)
+    _, plain = hot_client_request(world, uid, world.push(uid, {"a.txt": b"v2"}), dirs)
     event = UpdateRequested.model_validate({**plain.model_dump(), "rollout": {"batch_size": 2, "on_failure": "stop"}})
     env = envelope_of(event, uid)
     config = world.config()
     executor = Executor(ops_manager="om1", config=config.ops_managers["om1"], store=StateStore(world.state_url),
-                        cookies={"ssss": world.cookie})
+                        projects=config.projects)
     emitter = RecordingEmitter(env)
 
     await executor.handle(env, event, emitter)
@@ -364,9 +364,10 @@ async def test_batched_update_on_real_erlang_nodes_stops_before_the_node_after_a
             "rollout": {"batch_size": 1, "on_failure": "stop"},
         })
         env = envelope_of(event, uid)
+        world.allow(event.update_server_list or {})
         config = world.config()
         executor = Executor(ops_manager="om1", config=config.ops_managers["om1"],
-                            store=StateStore(world.state_url), cookies={"ssss": world.cookie})
+                            store=StateStore(world.state_url), projects=config.projects)
         emitter = RecordingEmitter(env)
 
         await executor.handle(env, event, emitter)

@@ -63,7 +63,7 @@ async def test_update_requested_on_the_bus_updates_running_nodes_and_reports_bac
     s1, s2 = server(world, nodes, IP_A, "qq_1"), server(world, nodes, IP_B, "qq_2")
     uid = str(uuid.uuid4())
     beam = compile_module(world.module, 2, world.root / "build_v2")
-    env, _ = hot_server_request(uid, world.push(uid, {beam.name: beam.read_bytes()}),
+    env, _ = hot_server_request(world, uid, world.push(uid, {beam.name: beam.read_bytes()}),
                                 {"game": {IP_A: [s1], IP_B: [s2]}},
                                 [f"c:l({world.module})", f"{world.module}:bump()"])
     marker = world.root / "pwned"
@@ -105,7 +105,7 @@ async def test_stopping_mid_update_interrupts_it_and_the_next_process_finishes_i
     (world.server_dir(IP_B, slow) / "slow").write_text("hang")
     uid = str(uuid.uuid4())
     beam = compile_module(world.module, 2, world.root / "build_v2")
-    env, _ = hot_server_request(uid, world.push(uid, {beam.name: beam.read_bytes()}),
+    env, _ = hot_server_request(world, uid, world.push(uid, {beam.name: beam.read_bytes()}),
                                 {"game": {IP_A: [fast], IP_B: [slow]}},
                                 [f"c:l({world.module})", SLOW_IF_MARKED, f"{world.module}:bump()"])
     async with Probe(amqp_url) as results, AsyncPublisher(amqp_url) as pub:
@@ -143,7 +143,7 @@ async def test_stopping_mid_update_interrupts_it_and_the_next_process_finishes_i
 
 async def test_service_resumes_an_update_left_running_without_waiting_for_a_delivery(world, amqp_url):
     uid = str(uuid.uuid4())
-    env, event = hot_client_request(uid, world.push(uid, {"a.txt": b"v2"}), [("res.x.com", "t1")])
+    env, event = hot_client_request(world, uid, world.push(uid, {"a.txt": b"v2"}), [("res.x.com", "t1")])
     store = StateStore(world.state_url)
     store.claim(update_id=uid, project=PROJECT, area="cn", update_type="hot_client", version=event.version,
                 request=env.model_dump_json())  # a process claimed it, then crashed; its message is gone

@@ -43,10 +43,19 @@ def server_ssh(tmp_path: Path) -> Iterator[sshd.Sshd]:
 
 
 def ssh_config(world: World, daemon: sshd.Sshd, **runner: object) -> HotupdateConfig:
+    """Over ssh the game host's own cookie applies: erl_call on the far side reads ~/.erlang.cookie of the ssh
+    user. These two "hosts" are this machine, whose real ~/.erlang.cookie a test must not touch, so erl_call
+    runs there with HOME at a directory of the world holding the nodes' cookie, as a game host's would."""
+    host_home = world.root / "gamehost_home"
+    if not host_home.exists():
+        host_home.mkdir(mode=0o700)
+        (host_home / ".erlang.cookie").write_text(world.cookie)
+        (host_home / ".erlang.cookie").chmod(0o400)
     return world.config(runner={
         "kind": "ssh", "ssh_user": daemon.user, "ssh_port": daemon.port, "ssh_key": str(daemon.client_key),
         "ssh_known_hosts": str(daemon.known_hosts),
-        "server_root": str(world.root / "hosts" / "{ip}" / "{server}"), **runner,
+        "server_root": str(world.root / "hosts" / "{ip}" / "{server}"),
+        "erl_cmd": ["env", f"HOME={host_home}", "erl_call", "-sname", "{server}", "-e"], **runner,
     })
 
 
@@ -55,7 +64,7 @@ async def test_update_over_ssh_loads_the_new_beam_on_nodes_behind_two_hosts(worl
     s3 = server(world, nodes, IP_B, "cross_1")
     pids_before = dict(nodes.pids)
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [s1, s2]}, "cross": {IP_B: [s3]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [s1, s2]}, "cross": {IP_B: [s3]}},
                                     [f"c:l({world.module})", f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
 
@@ -79,7 +88,7 @@ async def test_a_host_whose_key_is_not_pinned_is_refused_and_nothing_runs_there(
     pinned.write_text("".join(line + "\n" for line in server_ssh.known_hosts.read_text().splitlines()
                               if line.startswith(f"[{IP_A}]")))
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [s1]}, "cross": {IP_B: [s3]}},
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [s1]}, "cross": {IP_B: [s3]}},
                                     [f"c:l({world.module})", f"{world.module}:bump()"])
     emitter = RecordingEmitter(env)
 
@@ -100,7 +109,7 @@ async def test_a_login_the_host_refuses_fails_at_once_instead_of_prompting(world
     s1 = server(world, nodes, IP_A, "qq_1")
     stranger = sshd.keygen(server_ssh.root / "stranger_ed25519")
     uid = str(uuid.uuid4())
-    env, event = hot_server_request(uid, push_v2(world, uid), {"game": {IP_A: [s1]}}, [f"c:l({world.module})"])
+    env, event = hot_server_request(world, uid, push_v2(world, uid), {"game": {IP_A: [s1]}}, [f"c:l({world.module})"])
     emitter = RecordingEmitter(env)
 
     await executor_for(world, ssh_config(world, server_ssh, ssh_key=str(stranger))).handle(env, event, emitter)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from domain.config import parse_config
-from domain.config_check import check_config, password_file_finding
+import pytest
+
+from domain.config import ConfigError, parse_config
+from domain.config_check import check_config, cookie_file_finding, password_file_finding
 
 INVENTORY = {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}
 
@@ -45,7 +47,9 @@ def test_a_well_set_up_receiver_has_no_errors_and_the_symlinked_project_dir_coun
 def test_missing_ops_manager_directories_are_named(tmp_path):
     config = _config(tmp_path)
     messages = [f.message for f in check_config(config, ops_manager="ops1") if f.level == "error"]
-    assert messages == [f"{tmp_path}/incoming does not exist", f"{tmp_path}/cdn does not exist"]
+    assert messages == [f"{tmp_path}/incoming does not exist", f"{tmp_path}/cdn does not exist",
+                        "not set: hot_server updates cannot run Erlang commands (name a file holding the cookie, "
+                        "mode 600)"]
 
 
 def test_missing_password_file_is_an_error(tmp_path):
@@ -97,3 +101,53 @@ def test_local_runner_has_no_ssh_findings(tmp_path):
                            "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming",
                                                      "cdn_origin_root": "cdn"}}}, tmp_path / "hotupdate.yaml")
     assert not any("ssh" in f.where for f in check_config(config, ops_manager="ops1"))
+
+
+def _cookie_config(tmp_path: Path, mode: int | None, content: str = "s3cr3t_cookie\n"):
+    (tmp_path / "incoming").mkdir(exist_ok=True)
+    (tmp_path / "cdn").mkdir(exist_ok=True)
+    if mode is not None:
+        (tmp_path / "erlang.cookie").write_text(content)
+        (tmp_path / "erlang.cookie").chmod(mode)
+    raw = {
+        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "erlang_cookie_file": "erlang.cookie"}},
+        "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming", "cdn_origin_root": "cdn"}},
+    }
+    return parse_config(raw, tmp_path / "hotupdate.yaml")
+
+
+def _cookie_findings(config):
+    return [f for f in check_config(config, ops_manager="ops1") if f.where == "projects.ssss.erlang_cookie_file"]
+
+
+def test_an_erlang_cookie_file_others_may_read_is_an_error_with_the_fix(tmp_path):
+    (finding,) = _cookie_findings(_cookie_config(tmp_path, 0o644))
+    assert finding.level == "error"
+    assert finding.message == (f"Erlang cookie file {tmp_path}/erlang.cookie has mode 644; it must be 600 "
+                               f"(chmod 600 {tmp_path}/erlang.cookie)")
+
+
+def test_a_missing_erlang_cookie_file_is_an_error(tmp_path):
+    (finding,) = _cookie_findings(_cookie_config(tmp_path, None))
+    assert finding.level == "error" and finding.message == f"Erlang cookie file {tmp_path}/erlang.cookie is missing"
+
+
+def test_an_erlang_cookie_file_that_holds_no_cookie_is_an_error(tmp_path):
+    (finding,) = _cookie_findings(_cookie_config(tmp_path, 0o600, content="two words\n"))
+    assert finding.level == "error" and "not a cookie" in finding.message
+
+
+def test_a_mode_600_erlang_cookie_file_is_ok_and_the_cookie_is_not_shown(tmp_path):
+    (finding,) = _cookie_findings(_cookie_config(tmp_path, 0o600))
+    assert finding.level == "ok" and "mode 600" in finding.message and "s3cr3t" not in str(finding)
+
+
+def test_an_unset_cookie_file_is_an_error_only_where_erlang_commands_run(tmp_path):
+    assert cookie_file_finding("w", None).level == "error"
+    assert cookie_file_finding("w", None, hot_server=False).level == "ok"
+
+
+def test_an_inline_cookie_in_the_configuration_is_refused_naming_the_file_key(tmp_path):
+    raw = {"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "erlang_cookie": "hotupdate"}}}
+    with pytest.raises(ConfigError, match="erlang_cookie_file"):
+        parse_config(raw, tmp_path / "hotupdate.yaml")

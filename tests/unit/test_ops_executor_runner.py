@@ -106,3 +106,53 @@ def test_tar_of_names_members_by_their_relative_names(tmp_path):
     (tmp_path / "a").write_bytes(b"1")
     with tarfile.open(fileobj=io.BytesIO(tar_of([StagedFile(tmp_path / "a", "x/y.beam")]))) as tar:
         assert tar.getnames() == ["x/y.beam"]
+
+
+def _many_files(root: Path, count: int) -> list[StagedFile]:
+    src = root / "src"
+    src.mkdir()
+    files = []
+    for i in range(count):
+        path = src / f"m{i}.beam"
+        path.write_bytes(b"x" * 2048)
+        files.append(StagedFile(path, f"m{i}.beam"))
+    return files
+
+
+def _landed(dest: Path) -> tuple[int, list[str]]:
+    """Files in place, and any partial (temporary) file left behind."""
+    names = [p.name for p in dest.iterdir()]
+    return sum(1 for n in names if n.endswith(".beam") and not n.startswith(".")), [
+        n for n in names if "hotupdate-tmp" in n]
+
+
+async def test_a_timed_out_local_copy_has_stopped_when_the_timeout_is_reported(tmp_path):
+    files = _many_files(tmp_path, 3000)  # each copy is fsynced: far more than 0.2 s of work
+    dest = tmp_path / "server" / "ebin"
+    dest.mkdir(parents=True)
+
+    result = await LocalRunner().put_files("127.0.0.1", files, str(dest), timeout=0.2)
+
+    assert result.ok is False and result.error == "timeout after 0.2s"
+    landed, partial = _landed(dest)
+    assert 0 < landed < len(files) and partial == []  # cut off, and no half-written file
+    await asyncio.sleep(1.0)
+    assert _landed(dest) == (landed, [])  # nothing lands after the failure was reported
+
+
+async def test_a_cancelled_local_copy_has_stopped_when_the_cancellation_returns(tmp_path):
+    files = _many_files(tmp_path, 3000)
+    dest = tmp_path / "server" / "ebin"
+    dest.mkdir(parents=True)
+    task = asyncio.create_task(LocalRunner().put_files("127.0.0.1", files, str(dest), timeout=600))
+    while _landed(dest)[0] < 10:
+        await asyncio.sleep(0.01)
+
+    task.cancel()  # what the per-IP deadline and a shutdown do
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    landed, partial = _landed(dest)
+    assert landed < len(files) and partial == []
+    await asyncio.sleep(1.0)
+    assert _landed(dest) == (landed, [])

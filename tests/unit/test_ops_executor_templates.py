@@ -31,16 +31,21 @@ def test_templates_with_unknown_or_formatted_placeholders_are_refused_up_front(t
         ServerTemplates.of(RunnerConfig(erl_cmd=template))
 
 
-def test_default_erl_command_sends_the_expression_on_stdin_terminated():
+def test_default_erl_command_sends_the_expression_on_stdin_terminated_and_no_cookie():
     templates = ServerTemplates.of(RunnerConfig())
-    argv, stdin = templates.erl_argv({"server": "qq_1", "cookie": "ck"}, "c:l(mod)")
-    assert argv == ["erl_call", "-sname", "qq_1", "-c", "ck", "-e"]
+    argv, stdin = templates.erl_argv({"server": "qq_1"}, "c:l(mod)")
+    assert argv == ["erl_call", "-sname", "qq_1", "-e"]  # the cookie comes from $HOME/.erlang.cookie
     assert stdin == b"c:l(mod).\n"
+
+
+def test_an_erl_template_that_would_put_the_cookie_on_the_command_line_is_refused():
+    with pytest.raises(TemplateError, match="cookie"):
+        ServerTemplates.of(RunnerConfig(erl_cmd=["erl_call", "-sname", "{server}", "-c", "{cookie}", "-e"]))
 
 
 def test_erl_template_with_command_placeholder_passes_it_as_one_argument():
     templates = ServerTemplates.of(RunnerConfig(erl_cmd=["my_erl", "{server}", "{command}"]))
-    argv, stdin = templates.erl_argv({"server": "qq_1", "cookie": "ck"}, "io:format(\"a b\")")
+    argv, stdin = templates.erl_argv({"server": "qq_1"}, "io:format(\"a b\")")
     assert argv == ["my_erl", "qq_1", 'io:format("a b")'] and stdin is None
 
 
@@ -92,9 +97,9 @@ def test_refusal_names_a_server_name_that_could_reach_a_shell_or_a_path(bad):
         "update_file_list": [{"file_name": "a.beam", "file_md5": "0" * 32, "size": 1}],
         "update_server_list": {"game": {"10.1.1.1": ["qq_1"]}}})
     env = envelope_of(good, "u-1")
-    assert refusal(good, env, {"ssss": "ck"}) is None
-    assert refusal(_request({"game": {"10.1.1.1": [bad]}}), env, {"ssss": "ck"}) is not None
-    assert refusal(_request({"game": {"10.1.1.1; id": ["qq_1"]}}), env, {"ssss": "ck"}) is not None
+    assert refusal(good, env, {"ssss": object()}) is None
+    assert refusal(_request({"game": {"10.1.1.1": [bad]}}), env, {"ssss": object()}) is not None
+    assert refusal(_request({"game": {"10.1.1.1; id": ["qq_1"]}}), env, {"ssss": object()}) is not None
     assert "不由本运维管理机负责" in (refusal(good, env, {}) or "")
 
 
