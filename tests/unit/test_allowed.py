@@ -55,7 +55,8 @@ def test_cdn_dirs_must_be_configured_with_their_root():
 
 
 def _project(**fields: object) -> dict[str, object]:
-    return {"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, **fields}}}
+    return {"projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
+                                  "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}, **fields}}}
 
 
 def test_the_configured_default_commands_must_themselves_be_allowed(tmp_path):

@@ -110,7 +110,8 @@ def _cookie_config(tmp_path: Path, mode: int | None, content: str = "s3cr3t_cook
         (tmp_path / "erlang.cookie").write_text(content)
         (tmp_path / "erlang.cookie").chmod(mode)
     raw = {
-        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "erlang_cookie_file": "erlang.cookie"}},
+        "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}}, "erlang_cookie_file": "erlang.cookie",
+                              "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}},
         "ops_managers": {"ops1": {"projects": ["ssss"], "incoming_root": "incoming", "cdn_origin_root": "cdn"}},
     }
     return parse_config(raw, tmp_path / "hotupdate.yaml")
