@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bus.envelope import Envelope, routing_key
+from bus.envelope import EXTENSION_NAME_PATTERN, EXTENSION_SCHEMA, Envelope, routing_key
 from bus.events import CATALOGUE, Event
 from bus.examples import EXAMPLES
 from bus.registry import make_envelope
@@ -113,6 +113,10 @@ def render_schemas() -> dict[str, str]:
     """File name → JSON Schema text, one per event type: the whole envelope with its typed ``data``."""
     files: dict[str, str] = {}
     envelope_schema = Envelope.model_json_schema()
+    # Unknown CloudEvents extensions are carried (Envelope keeps them): any lowercase alphanumeric name,
+    # a string, boolean or integer value. The known attributes' names fit the same pattern.
+    envelope_schema["additionalProperties"] = EXTENSION_SCHEMA
+    envelope_schema["propertyNames"] = {"pattern": EXTENSION_NAME_PATTERN}
     for model in CATALOGUE:
         data_schema = model.model_json_schema()
         schema = json.loads(json.dumps(envelope_schema))

@@ -13,8 +13,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import from_json
 
+from domain.json_values import CE_INT_MAX, CE_INT_MIN, CeSequence, Rfc3339Time, json_integer
 from domain.types import AreaCode, ProjectKey
 
 TYPE_RE = re.compile(r"^hotupdate\.(?P<name>[a-z_]+(?:\.[a-z_]+)*)\.v(?P<version>[1-9][0-9]*)$")
@@ -50,6 +52,43 @@ def _type_has_version(value: str) -> str:
     return value
 
 
+# CloudEvents extension attributes the catalogue does not define (traceparent, tracestate, a tool's own)
+# are carried, not refused. Names: lowercase letters and digits (the CloudEvents rule; its 20-character
+# advice is not enforced). Values: the JSON forms of the CloudEvents types (String, Boolean, Integer).
+EXTENSION_NAME_PATTERN = r"^[a-z0-9]{1,64}$"
+_EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN)
+EXTENSION_VALUE_MAX_LENGTH = 4096
+# Extensions a child event inherits from its cause: W3C trace context (the CloudEvents distributed
+# tracing extension), so a trace follows an update through every component.
+FORWARDED_EXTENSIONS = ("traceparent", "tracestate")
+
+
+def _extension_value(name: str, value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if len(value) > EXTENSION_VALUE_MAX_LENGTH:
+            raise ValueError(f"extension {name!r}: longer than {EXTENSION_VALUE_MAX_LENGTH} characters")
+        return value
+    if isinstance(value, int | float):
+        number = json_integer(value)
+        if not CE_INT_MIN <= number <= CE_INT_MAX:
+            raise ValueError(f"extension {name!r}: an integer outside the CloudEvents Integer range")
+        return number
+    raise ValueError(f"extension {name!r}: must be a string, boolean or integer (CloudEvents attribute types)")
+
+
+EXTENSION_SCHEMA: dict[str, Any] = {
+    "description": "a CloudEvents extension attribute the catalogue does not define (traceparent, …): carried",
+    "anyOf": [
+        {"type": "string", "maxLength": EXTENSION_VALUE_MAX_LENGTH},
+        {"type": "boolean"},
+        {"type": "integer", "minimum": CE_INT_MIN, "maximum": CE_INT_MAX},
+    ],
+}
+"""What the JSON Schemas say of an extension's value (``additionalProperties``): as _extension_value checks."""
+
+
 def derived_event_id(causation_id: str, event_type: str, key: str = "") -> str:
     """A stable id for an event caused by ``causation_id`` (same cause, same key → same id)."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{causation_id}/{event_type}/{key}"))
@@ -62,30 +101,47 @@ def utcnow() -> datetime:
 class Envelope(BaseModel):
     """A CloudEvent with hotupdate's extensions; ``data`` is validated separately by the catalogue."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # extra="allow": unknown CloudEvents extensions are kept (checked in _extensions), in
+    # ``model_extra``, in to_bytes() and so in the event log's hash chain.
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False)
 
-    specversion: Literal["1.0"] = "1.0"
-    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1, max_length=128)
+    # No defaults for id and specversion: an event without an id would get a new one from each
+    # consumer, defeating de-duplication. Builders (make_envelope, child_envelope) set both.
+    specversion: Literal["1.0"]
+    id: str = Field(min_length=1, max_length=128)
     source: str = Field(min_length=1, max_length=256)
     type: Annotated[str, AfterValidator(_type_has_version)]
-    time: datetime = Field(default_factory=utcnow)
+    time: Rfc3339Time = Field(default_factory=utcnow)
     subject: str | None = Field(default=None, max_length=256)
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str | None = None
     updateid: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")
     project: ProjectKey
     area: AreaCode
-    sequence: int = Field(ge=0)
+    sequence: CeSequence
     correlationid: str = Field(min_length=1, max_length=128)
     causationid: str | None = Field(default=None, max_length=128)
     data: dict[str, Any]
 
-    @field_validator("time")
+    @model_validator(mode="before")
     @classmethod
-    def _time_is_aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("time must carry a timezone (RFC 3339)")
-        return value
+    def _extensions(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        extensions = [name for name in raw if name not in cls.model_fields]
+        if not extensions:
+            return raw
+        out = dict(raw)
+        for name in extensions:
+            if not isinstance(name, str) or _EXTENSION_NAME.fullmatch(name) is None:
+                raise ValueError(f"{name!r} is not a CloudEvents attribute name (lowercase letters and digits)")
+            out[name] = _extension_value(name, raw[name])
+        return out
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        """The CloudEvents extension attributes the catalogue does not define, as received."""
+        return dict(self.model_extra or {})
 
     @property
     def event_name(self) -> str:
@@ -107,24 +163,32 @@ class Envelope(BaseModel):
     @classmethod
     def from_bytes(cls, body: bytes) -> Envelope:
         """Parse a message body; raise :class:`EnvelopeError` with the reason if it is not an envelope."""
-        try:  # the usual case in one pass; anything it refuses is parsed again below, to say why
-            # what model_validate_json does, without its Python-level call
-            envelope: Envelope = cls.__pydantic_validator__.validate_json(body)
-            return envelope
-        except ValidationError:
-            pass
-        try:
-            raw = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            raise EnvelopeError(f"body is not UTF-8: {exc}") from None
-        except json.JSONDecodeError as exc:
-            raise EnvelopeError(f"body is not JSON: {exc}") from None
+        # Strict: a JSON string is not an integer, true is not 1, a number is not a time; what the
+        # published JSON Schemas say (tests/unit/test_contract_agreement.py compares both verdicts).
+        try:  # the usual case in one pass (parsed in Rust, NaN and Infinity refused as the JSON spec does)
+            raw = from_json(body, allow_inf_nan=False)
+        except ValueError:
+            raw = _parse_to_say_why(body)
         if not isinstance(raw, dict):
             raise EnvelopeError("body is not a JSON object")
         try:
-            return cls.model_validate(raw)
+            envelope: Envelope = cls.__pydantic_validator__.validate_python(raw, strict=True)
+            return envelope
         except ValidationError as exc:
             raise EnvelopeError(f"invalid envelope: {describe_validation_error(exc)}") from None
+
+
+def _parse_to_say_why(body: bytes) -> Any:
+    def refuse_constant(name: str) -> Any:
+        raise EnvelopeError(f"body is not JSON: {name} is not a JSON number")
+
+    try:
+        json.loads(body.decode("utf-8"), parse_constant=refuse_constant)
+    except UnicodeDecodeError as exc:
+        raise EnvelopeError(f"body is not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise EnvelopeError(f"body is not JSON: {exc}") from None
+    raise EnvelopeError("body is not JSON")
 
 
 def routing_key(project: str, area: str, event_name: str, version: int) -> str:

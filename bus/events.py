@@ -8,10 +8,12 @@ generated from here (``hotupdate events docs``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from annotated_types import Interval
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
+from domain.json_values import MAX_JSON_INT, Count, Ordinal, Percent, Port, Rfc3339Time, json_integer
 from domain.types import (
     CdnDir,
     HostName,
@@ -25,11 +27,17 @@ from domain.types import (
     Version,
 )
 
+# Every model of the contract: immutable, no unknown fields, no NaN or Infinity (not JSON). Documents
+# are validated strictly (Registry.decode), as the JSON Schemas say; Python callers may pass tuples.
+# A rule between fields is stated twice, as a model validator and as JSON Schema (``json_schema_extra``),
+# so the generated schemas refuse what the validator refuses (tests/unit/test_contract_agreement.py).
+CONTRACT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
 
 class Event(BaseModel):
     """Base of every event payload (the envelope's ``data``)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    model_config = CONTRACT
 
     event_name: ClassVar[str]
     event_version: ClassVar[int]
@@ -52,26 +60,26 @@ class Event(BaseModel):
 class FileEntry(BaseModel):
     """One file of an update, relative to its ``reloadfiles`` directory."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = CONTRACT
     file_name: RelativeFileName
     file_md5: Md5Hex
-    size: int = Field(ge=0)
+    size: Count
 
 
 class RsyncTargetRef(BaseModel):
     """Which rsync daemon module receives the files; the password file stays in the receiver's config."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = CONTRACT
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     ip: IpAddress
-    port: int = Field(ge=1, le=65535)
+    port: Port
     module: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     user: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class RsyncTargetResult(RsyncTargetRef):
     ok: bool
-    bytes: int = Field(default=0, ge=0)
+    bytes: Count = 0
     seconds: float = Field(default=0.0, ge=0)
     error: str = ""
 
@@ -79,7 +87,7 @@ class RsyncTargetResult(RsyncTargetRef):
 class CdnTarget(BaseModel):
     """The seed's ``{'cdn_root_url': …, 'cdn_dir': …}``."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = CONTRACT
     cdn_root_url: HostName
     cdn_dir: CdnDir
 
@@ -87,13 +95,29 @@ class CdnTarget(BaseModel):
 class ServerResult(BaseModel):
     """The seed's ``{"data": "…", "status": bool}`` for one game server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = CONTRACT
     data: str
     status: bool
 
 
 UpdateServerList = dict[ServerGroup, dict[IpAddress, list[ServerName]]]
 
+
+def _not_boolean(value: Any) -> Any:
+    # true == 1 in Python, not in JSON Schema's enum
+    if isinstance(value, bool):
+        raise ValueError("must be 0 or 1, not a boolean")
+    return value
+
+
+ClientType = Annotated[Literal[0, 1], BeforeValidator(_not_boolean)]
+
+# str.strip()'s whitespace, spelled out so pydantic (Rust regex), Python and ECMA-262 regexes agree.
+_WHITESPACE = r"\t\n\x0b\x0c\r\x1c-\x1f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+ErlangCommand = Annotated[
+    str, StringConstraints(max_length=4096, pattern=rf"^[^\x00]*[^\x00{_WHITESPACE}][^\x00]*$")
+]
+"""One Erlang expression for erl_call: not blank, no NUL, at most 4096 characters."""
 
 _CLIENT_TYPE = ("hot_client only: the seed's 0 or 1, the operator's label of which client build; carried and "
                 "shown, ignored by the ops executor (events.md, `client_type`)")
@@ -113,7 +137,7 @@ class PullRequested(Event):
     update_type: UpdateType
     version: Version
     area_name: str = Field(min_length=1, max_length=64, description="the area's display name (大陆)")
-    client_type: Literal[0, 1] | None = Field(default=None, description=_CLIENT_TYPE)
+    client_type: ClientType | None = Field(default=None, description=_CLIENT_TYPE)
     requested_by: Operator
 
 
@@ -131,7 +155,7 @@ class FilesPulled(Event):
     source_dir: str
     backup_dir: str
     files: list[FileEntry] = Field(min_length=1)
-    total_bytes: int = Field(ge=0)
+    total_bytes: Count
 
 
 class PullFailed(Event):
@@ -197,6 +221,14 @@ class PushFailed(Event):
 # --- 3. the update: CMDB → ops_executor on the ops manager -------------------------
 
 
+_ONE_SIZE_SCHEMA: dict[str, Any] = {
+    "not": {
+        "required": ["batch_size", "batch_percent"],
+        "properties": {"batch_size": {"type": "integer"}, "batch_percent": {"type": "integer"}},
+    },
+}
+
+
 class RolloutPlan(BaseModel):
     """How an update's targets are split into batches, and what a failed batch does.
 
@@ -207,10 +239,10 @@ class RolloutPlan(BaseModel):
     CDN dirs in the request's order. Neither given: one batch, as without a plan.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    batch_size: int | None = Field(default=None, ge=1, description="targets per batch")
-    batch_percent: int | None = Field(
-        default=None, ge=1, le=100, description="targets per batch as a percentage of all, rounded up"
+    model_config = ConfigDict(**CONTRACT, json_schema_extra=_ONE_SIZE_SCHEMA)
+    batch_size: Ordinal | None = Field(default=None, description="targets per batch")
+    batch_percent: Percent | None = Field(
+        default=None, description="targets per batch as a percentage of all, rounded up"
     )
     pause_seconds: float = Field(
         default=0, ge=0, le=86400, description="wait between the end of a batch and the start of the next"
@@ -228,8 +260,38 @@ class RolloutPlan(BaseModel):
         return self
 
 
+_FITS_UPDATE_TYPE_SCHEMA: dict[str, Any] = {
+    "if": {"properties": {"update_type": {"const": "hot_client"}}},
+    "then": {
+        "required": ["data"],
+        "properties": {
+            "data": {"type": "array", "minItems": 1},
+            "update_server_list": {"type": "null"},
+            "erlang_cmd_list": {"maxItems": 0},
+        },
+    },
+    "else": {
+        "required": ["update_server_list"],
+        "properties": {
+            # an object with at least one group that has at least one IP
+            "update_server_list": {"type": "object", "not": {"additionalProperties": {"maxProperties": 0}}},
+            "data": {"type": "null"},
+        },
+    },
+}
+_LINK_IS_WHOLE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"required": ["parent_id", "relation"],
+         "properties": {"parent_id": {"type": "string"}, "relation": {"type": "string"}}},
+        {"properties": {"parent_id": {"type": "null"}, "relation": {"type": "null"}}},
+    ],
+}
+
+
 class _UpdateRequestBody(Event):
     """The fields every version of *update requested* has (the seed's request, both kinds)."""
+
+    model_config = ConfigDict(**CONTRACT, json_schema_extra=_FITS_UPDATE_TYPE_SCHEMA)
 
     update_type: UpdateType
     version: Version
@@ -237,11 +299,11 @@ class _UpdateRequestBody(Event):
     update_file_list: list[FileEntry] = Field(min_length=1)
     requested_by: Operator
     # hot_client
-    client_type: Literal[0, 1] | None = Field(default=None, description=_CLIENT_TYPE)
+    client_type: ClientType | None = Field(default=None, description=_CLIENT_TYPE)
     data: list[CdnTarget] | None = None
     # hot_server
     update_server_list: UpdateServerList | None = None
-    erlang_cmd_list: list[str] = Field(default_factory=list)
+    erlang_cmd_list: list[ErlangCommand] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _fits_update_type(self) -> _UpdateRequestBody:
@@ -255,9 +317,6 @@ class _UpdateRequestBody(Event):
                 raise ValueError("hot_server needs 'update_server_list' with at least one IP")
             if self.data is not None:
                 raise ValueError("hot_server takes no CDN 'data'")
-            for cmd in self.erlang_cmd_list:
-                if not cmd.strip() or "\x00" in cmd or len(cmd) > 4096:
-                    raise ValueError("each erlang_cmd_list entry must be a non-empty Erlang expression")
         return self
 
 
@@ -281,6 +340,9 @@ class UpdateRequested(_UpdateRequestBody):
     event_version = 2
     producer = "cmdb"
     consumers = ("ops_executor", "projection")
+    model_config = ConfigDict(
+        **CONTRACT, json_schema_extra={"allOf": [_FITS_UPDATE_TYPE_SCHEMA, _LINK_IS_WHOLE_SCHEMA]}
+    )
 
     rollout: RolloutPlan | None = Field(default=None, description="absent: one batch")
     parent_id: str | None = Field(
@@ -365,12 +427,12 @@ class BatchFinished(Event):
     producer = "ops_executor"
     consumers = ("cmdb", "projection")
 
-    batch: int = Field(ge=1, description="1-based")
-    batches: int = Field(ge=1, description="how many batches the update has")
+    batch: Ordinal = Field(description="1-based")
+    batches: Ordinal = Field( description="how many batches the update has")
     ips: list[IpAddress] = Field(default_factory=list, description="hot_server: the batch's IPs")
     cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
-    ok_count: int = Field(ge=0)
-    failed_count: int = Field(ge=0)
+    ok_count: Count
+    failed_count: Count
     next: Literal["continue", "stop", "await_confirm", "done"]
 
     @model_validator(mode="after")
@@ -394,7 +456,9 @@ class BatchConfirmed(Event):
     producer = "cmdb"
     consumers = ("ops_executor", "projection")
 
-    batch: int = Field(ge=2, description="the batch to start (batch 1 never waits)")
+    batch: Annotated[int, Interval(ge=2, le=MAX_JSON_INT), BeforeValidator(json_integer)] = Field(
+        description="the batch to start (batch 1 never waits)"
+    )
     confirmed_by: Operator
 
 
@@ -426,8 +490,8 @@ class _UpdateCompletedBody(Event):
     data: list[dict[str, Any]] = Field(
         default_factory=list, description="hot_client: each CDN dir with its status, as in the seed"
     )
-    ok_count: int = Field(default=0, ge=0)
-    failed_count: int = Field(default=0, ge=0)
+    ok_count: Count = 0
+    failed_count: Count = 0
 
 
 class UpdateCompletedV1(_UpdateCompletedBody):
@@ -461,6 +525,11 @@ class UpdateCompleted(_UpdateCompletedBody):
     event_version = 2
     producer = "ops_executor"
     consumers = ("cmdb", "projection", "notifier")
+    model_config = ConfigDict(**CONTRACT, json_schema_extra={
+        "if": {"properties": {"final_result": {"const": True}}},
+        "then": {"properties": {"outcome": {"const": "succeeded"}}},
+        "else": {"properties": {"outcome": {"not": {"const": "succeeded"}}}},
+    })
 
     outcome: Outcome = Field(
         default="failed", description="when absent: succeeded if final_result is true, else failed"
@@ -471,7 +540,7 @@ class UpdateCompleted(_UpdateCompletedBody):
     @classmethod
     def _outcome_from_result(cls, data: Any) -> Any:
         # Producers that predate outcome (and v1 events) give final_result only.
-        if isinstance(data, dict) and data.get("outcome") is None and isinstance(data.get("final_result"), bool):
+        if isinstance(data, dict) and "outcome" not in data and isinstance(data.get("final_result"), bool):
             return {**data, "outcome": "succeeded" if data["final_result"] else "failed"}
         return data
 
@@ -500,7 +569,7 @@ class UpdateStalled(Event):
     consumers = ("projection", "notifier")
 
     silent_targets: list[str]
-    last_event_at: AwareDatetime
+    last_event_at: Rfc3339Time
     stalled_after_seconds: float = Field(gt=0)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bus.envelope import Envelope, derived_event_id
+from bus.envelope import FORWARDED_EXTENSIONS, Envelope, derived_event_id
 from bus.events import Event
 from bus.registry import event_data, schema_uri
 
@@ -60,7 +60,11 @@ def child_envelope(
     ``sequence`` continues the parent's, ordering an update's events causally.
     """
     event_type = event.type_name()
+    # Trace context follows the cause (the CloudEvents distributed tracing extension); other
+    # extensions described the parent only.
+    inherited = {name: value for name, value in parent.extensions.items() if name in FORWARDED_EXTENSIONS}
     return Envelope(
+        specversion="1.0",
         id=derived_event_id(parent.id, event_type, key),
         source=source,
         type=event_type,
@@ -73,4 +77,5 @@ def child_envelope(
         correlationid=parent.correlationid,
         causationid=parent.id,
         data=event_data(event),
+        **inherited,
     )

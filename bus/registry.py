@@ -7,6 +7,7 @@ of an event, whatever version its producer still speaks.
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,11 +74,11 @@ class Registry:
         return model
 
     @functools.cached_property
-    def _decoders(self) -> dict[str, tuple[type[Event], Callable[[Any], Event], bool]]:
+    def _decoders(self) -> dict[str, tuple[type[Event], Callable[..., Event], bool]]:
         """Per type string (``hotupdate.<name>.v<N>``, the one spelling :data:`TYPE_RE` accepts for it):
         its model, the model's validator and whether it is its name's newest: one dict lookup per
         delivery instead of parsing the type and looking the model up twice."""
-        out: dict[str, tuple[type[Event], Callable[[Any], Event], bool]] = {}
+        out: dict[str, tuple[type[Event], Callable[..., Event], bool]] = {}
         for (name, version), model in self.models.items():
             try:
                 if split_type(model.type_name()) != (name, version):
@@ -96,12 +97,12 @@ class Registry:
         known = self._decoders.get(envelope.type)
         if known is None:
             model = self.model_for(envelope.type)  # an unknown type or version: raises, saying which
-            validate: Callable[[Any], Event] = model.model_validate
+            validate: Callable[..., Event] = model.model_validate
             newest = self.latest(model.event_name) is model
         else:
             model, validate, newest = known
-        try:
-            event: Event = validate(envelope.data)
+        try:  # strict, as the JSON Schemas say: "1" is no integer, true is no 1
+            event: Event = validate(envelope.data, strict=True)
         except ValidationError as exc:
             raise InvalidEventData(f"{envelope.type}: {describe_validation_error(exc)}") from None
         if newest:
@@ -139,12 +140,12 @@ def make_envelope(
     causationid: str | None = None,
     subject: str | None = None,
     event_id: str | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> Envelope:
     """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own)."""
-    extra: dict[str, Any] = {}
-    if event_id is not None:
-        extra["id"] = event_id
     env = Envelope(
+        specversion="1.0",
+        id=event_id or str(uuid.uuid4()),
         source=source,
         type=event.type_name(),
         subject=subject,
@@ -156,7 +157,7 @@ def make_envelope(
         correlationid=correlationid or updateid,
         causationid=causationid,
         data=event_data(event),
-        **extra,
+        **(extensions or {}),
     )
     return env
 

@@ -48,7 +48,7 @@ def _check_name(value: str) -> str:
     return value
 
 
-_NAME_SCHEMA = WithJsonSchema({"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+_NAME_SCHEMA = WithJsonSchema({"type": "string", "pattern": r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
                                "description": "letters, digits, '_', '.', '-'; no '..'"})
 ServerName = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 """A game server's name (``qq_1``): also its Erlang node's short name."""
@@ -56,19 +56,26 @@ ServerName = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 CdnDir = Annotated[str, AfterValidator(_check_name), _NAME_SCHEMA]
 
 
+_HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$"
+
+
 @functools.lru_cache(maxsize=_CHECKED)
 def _check_host(value: str) -> str:
-    if not re.fullmatch(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*$", value):
+    if not re.fullmatch(_HOST_PATTERN, value):
         raise ValueError(f"{value!r} is not a valid host name")
     return value.lower()
 
 
-HostName = Annotated[str, AfterValidator(_check_host), WithJsonSchema({"type": "string", "format": "hostname"})]
+HostName = Annotated[
+    str, AfterValidator(_check_host), WithJsonSchema({"type": "string", "format": "hostname", "pattern": _HOST_PATTERN})
+]
 """A DNS host name such as a CDN root (``res.ssss.chuangyunet.com``)."""
 
 
 @functools.lru_cache(maxsize=_CHECKED)
 def _check_ip(value: str) -> str:
+    if "%" in value:  # a scoped IPv6 address names a local interface: meaningless to another host
+        raise ValueError(f"{value!r} is not an IP address without a zone")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -111,7 +118,8 @@ RelativeFileName = Annotated[
         {
             "type": "string",
             "maxLength": 1024,
-            "pattern": r"^(?!/)(?!.*(^|/)\.{1,2}(/|$))(?!.*//)[^\\\u0000]+$",
+            # [\s\S] rather than '.', which stops at a newline; no trailing '/' (an empty last part)
+            "pattern": r"^(?!/)(?![\s\S]*(^|/)\.{1,2}(/|$))(?![\s\S]*//)(?![\s\S]*/$)[^\\\u0000]+$",
             "description": "relative to reloadfiles: no leading '/', no '.' or '..' parts, no '\\'",
         }
     ),
