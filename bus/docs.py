@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bus.envelope import EXTENSION_NAME_PATTERN, EXTENSION_SCHEMA, Envelope, routing_key
-from bus.events import CATALOGUE, Event
+from bus.events import CATALOGUE, RULES_BEYOND_JSON_SCHEMA, Event
 from bus.examples import EXAMPLES
 from bus.registry import make_envelope
 from bus.topology import Topology
@@ -124,6 +124,8 @@ def render_schemas() -> dict[str, str]:
         schema["$id"] = f"urn:hotupdate:schema:{model.type_name()}"
         schema["title"] = model.type_name()
         schema["description"] = inspect.cleandoc(model.__doc__ or "")
+        if rules := RULES_BEYOND_JSON_SCHEMA.get(model.type_name()):
+            schema["description"] += "\n\nAlso checked, beyond what JSON Schema can say: " + "; ".join(rules) + "."
         schema["properties"]["type"] = {"const": model.type_name()}
         defs = data_schema.pop("$defs", {})
         schema["properties"]["data"] = data_schema

@@ -573,6 +573,13 @@ class UpdateStalled(Event):
     stalled_after_seconds: float = Field(gt=0)
 
 
+# Rules between two fields that JSON Schema cannot state (it compares no field with another): the
+# validator enforces them, the schemas say them in their description only. Keyed by type, the texts
+# are the validator's messages.
+RULES_BEYOND_JSON_SCHEMA: dict[str, tuple[str, ...]] = {
+    "hotupdate.batch.finished.v1": ("batch is beyond batches", "next is 'done' exactly for the last batch"),
+}
+
 CATALOGUE: tuple[type[Event], ...] = (
     PullRequested,
     FilesPulled,
