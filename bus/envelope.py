@@ -71,7 +71,10 @@ def _extension_value(name: str, value: Any) -> Any:
             raise ValueError(f"extension {name!r}: longer than {EXTENSION_VALUE_MAX_LENGTH} characters")
         return value
     if isinstance(value, int | float):
-        number = json_integer(value)
+        try:
+            number = json_integer(value)
+        except ValueError:
+            raise ValueError(f"extension {name!r}: must be a string, boolean or integer") from None
         if not CE_INT_MIN <= number <= CE_INT_MAX:
             raise ValueError(f"extension {name!r}: an integer outside the CloudEvents Integer range")
         return number
