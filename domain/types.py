@@ -74,8 +74,6 @@ HostName = Annotated[
 
 @functools.lru_cache(maxsize=_CHECKED)
 def _check_ip(value: str) -> str:
-    if "%" in value:  # a scoped IPv6 address names a local interface: meaningless to another host
-        raise ValueError(f"{value!r} is not an IP address without a zone")
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:

@@ -327,7 +327,6 @@ _SERVERS = ("data", "update_server_list")
         (_REQ, _with(_REQ, (("data", "update_file_list", 0, "size"), "18432"))),
         ("hotupdate.update.completed.v2", _with("hotupdate.update.completed.v2", (("data", "outcome"), "succeeded"),
                                                 (("data", "final_result"), False))),
-        ("hotupdate.ip.finished.v1", _with("hotupdate.ip.finished.v1", (("data", "ip"), "fe80::1%eth0"))),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
