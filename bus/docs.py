@@ -1,6 +1,6 @@
-"""Generating ``events.md`` and the JSON Schemas from the catalogue, so the docs cannot drift.
+"""Generating ``events.md``, the JSON Schemas and ``asyncapi.yaml`` from the catalogue, so the docs cannot drift.
 
-``hotupdate events docs`` writes both; a test regenerates them in memory and fails when
+``hotupdate events docs`` writes them; a test regenerates them in memory and fails when
 the committed files differ.
 """
 
@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bus.asyncapi import render_asyncapi
 from bus.envelope import EXTENSION_NAME_PATTERN, EXTENSION_SCHEMA, Envelope, routing_key
 from bus.events import CATALOGUE, RULES_BEYOND_JSON_SCHEMA, Event
 from bus.examples import EXAMPLES
@@ -137,13 +138,15 @@ def render_schemas() -> dict[str, str]:
 
 
 def write_docs(root: Path) -> list[Path]:
-    written = [root / "events.md"]
+    written = [root / "events.md", root / "asyncapi.yaml"]
     written[0].write_text(render_events_md(), encoding="utf-8")
+    schemas = render_schemas()
+    written[1].write_text(render_asyncapi(schemas), encoding="utf-8")
     schema_dir = root / "schemas"
     schema_dir.mkdir(exist_ok=True)
     for old in schema_dir.glob("hotupdate.*.json"):
         old.unlink()
-    for name, text in render_schemas().items():
+    for name, text in schemas.items():
         path = schema_dir / name
         path.write_text(text, encoding="utf-8")
         written.append(path)

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     events = sub.add_parser("events", help="the event catalogue")
     events_sub = events.add_subparsers(dest="events_command", required=True)
-    docs = events_sub.add_parser("docs", help="regenerate events.md and schemas/*.json")
+    docs = events_sub.add_parser("docs", help="regenerate events.md, schemas/*.json and asyncapi.yaml")
     docs.add_argument("--root", type=Path, default=Path("."), help="repository root")
     docs.set_defaults(func=_docs)
     types = events_sub.add_parser("list", help="list the known event types")

@@ -32,3 +32,11 @@ def test_schema_patterns_accept_their_own_examples():
         example = schema["examples"][0]
         assert re.fullmatch(schema["properties"]["project"]["pattern"], example["project"])
         assert example["type"] == schema["properties"]["type"]["const"]
+
+
+def test_asyncapi_document_is_regenerated():
+    from bus.asyncapi import render_asyncapi
+
+    assert (ROOT / "asyncapi.yaml").read_text(encoding="utf-8") == render_asyncapi(render_schemas()), (
+        "asyncapi.yaml is stale: run `hotupdate events docs`"
+    )
