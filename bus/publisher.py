@@ -2,7 +2,13 @@
 
 Both publish persistent messages with publisher confirms and ``mandatory``; a nack or a
 return is raised as :class:`PublishError`, so a caller never believes an unconfirmed
-event was published. Both reconnect after the broker drops the connection, retrying a
+event was published. What ``mandatory`` can tell here: the events exchange has an alternate
+exchange, which takes every event no binding matches, so such an event is confirmed, not
+returned, and waits in the unroutable queue (``hotupdate unroutable``, bus/unroutable.py). A
+return on the events exchange means the alternate exchange routes nowhere either (its queue
+is gone); on a send straight to a queue (retry tiers, parking) it means that queue is missing.
+
+Both reconnect after the broker drops the connection, retrying a
 publish until ``retry_seconds`` have passed.
 """
 
@@ -178,7 +184,11 @@ class SyncPublisher:
                 )
                 return envelope
             except pika.exceptions.UnroutableError as exc:
-                raise PublishError(f"{envelope.id} was returned as unroutable") from exc
+                # not "no binding" (the alternate exchange takes those): the unroutable queue is gone too
+                raise PublishError(
+                    f"{envelope.id} was returned as unroutable: neither a binding nor the alternate exchange "
+                    f"{self._topology.unroutable_exchange} routed it (run 'hotupdate topology declare')"
+                ) from exc
             except pika.exceptions.NackError as exc:
                 raise PublishError(f"broker nacked {envelope.id}") from exc
             except pika.exceptions.ChannelClosedByBroker as exc:

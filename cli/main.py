@@ -16,6 +16,7 @@ from collections.abc import Sequence
 SUBCOMMAND_MODULES = (
     "cli.bus_commands",  # topology declare, publish, events docs
     "cli.parked_cmd",  # parked list|show|requeue|purge, rabbitmq grant
+    "cli.unroutable_cmd",  # unroutable list|show|requeue
     "cli.config_cmd",  # config check
     "cli.demo_cmd",  # demo
     "cli.consume",  # consume file-pull|file-push|ops-executor|notifier
