@@ -114,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from bus.unroutable import UnroutableGauge
     from projections.dashboard import create_app
     from projections.dashboard.served import (
         FACTORY,
@@ -145,7 +146,8 @@ def _serve(args: argparse.Namespace) -> int:
     certfile, keyfile = (https.certfile, https.keyfile) if https else (None, None)
     # Open live streams end on shutdown after this long instead of holding it up.
     if args.workers == 1:
-        app = create_app(database_url, access=config.dashboard, session_secret=secret)
+        app = create_app(database_url, access=config.dashboard, session_secret=secret,
+                         unroutable=UnroutableGauge(config.amqp_url))
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info",
                     ssl_certfile=certfile, ssl_keyfile=keyfile)
         return 0

@@ -186,7 +186,7 @@ Db = Annotated[Session, Depends(_session)]
 
 def create_app(database_url: str, *, access: DashboardConfig, session_secret: bytes | None = None,
                secure_cookies: bool = True, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
-               read_threads: int = READ_THREADS) -> FastAPI:
+               read_threads: int = READ_THREADS, unroutable: Callable[[], int | None] | None = None) -> FastAPI:
     """The dashboard over the projection database at ``database_url`` (it must be migrated already).
 
     ``access``: who may sign in and what each sees. ``session_secret`` signs the session cookies
@@ -194,6 +194,8 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
     ``secure_cookies``: False only to test sign-in over plain HTTP.
     ``read_threads``: how many requests read the database at once in this process (see
     :data:`READ_THREADS`); the others wait their turn, first come first served.
+    ``unroutable``: how many events wait in the broker's unroutable queue (bus.unroutable.UnroutableGauge,
+    cached), shown in the header; the one broker figure the dashboard shows, as no event records it.
     """
     if read_threads < 1:
         raise ValueError(f"read_threads must be at least 1, not {read_threads}")
@@ -244,6 +246,9 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         # The live state is read before the page's data, so a change in between is reported by the stream.
         context.setdefault("live", queries.live_state(db))
         context.setdefault("rejected_total", queries.list_rejected(db, page_size=1, projects=viewer.projects).total)
+        if unroutable is not None:
+            count = unroutable()
+            context.setdefault("unroutable_total", "?" if count is None else count)
         context.setdefault("updateid", "")
         context["viewer"] = viewer
         return templates.TemplateResponse(request, name, context, status_code=status_code)

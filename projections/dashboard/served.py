@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from bus.unroutable import UnroutableGauge
 from domain.config import DashboardConfig, load_config
 from projections.dashboard.app import create_app
 
@@ -62,7 +63,9 @@ def app_from_environment() -> FastAPI:
     secret = os.environ.get(SESSION_SECRET_ENV)
     if not url or not secret:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set: start workers with 'hotupdate dashboard serve --workers N'")
-    return create_app(url, access=load_config().dashboard, session_secret=bytes.fromhex(secret))
+    config = load_config()
+    return create_app(url, access=config.dashboard, session_secret=bytes.fromhex(secret),
+                      unroutable=UnroutableGauge(config.amqp_url))
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
