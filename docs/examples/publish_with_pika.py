@@ -46,7 +46,9 @@ try:
     )
     print("published", event["id"], routing_key)
 except pika.exceptions.UnroutableError:
-    raise SystemExit("returned by the broker: not routable")
+    # not "nobody is bound" (that one is confirmed and kept in hotupdate.unroutable): the broker's
+    # unroutable queue itself is missing
+    raise SystemExit("returned by the broker: not even the alternate exchange could route it")
 except pika.exceptions.NackError:
     raise SystemExit("the broker did not accept the event")
 except pika.exceptions.ChannelClosedByBroker as exc:
