@@ -76,6 +76,17 @@ class Reject(Exception):
     """Raised by a handler for an event that can never succeed: parked at once, without retries."""
 
 
+class Conflict(Reject):
+    """A known event id arrived with different content: parked at once, its message (``conflict: …``) the reason.
+
+    Never an "already handled": an operator must see that two different events claim one id.
+    """
+
+
+def _rejected_reason(exc: Reject) -> str:
+    return str(exc) if isinstance(exc, Conflict) else f"rejected by handler: {exc}"
+
+
 class _ChildEmitter:
     """Publishes events caused by ``parent``; offsets number them in the order they are emitted."""
 
@@ -259,7 +270,7 @@ class ConsumerService:
         try:
             await handler(incoming, emitter)
         except Reject as exc:
-            await self._park(message, f"rejected by handler: {exc}", attempt)
+            await self._park(message, _rejected_reason(exc), attempt)
             return False
         except Exception as exc:
             await self._retry_or_park(message, envelope, exc, attempt)
@@ -322,7 +333,7 @@ class ConsumerService:
                 if result is None:
                     done.append(delivery)
                 elif isinstance(result, Reject):
-                    await self._park(message, f"rejected by handler: {result}", delivery.attempt)
+                    await self._park(message, _rejected_reason(result), delivery.attempt)
                 else:
                     await self._retry_or_park(message, envelope, result, delivery.attempt)
             except Exception:
@@ -482,4 +493,5 @@ async def serve(*services: ConsumerService, stop: asyncio.Event | None = None) -
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["BatchHandler", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]
+__all__ = ["BatchHandler", "Conflict", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection",
+           "serve"]

@@ -7,6 +7,8 @@ correlation/causation ids linking each event to the one that caused it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -57,6 +59,18 @@ def derived_event_id(causation_id: str, event_type: str, key: str = "") -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# What makes two envelopes with one id the same fact: a re-emitted event (a handler re-run after a
+# redelivery or a restart) keeps its derived id and payload but gets a new time and may get another
+# sequence. Anything else under a known id is a conflict, raised to operators, never a duplicate.
+FACT_FIELDS = ("type", "source", "updateid", "project", "area", "data")
+
+
+def fact_hash(envelope: Envelope) -> str:
+    """sha256 (hex) of the envelope's :data:`FACT_FIELDS`: equal for a duplicate, different for a conflict."""
+    dumped = envelope.model_dump(mode="json", exclude_none=True)
+    return hashlib.sha256(canonical_json({name: dumped.get(name) for name in FACT_FIELDS})).hexdigest()
 
 
 class Envelope(BaseModel):

@@ -26,10 +26,12 @@ from projections import log as event_log
 from projections.models import GENESIS_HASH, LoggedEvent, LogHead, as_utc
 
 FORMAT = "hotupdate.log.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: event lines carry the row's verified ``publisher`` (absent on rows logged before it)
+_READABLE_VERSIONS = (1, 2)
 _CHUNK = 1000
 _EVENT_FIELDS = (
     "position", "event_id", "type", "updateid", "project", "area", "received_at", "prev_hash", "hash", "envelope",
+    "publisher",
 )
 
 
@@ -182,6 +184,8 @@ def export_log(
             "position": row.position, "event_id": row.event_id, "type": row.type, "updateid": row.updateid,
             "project": row.project, "area": row.area, "received_at": _iso(row.received_at),
             "prev_hash": row.prev_hash, "hash": row.hash, "envelope": row.envelope,
+            # Absent for a row logged before publishers were recorded (its hash does not cover one).
+            **({} if row.publisher is None else {"publisher": row.publisher}),
         })
         written += 1
     if written != count:  # only if someone changes committed rows under us
@@ -279,7 +283,10 @@ def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
         if not isinstance(value, str):
             raise _Broken(f"field {key} is missing or not a string", line, position)
         values[key] = value
-    return event_log.ChainRow(position=position, **values)
+    publisher = doc.get("publisher")
+    if publisher is not None and not isinstance(publisher, str):
+        raise _Broken("field publisher is not a string", line, position)
+    return event_log.ChainRow(position=position, publisher=publisher, **values)
 
 
 def _time_field(doc: dict[str, Any], key: str, line: int, position: int | None) -> datetime:
@@ -328,8 +335,8 @@ def _header(raw: bytes) -> dict[str, Any]:
         raise _Broken("the first line is not a JSON header", 1) from None
     if not isinstance(doc, dict) or doc.get("kind") != "header" or doc.get("format") != FORMAT:
         raise _Broken(f"the first line is not a {FORMAT} header", 1)
-    if doc.get("version") != FORMAT_VERSION:
-        raise _Broken(f"export format version {doc.get('version')!r} is not {FORMAT_VERSION}", 1)
+    if doc.get("version") not in _READABLE_VERSIONS:
+        raise _Broken(f"export format version {doc.get('version')!r} is not one of {_READABLE_VERSIONS}", 1)
     head = doc.get("log_head")
     valid = (
         isinstance(doc.get("filter"), dict)

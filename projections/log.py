@@ -1,8 +1,14 @@
 """The append-only event log and its hash chain.
 
-Each row's ``hash`` is ``sha256(prev_hash_bytes + canonical_envelope_bytes)`` in hex, where
-``prev_hash_bytes`` are the 32 raw bytes of the previous row's hash (32 zero bytes before
-the first row) and the envelope bytes are :meth:`bus.envelope.Envelope.to_bytes`. Changing,
+Each row's ``hash`` is ``sha256(prev_hash_bytes + canonical_envelope_bytes [+ b"\\x00" +
+publisher])`` in hex, where ``prev_hash_bytes`` are the 32 raw bytes of the previous row's hash
+(32 zero bytes before the first row), the envelope bytes are
+:meth:`bus.envelope.Envelope.to_bytes`, and ``publisher`` is the UTF-8 broker user that
+RabbitMQ verified for the delivery (``Incoming.publisher``; empty if the publisher set none).
+Rows logged before publishers were recorded have ``publisher`` NULL and their hash covers
+the envelope alone, so they verify as they were written; every row logged since carries a
+publisher (possibly empty), covered by its hash. Canonical JSON never holds a raw NUL byte,
+so the separator makes the two forms unambiguous (docs/audit.md). Changing,
 inserting or removing any row breaks the chain at that row; the head row records the last
 position and hash, so removing rows from the end is noticed too.
 
@@ -30,9 +36,18 @@ HEAD_ID = 1
 _CHUNK = 1000
 
 
-def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    """The hash of a log row whose predecessor's hash is ``prev_hash`` (hex) and whose envelope is ``canonical``."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+PUBLISHER_SEPARATOR = b"\x00"
+
+
+def chain_hash(prev_hash: str, canonical: bytes, publisher: str | None = None) -> str:
+    """The hash of a log row whose predecessor's hash is ``prev_hash`` (hex) and whose envelope is ``canonical``.
+
+    ``publisher`` None: a row logged before publishers were recorded (the envelope alone is hashed).
+    """
+    digest = hashlib.sha256(bytes.fromhex(prev_hash) + canonical)
+    if publisher is not None:
+        digest.update(PUBLISHER_SEPARATOR + publisher.encode("utf-8"))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -73,9 +88,13 @@ def find(session: Session, event_id: str) -> LoggedEvent | None:
     return session.execute(select(LoggedEvent).where(LoggedEvent.event_id == event_id)).scalar_one_or_none()
 
 
-def log_row(head: Head, envelope: Envelope, received_at: datetime) -> dict[str, Any]:
-    """The column values of ``envelope``'s log row after ``head`` (for a multi-row INSERT)."""
+def log_row(head: Head, envelope: Envelope, received_at: datetime, publisher: str = "") -> dict[str, Any]:
+    """The column values of ``envelope``'s log row after ``head`` (for a multi-row INSERT).
+
+    ``publisher`` is the broker-verified user of the delivery (``Incoming.publisher``).
+    """
     canonical = envelope.to_bytes()
+    publisher = publisher.replace("\x00", "\ufffd")  # as the column will hold it: what is hashed is what is kept
     return {
         "position": head.position + 1,
         "event_id": envelope.id,
@@ -89,17 +108,20 @@ def log_row(head: Head, envelope: Envelope, received_at: datetime) -> dict[str, 
         "received_at": received_at.astimezone(UTC),
         "envelope": canonical.decode("utf-8"),
         "prev_hash": head.hash,
-        "hash": chain_hash(head.hash, canonical),
+        "hash": chain_hash(head.hash, canonical, publisher),
+        "publisher": publisher,
     }
 
 
-def append(session: Session, head: Head, envelope: Envelope, received_at: datetime) -> LoggedEvent:
+def append(
+    session: Session, head: Head, envelope: Envelope, received_at: datetime, publisher: str = ""
+) -> LoggedEvent:
     """Add ``envelope`` after ``head`` (the caller checked it is not logged yet).
 
     ``head`` is not changed: the caller advances it (:meth:`Head.advance`) once the
     savepoint holding this row is released, so a rolled-back row leaves no gap.
     """
-    row = LoggedEvent(**log_row(head, envelope, received_at))
+    row = LoggedEvent(**log_row(head, envelope, received_at, publisher))
     session.add(row)
     session.flush()
     return row
@@ -119,6 +141,8 @@ class ChainRow:
     prev_hash: str
     hash: str
     envelope: str
+    publisher: str | None = None
+    """The verified publisher, covered by ``hash``; None for a row logged before publishers were recorded."""
 
 
 @dataclass(frozen=True)
@@ -176,8 +200,8 @@ def row_problem(row: ChainRow, expected_position: int, prev_hash: str, *, column
         return f"expected position {expected_position} next, found {row.position}: rows are missing"
     if row.prev_hash != prev_hash:
         return "prev_hash does not match the previous row's hash"
-    if chain_hash(row.prev_hash, row.envelope.encode("utf-8")) != row.hash:
-        return "hash does not match the stored envelope: the envelope or hash was altered"
+    if chain_hash(row.prev_hash, row.envelope.encode("utf-8"), row.publisher) != row.hash:
+        return "hash does not match the stored envelope and publisher: the envelope, publisher or hash was altered"
     return columns_problem(row) if columns else ""
 
 
@@ -203,7 +227,7 @@ def iter_chain(session: Session, *, up_to: int | None = None) -> Iterable[ChainR
         query = (
             select(
                 LoggedEvent.position, LoggedEvent.event_id, LoggedEvent.type, LoggedEvent.updateid,
-                LoggedEvent.prev_hash, LoggedEvent.hash, LoggedEvent.envelope,
+                LoggedEvent.prev_hash, LoggedEvent.hash, LoggedEvent.envelope, LoggedEvent.publisher,
             )
             .where(LoggedEvent.position > last)
             .order_by(LoggedEvent.position)
@@ -215,7 +239,7 @@ def iter_chain(session: Session, *, up_to: int | None = None) -> Iterable[ChainR
         if not batch:
             return
         for r in batch:
-            yield ChainRow(r.position, r.event_id, r.type, r.updateid, r.prev_hash, r.hash, r.envelope)
+            yield ChainRow(r.position, r.event_id, r.type, r.updateid, r.prev_hash, r.hash, r.envelope, r.publisher)
         last = batch[-1].position
 
 
