@@ -34,6 +34,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.provenance import Provenance
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
@@ -90,17 +91,19 @@ def _rejected_reason(exc: Reject) -> str:
 class _ChildEmitter:
     """Publishes events caused by ``parent``; offsets number them in the order they are emitted."""
 
-    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> None:
         self._parent = parent
         self._source = source
         self._publisher = publisher
+        self._id_key = id_key
         self._offset = 0
         self.emitted: list[Envelope] = []
 
     async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
         self._offset += 1
         env = child_envelope(
-            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject
+            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject,
+            id_key=self._id_key,
         )
         await self._publisher.publish(env)
         self.emitted.append(env)
@@ -142,6 +145,8 @@ class ConsumerService:
         self._provenance = provenance
         self._connection: AbstractRobustConnection | None = None
         self._publisher = AsyncPublisher(amqp_url, self._topology)
+        # Emitted events' ids are keyed by this service's own broker login: nobody else can predict them.
+        self.id_key = id_key_from_url(amqp_url)
         self._consumer_tag: str | None = None
         self._queue: Any = None
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -254,7 +259,10 @@ class ConsumerService:
         if handler is None or (replayed and not self._accept_replayed):
             await message.ack()  # not ours to handle: bound by a wider pattern, or a replay
             return False
-        if self._processed is not None and await self._processed.aseen(envelope.id):
+        if self._processed is not None and (known := await self._processed.ahandled(envelope.id)) is not None:
+            if conflict := known.conflict(envelope, message.user_id or ""):
+                await self._park(message, conflict, attempt)  # two events claim one id: an operator decides
+                return False
             log.info("service %s: %s %s already handled; acking redelivery", self.name, envelope.type, envelope.id)
             await message.ack()
             return False
@@ -266,7 +274,7 @@ class ConsumerService:
             if len(self._gathered) >= self._max_batch:
                 self._full.set()
             return True
-        emitter = _ChildEmitter(envelope, self._source, self._publisher)
+        emitter = _ChildEmitter(envelope, self._source, self._publisher, self.id_key)
         try:
             await handler(incoming, emitter)
         except Reject as exc:
@@ -276,7 +284,7 @@ class ConsumerService:
             await self._retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
-            await self._processed.amark(envelope.id, envelope.type)
+            await self._processed.amark_envelope(envelope, incoming.publisher)
         await message.ack()
         self.handled += 1
         log.info(
@@ -344,8 +352,7 @@ class ConsumerService:
         if self._processed is not None:
             try:
                 for delivery in done:
-                    envelope = delivery.incoming.envelope
-                    await self._processed.amark(envelope.id, envelope.type)
+                    await self._processed.amark_envelope(delivery.incoming.envelope, delivery.incoming.publisher)
             except Exception:  # as for a single handler: returned to the queue, handled again
                 log.exception("service %s: could not mark a batch of %d handled", self.name, len(done))
                 for delivery in done:

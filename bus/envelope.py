@@ -52,9 +52,20 @@ def _type_has_version(value: str) -> str:
     return value
 
 
-def derived_event_id(causation_id: str, event_type: str, key: str = "") -> str:
-    """A stable id for an event caused by ``causation_id`` (same cause, same key → same id)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{causation_id}/{event_type}/{key}"))
+def derived_event_id(causation_id: str, event_type: str, key: str = "", *, secret: bytes | None = None) -> str:
+    """A stable id for an event caused by ``causation_id`` (same cause, same key → same id).
+
+    With ``secret`` (the deriving component's id key, :func:`bus.id_keys.id_key_from_url`) the id
+    is an HMAC under it, shaped as a UUID: stable for that component, unpredictable to anyone
+    without the key, so nobody can publish a decoy under a future event's id. Without it, the
+    public uuid5 that anyone who saw ``causation_id`` can compute: for tests and examples only;
+    every component's composition root passes its key.
+    """
+    text = f"{causation_id}/{event_type}/{key}"
+    if secret is None:
+        return str(uuid.uuid5(_ID_NAMESPACE, text))
+    digest = hmac.new(secret, text.encode("utf-8"), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def utcnow() -> datetime:

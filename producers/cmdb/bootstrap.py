@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from bus.consumer import ConsumerService, HandlerTable
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
@@ -62,7 +63,7 @@ def bootstrap(
     url = database_url or config.cmdb.database_url
     broker = amqp_url or config.amqp_url
     topology = topology or Topology()
-    database = CmdbDatabase(url)
+    database = CmdbDatabase(url, id_key=id_key_from_url(broker))
     # The relay retries on its own; the publisher gives up early so a stop is not held up.
     publisher = AsyncPublisher(broker, topology, retry_seconds=publish_retry_seconds)
     relay = OutboxRelay(database, publisher, poll_seconds=poll_seconds)

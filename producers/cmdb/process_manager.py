@@ -79,7 +79,7 @@ def on_files_pulled(msg: Incoming[FilesPulled], database: CmdbDatabase) -> None:
         row.pulled_at = utcnow()
         row.pulled_event_id = msg.envelope.id
         if row.auto_push is not None:
-            _push_automatically(session, msg, row)
+            _push_automatically(session, msg, row, database.id_key)
 
 
 def on_pull_failed(msg: Incoming[PullFailed], database: CmdbDatabase) -> None:
@@ -107,7 +107,7 @@ def on_files_pushed(msg: Incoming[FilesPushed], database: CmdbDatabase) -> None:
             row.reason = f"cannot request the update: {exc.errors()[0]['msg']}"
             row.finished_at = utcnow()
             return
-        envelope = child_envelope(msg.envelope, request, source=SOURCE, offset=1)
+        envelope = child_envelope(msg.envelope, request, source=SOURCE, offset=1, id_key=database.id_key)
         row.state = State.UPDATE_REQUESTED
         row.update_event_id = envelope.id
         row.update_requested_at = utcnow()
@@ -218,7 +218,7 @@ def _reported(session: Session, row: HotUpdate) -> set[str]:
     return set(session.scalars(select(TargetResult.target).where(TargetResult.update_id == row.id)).all())
 
 
-def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUpdate) -> None:
+def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUpdate, id_key: bytes | None) -> None:
     """A retry or rollback: push the files fixed when the operator asked for it, if the pull still has them."""
     plan = row.auto_push or {}
     pulled = {f.file_name: f for f in msg.event.files}
@@ -241,7 +241,7 @@ def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUp
         targets=[RsyncTargetRef.model_validate(t) for t in row.rsync_targets or []],
         requested_by=row.requested_by,
     )
-    envelope = child_envelope(msg.envelope, push, source=SOURCE, offset=1)
+    envelope = child_envelope(msg.envelope, push, source=SOURCE, offset=1, id_key=id_key)
     row.state = State.PUSH_REQUESTED
     row.push_requested_by = row.requested_by
     row.chosen_files = [pulled[n].model_dump(mode="json") for n in names]
