@@ -22,6 +22,7 @@ from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
 from producers.cmdb.process_manager import HANDLERS, PmHandler
+from producers.cmdb.senders import Senders
 from producers.cmdb.service import SOURCE
 
 SERVICE = "cmdb"
@@ -45,9 +46,11 @@ def cmdb_queue() -> ServiceQueue:
     return ServiceQueue(service=SERVICE, bindings=tuple(binding(event) for event in HANDLERS))
 
 
-def handler_table(database: CmdbDatabase) -> HandlerTable:
-    """The process manager's handlers, bound to the database and run off the event loop."""
-    return {event: _in_thread(handler, database) for event, handler in HANDLERS.items()}
+def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTable:
+    """The process manager's handlers, bound to the database and run off the event loop, each after
+    the check that the update's receiver or ops manager sent the event (:mod:`producers.cmdb.senders`)."""
+    senders = Senders(config, database)
+    return {event: _in_thread(handler, database, senders) for event, handler in HANDLERS.items()}
 
 
 def bootstrap(
@@ -72,7 +75,7 @@ def bootstrap(
         amqp_url=broker,
         topology=topology,
         queue=cmdb_queue(),
-        handlers=handler_table(database),
+        handlers=handler_table(database, config),
         source=SOURCE,
         processed=ProcessedStore(url, SERVICE),
     )
@@ -86,9 +89,13 @@ def bootstrap(
     )
 
 
-def _in_thread(handler: PmHandler, database: CmdbDatabase) -> Handler:
+def _in_thread(handler: PmHandler, database: CmdbDatabase, senders: Senders) -> Handler:
     # The handlers use the synchronous database API; a thread keeps the consumer's loop free.
+    def checked(msg: Incoming[Event]) -> None:
+        senders.check(msg.envelope, msg.publisher)
+        handler(msg, database)
+
     async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
-        await asyncio.to_thread(handler, msg, database)
+        await asyncio.to_thread(checked, msg)
 
     return handle
