@@ -76,6 +76,8 @@ def utcnow() -> datetime:
 # redelivery or a restart) keeps its derived id and payload but gets a new time and may get another
 # sequence. Anything else under a known id is a conflict, raised to operators, never a duplicate.
 FACT_FIELDS = ("type", "source", "updateid", "project", "area", "data")
+# How the reason of an event parked as such a conflict starts (the dashboard and `parked list` show it as one).
+CONFLICT_PREFIX = "conflict:"
 
 
 def fact_hash(envelope: Envelope) -> str:

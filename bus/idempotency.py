@@ -18,7 +18,7 @@ from sqlalchemy import DateTime, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from bus.envelope import Envelope, fact_hash
+from bus.envelope import CONFLICT_PREFIX, Envelope, fact_hash
 from domain.db import Base, make_engine, upgrade
 
 
@@ -48,7 +48,7 @@ class Handled:
             return None
         first = self.publisher if self.publisher is not None else "not recorded"
         return (
-            f"conflict: event id {envelope.id} was handled before as a different {self.event_type} "
+            f"{CONFLICT_PREFIX} event id {envelope.id} was handled before as a different {self.event_type} "
             f"(first published by {first or 'none set'}; this {envelope.type} by {publisher or 'none set'})"
         )
 

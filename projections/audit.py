@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -211,6 +211,8 @@ class ExportVerifyResult:
     links: int = 0
     """Rows whose link to the row before (or, at position 1, to the genesis hash) was checked."""
     contiguous: bool = True
+    publishers: dict[str | None, int] = field(default_factory=dict)
+    """Verified rows per recorded publisher (None: logged before publishers were recorded)."""
 
     def describe(self) -> str:
         if self.ok:
@@ -240,6 +242,7 @@ class _Walk:
     count: int = 0
     links: int = 0
     first: int | None = None
+    publishers: dict[str | None, int] = field(default_factory=dict)
 
     def event(self, raw: bytes, line: int) -> None:
         try:
@@ -271,6 +274,7 @@ class _Walk:
         self.first = self.first if self.first is not None else row.position
         self.prev_position, self.prev_hash = row.position, row.hash
         self.count += 1
+        self.publishers[row.publisher] = self.publishers.get(row.publisher, 0) + 1
 
 
 def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
@@ -325,7 +329,8 @@ def verify_export(lines: Iterable[bytes]) -> ExportVerifyResult:
         _check_trailer(pending, line, walk, digest.hexdigest())
     except _Broken as exc:
         return ExportVerifyResult(False, walk.count if walk else 0, exc.reason, exc.line, exc.position)
-    return ExportVerifyResult(True, walk.count, links=walk.links, contiguous=walk.links == walk.count)
+    return ExportVerifyResult(True, walk.count, links=walk.links, contiguous=walk.links == walk.count,
+                              publishers=walk.publishers)
 
 
 def _header(raw: bytes) -> dict[str, Any]:

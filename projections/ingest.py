@@ -32,7 +32,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
 from bus.consumer import Conflict
-from bus.envelope import FACT_FIELDS, Envelope
+from bus.envelope import CONFLICT_PREFIX, FACT_FIELDS, Envelope
 from bus.events import Event
 from projections import log as event_log
 from projections import view
@@ -52,7 +52,7 @@ class ConflictingDuplicate(Conflict):
 def _conflict(envelope: Envelope, position: int, first_publisher: str | None, publisher: str) -> ConflictingDuplicate:
     first = "not recorded" if first_publisher is None else (first_publisher or "none set")
     return ConflictingDuplicate(
-        f"conflict: event id {envelope.id} ({envelope.type}) is already logged at position {position} with "
+        f"{CONFLICT_PREFIX} event id {envelope.id} ({envelope.type}) is already logged at position {position} with "
         f"different content (first published by {first}; this one by {publisher or 'none set'})"
     )
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -152,6 +152,8 @@ class VerifyResult:
     """Rows that verified (all of them when ``ok``; those before the broken one otherwise)."""
     broken_position: int | None = None
     reason: str = ""
+    publishers: dict[str | None, int] = field(default_factory=dict)
+    """Verified rows per recorded publisher (None: logged before publishers were recorded)."""
 
     def describe(self) -> str:
         if self.ok:
@@ -170,13 +172,15 @@ def verify_rows(rows: Iterable[ChainRow], *, head: tuple[int, str] | None = None
     prev_hash = GENESIS_HASH
     expected_position = 1
     count = 0
+    publishers: dict[str | None, int] = {}
     for row in rows:
         problem = row_problem(row, expected_position, prev_hash)
         if problem:
-            return VerifyResult(False, count, row.position, problem)
+            return VerifyResult(False, count, row.position, problem, publishers)
         prev_hash = row.hash
         expected_position += 1
         count += 1
+        publishers[row.publisher] = publishers.get(row.publisher, 0) + 1
     if head is not None:
         head_position, head_hash = head
         if head_position != count or head_hash != prev_hash:
@@ -184,8 +188,20 @@ def verify_rows(rows: Iterable[ChainRow], *, head: tuple[int, str] | None = None
                 False, count, count + 1,
                 f"the head records {head_position} events ending in {head_hash[:12]}…, "
                 f"but the log holds {count} ending in {prev_hash[:12]}…: rows were removed from the end",
+                publishers,
             )
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, publishers=publishers)
+
+
+def describe_publishers(publishers: dict[str | None, int]) -> str:
+    """One line saying who published the verified events, as the broker verified them."""
+    named = sorted((user, n) for user, n in publishers.items() if user)
+    parts = [f"{user} ×{n}" for user, n in named]
+    if publishers.get(""):
+        parts.append(f"no user_id set ×{publishers['']}")
+    if publishers.get(None):
+        parts.append(f"not recorded (logged before publishers were) ×{publishers[None]}")
+    return "publishers (broker-verified): " + ("; ".join(parts) or "none")
 
 
 def row_problem(row: ChainRow, expected_position: int, prev_hash: str, *, columns: bool = True) -> str:
