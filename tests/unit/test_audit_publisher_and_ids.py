@@ -213,3 +213,30 @@ def test_only_the_updates_ops_manager_and_the_projects_receiver_may_report(tmp_p
     assert sender_problem(config, env, OPS, _row(ops_manager=None)) is not None  # not sent anywhere yet
     shared = parse_config({**raw, "broker": {"shared_user": "guest"}}, tmp_path / "d.yaml")
     assert sender_problem(shared, env, "guest", _row()) is None  # development: cannot tell anyone apart
+
+
+@pytest.mark.parametrize("reader_process", [False, True], ids=["in-process", "reader-process"])
+def test_a_rebuild_keeps_each_publisher_and_its_log_verifies(url, tmp_path, reader_process):
+    from projections.replay import replay
+
+    flow = hot_server_flow()
+    _log_as_before_publishers(url, flow[:3])
+    upgrade(url, "projection")
+    engine = make_engine(url)
+    try:
+        ingest_batch(engine, flow[3:], publishers=[OPS] * len(flow[3:]))
+        with Session(engine) as session:
+            source = [tuple(r) for r in session.execute(select(LoggedEvent.position, LoggedEvent.publisher)).all()]
+    finally:
+        engine.dispose()
+    target_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
+    result = replay(url, target_url, batch_size=4, reader_process=reader_process)
+    assert result.events == len(flow) and not result.unapplied
+    target = make_engine(target_url)
+    try:
+        with Session(target) as session:
+            rebuilt = [tuple(r) for r in session.execute(select(LoggedEvent.position, LoggedEvent.publisher)).all()]
+            assert sorted(rebuilt) == sorted(source)
+            assert event_log.verify(session).ok
+    finally:
+        target.dispose()
