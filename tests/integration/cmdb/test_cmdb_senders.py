@@ -186,7 +186,8 @@ async def test_forged_results_are_parked_and_the_real_result_of_the_ops_manager_
     engine = make_engine(projection_url)
     try:
         with Session(engine) as session:
-            publishers = {r.event_id: r.publisher for r in session.execute(select(LoggedEvent.event_id, LoggedEvent.publisher))}
+            rows = session.execute(select(LoggedEvent.event_id, LoggedEvent.publisher))
+            publishers = {r.event_id: r.publisher for r in rows}
             assert event_log.verify(session).ok
     finally:
         engine.dispose()
