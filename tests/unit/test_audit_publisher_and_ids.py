@@ -240,3 +240,40 @@ def test_a_rebuild_keeps_each_publisher_and_its_log_verifies(url, tmp_path, read
             assert event_log.verify(session).ok
     finally:
         target.dispose()
+
+
+async def test_the_dashboard_shows_each_events_publisher_and_a_conflict_as_such(tmp_path):
+    import httpx
+
+    from projections.dashboard import create_app
+    from projections.ingest import record_rejection
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    flow = hot_server_flow()
+    _log_as_before_publishers(url, flow[:1])
+    upgrade(url, "projection")
+    engine = make_engine(url)
+    env = flow[0][0]
+    decoy = env.model_copy(update={"data": {**env.data, "requested_by": "mallory"}})
+    try:
+        ingest_batch(engine, flow[1:3], publishers=[OPS, ""])
+        (outcome,) = ingest_batch(engine, [item(decoy)], publishers=["team.mallory"])
+        record_rejection(engine, service="projection", reason=str(outcome.error), body=decoy.to_bytes(),
+                         routing_key=decoy.routing_key, message_id=decoy.id, attempt=1, parked_at=env.time)
+    finally:
+        engine.dispose()
+    app = create_app(url)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+            page = (await client.get(f"/updates/{env.updateid}")).text
+            assert f"<code>{OPS}</code>" in page and "none set" in page and "not recorded" in page
+            assert 'class="mark conflict"' in page
+            detail = (await client.get(f"/api/updates/{env.updateid}")).json()
+            assert [e["publisher"] for e in detail["events"]] == [None, OPS, ""]
+            rejected = (await client.get("/rejected")).text
+            assert 'class="failed conflict"' in rejected and ">conflict</span>" in rejected
+            assert "logged since" not in rejected  # the id is logged, but by the other event
+            listed = (await client.get("/api/rejected")).json()["items"]
+            assert listed[0]["conflict"] is True and listed[0]["reason"].startswith("conflict:")
+    finally:
+        app.state.engine.dispose()
