@@ -22,6 +22,7 @@ from bus.events import UpdateRequested, UpdateStarted
 from bus.handling import Emitter, Incoming
 from bus.idempotency import ProcessedStore
 from bus.topology import ServiceQueue, Topology, binding, declare_all
+from cli.main import main as hotupdate
 from domain.db import make_engine
 from projections import queries
 from projections.models import LoggedEvent
@@ -97,7 +98,7 @@ async def test_the_projection_records_the_publisher_and_parks_a_conflicting_id_a
 
 
 async def test_a_consumer_parks_a_redelivered_id_with_other_content_and_takes_the_same_one_once(
-        amqp_url, broker, tmp_path):
+        amqp_url, broker, tmp_path, capsys):
     handled: list[str] = []
 
     async def handle(msg: Incoming[UpdateRequested], emit: Emitter) -> None:
@@ -115,19 +116,20 @@ async def test_a_consumer_parks_a_redelivered_id_with_other_content_and_takes_th
     await service.start()
     try:
         with broker_users(broker, amqp_url, user, mallory) as urls:
-            async with Probe(amqp_url) as parked:
-                await parked.watch(Topology().parking_queue(service.name))
-                await publish_as(urls[user], user, request)
-                await _until(lambda: handled)
-                await publish_as(urls[user], user, request)  # the same fact again: a harmless duplicate
-                await publish_as(urls[mallory], mallory, decoy)
-                (message,) = await parked.wait_for(1)
-                reason = str((message.headers or {})[REASON_HEADER])
-                assert reason.startswith("conflict:") and mallory in reason and user in reason
-                await asyncio.sleep(0.5)
-                assert handled == [request.data["requested_by"]] and len(parked.messages) == 1
+            await publish_as(urls[user], user, request)
+            await _until(lambda: handled)
+            await publish_as(urls[user], user, request)  # the same fact again: a harmless duplicate
+            await publish_as(urls[mallory], mallory, decoy)
+            await _until(lambda: service.parked == 1)
+            await asyncio.sleep(0.5)
+            assert handled == [request.data["requested_by"]] and service.parked == 1
     finally:
         await service.stop()
+    capsys.readouterr()
+    assert await asyncio.to_thread(hotupdate, ["parked", "list", service.name, "--amqp-url", amqp_url]) == 0
+    out = capsys.readouterr().out
+    assert "conflict: event id" in out and mallory in out and "1 parked message(s)" in out
+    assert "1 of them conflicts" in out
 
 
 async def test_a_decoy_under_a_predicted_child_id_does_not_make_the_real_child_be_dropped(
