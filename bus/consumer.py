@@ -35,6 +35,7 @@ from bus.connection import connect_robust
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.provenance import Provenance
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
@@ -77,20 +78,33 @@ class Reject(Exception):
     """Raised by a handler for an event that can never succeed: parked at once, without retries."""
 
 
+class Conflict(Reject):
+    """A known event id arrived with different content: parked at once, its message (``conflict: …``) the reason.
+
+    Never an "already handled": an operator must see that two different events claim one id.
+    """
+
+
+def _rejected_reason(exc: Reject) -> str:
+    return str(exc) if isinstance(exc, Conflict) else f"rejected by handler: {exc}"
+
+
 class _ChildEmitter:
     """Publishes events caused by ``parent``; offsets number them in the order they are emitted."""
 
-    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> None:
         self._parent = parent
         self._source = source
         self._publisher = publisher
+        self._id_key = id_key
         self._offset = 0
         self.emitted: list[Envelope] = []
 
     async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
         self._offset += 1
         env = child_envelope(
-            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject
+            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject,
+            id_key=self._id_key,
         )
         await self._publisher.publish(env)
         self.emitted.append(env)
@@ -132,6 +146,8 @@ class ConsumerService:
         self._provenance = provenance
         self._connection: AbstractRobustConnection | None = None
         self._publisher = AsyncPublisher(amqp_url, self._topology)
+        # Emitted events' ids are keyed by this service's own broker login: nobody else can predict them.
+        self.id_key = id_key_from_url(amqp_url)
         self._consumer_tag: str | None = None
         self._queue: Any = None
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -244,7 +260,10 @@ class ConsumerService:
         if handler is None or (replayed and not self._accept_replayed):
             await message.ack()  # not ours to handle: bound by a wider pattern, or a replay
             return False
-        if self._processed is not None and await self._processed.aseen(envelope.id):
+        if self._processed is not None and (known := await self._processed.ahandled(envelope.id)) is not None:
+            if conflict := known.conflict(envelope, message.user_id or ""):
+                await self._park(message, conflict, attempt)  # two events claim one id: an operator decides
+                return False
             log.info("service %s: %s %s already handled; acking redelivery", self.name, envelope.type, envelope.id)
             await message.ack()
             return False
@@ -256,17 +275,17 @@ class ConsumerService:
             if len(self._gathered) >= self._max_batch:
                 self._full.set()
             return True
-        emitter = _ChildEmitter(envelope, self._source, self._publisher)
+        emitter = _ChildEmitter(envelope, self._source, self._publisher, self.id_key)
         try:
             await handler(incoming, emitter)
         except Reject as exc:
-            await self._park(message, f"rejected by handler: {exc}", attempt)
+            await self._park(message, _rejected_reason(exc), attempt)
             return False
         except Exception as exc:
             await self._retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
-            await self._processed.amark(envelope.id, envelope.type)
+            await self._processed.amark_envelope(envelope, incoming.publisher)
         await message.ack()
         self.handled += 1
         log.info(
@@ -323,7 +342,7 @@ class ConsumerService:
                 if result is None:
                     done.append(delivery)
                 elif isinstance(result, Reject):
-                    await self._park(message, f"rejected by handler: {result}", delivery.attempt)
+                    await self._park(message, _rejected_reason(result), delivery.attempt)
                 else:
                     await self._retry_or_park(message, envelope, result, delivery.attempt)
             except Exception:
@@ -334,8 +353,7 @@ class ConsumerService:
         if self._processed is not None:
             try:
                 for delivery in done:
-                    envelope = delivery.incoming.envelope
-                    await self._processed.amark(envelope.id, envelope.type)
+                    await self._processed.amark_envelope(delivery.incoming.envelope, delivery.incoming.publisher)
             except Exception:  # as for a single handler: returned to the queue, handled again
                 log.exception("service %s: could not mark a batch of %d handled", self.name, len(done))
                 for delivery in done:
@@ -483,4 +501,5 @@ async def serve(*services: ConsumerService, stop: asyncio.Event | None = None) -
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["BatchHandler", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]
+__all__ = ["BatchHandler", "Conflict", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection",
+           "serve"]

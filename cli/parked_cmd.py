@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from bus.envelope import CONFLICT_PREFIX
 from bus.parking import ParkingQueues
 from bus.permissions import GrantError, apply_grant, team_grant
 from bus.topology import Topology
@@ -61,12 +62,16 @@ def _list(args: argparse.Namespace) -> int:
     messages = _queues(args).peek(args.service, args.limit)
     if args.json:
         rows = [{"position": m.position, "message_id": m.message_id, "reason": m.reason,
-                 "parked_at": m.parked_at, "routing_key": m.routing_key} for m in messages]
+                 "parked_at": m.parked_at, "routing_key": m.routing_key,
+                 "conflict": m.reason.startswith(CONFLICT_PREFIX)} for m in messages]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for m in messages:
         print(f"{m.position:>5}  {m.message_id or '-':<38} {m.parked_at:<33} {m.routing_key}\n       {m.reason}")
-    print(f"{len(messages)} parked message(s) for {args.service}")
+    conflicts = sum(m.reason.startswith(CONFLICT_PREFIX) for m in messages)
+    # A conflict needs a decision (which of two events under one id is genuine), not a requeue.
+    note = f", {conflicts} of them conflicts (one id, two different events: docs/audit.md)" if conflicts else ""
+    print(f"{len(messages)} parked message(s) for {args.service}{note}")
     return 0
 
 

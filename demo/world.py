@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -140,6 +141,9 @@ def code_dir(world: World, ip: str, server: str) -> Path:
 def config(world: World, password_file: Path) -> dict[str, Any]:
     return {
         "amqp_url": world.amqp_url,
+        # Every component of the demo logs in with world.amqp_url's one user (guest): say so, so the CMDB
+        # does not expect per-component users (producers/cmdb/senders.py).
+        "broker": {"shared_user": urlsplit(world.amqp_url).username or "guest"},
         "projects": {
             PROJECT: {
                 "display_name": "三生三世",

@@ -56,9 +56,11 @@ class Ingestor:
     async def ingest(self, batch: Sequence[Incoming[Event]]) -> list[Outcome]:
         """Ingest ``batch`` (:func:`projections.ingest.ingest_batch`); one outcome per event, in order."""
         if self.worker is not None:
-            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch])
+            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch],
+                                                [msg.publisher for msg in batch])
         else:
-            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch])
+            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch],
+                                               publishers=[m.publisher for m in batch])
         self.batches += 1
         return outcomes
 

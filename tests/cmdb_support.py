@@ -45,8 +45,13 @@ FILES = [
 
 
 def config_dict() -> dict[str, object]:
-    """The seed's projects (ssss; snqxz with 大陆/台湾/越南), loopback addresses, two operators."""
+    """The seed's projects (ssss; snqxz with 大陆/台湾/越南), loopback addresses, two operators.
+
+    The test broker logs every component in as guest: shared-user mode (tests of who may send what
+    configure per-component users themselves).
+    """
     return {
+        "broker": {"shared_user": "guest"},
         "projects": {
             "ssss": {
                 "display_name": "三生三世",
