@@ -247,6 +247,7 @@ async def test_the_dashboard_shows_each_events_publisher_and_a_conflict_as_such(
 
     from projections.dashboard import create_app
     from projections.ingest import record_rejection
+    from tests.projection_support import DASHBOARD_AUTH, dashboard_access
 
     url = f"sqlite:///{tmp_path / 'p.db'}"
     flow = hot_server_flow()
@@ -262,9 +263,10 @@ async def test_the_dashboard_shows_each_events_publisher_and_a_conflict_as_such(
                          routing_key=decoy.routing_key, message_id=decoy.id, attempt=1, parked_at=env.time)
     finally:
         engine.dispose()
-    app = create_app(url)
+    app = create_app(url, access=dashboard_access())
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
             page = (await client.get(f"/updates/{env.updateid}")).text
             assert f"<code>{OPS}</code>" in page and "none set" in page and "not recorded" in page
             assert 'class="mark conflict"' in page
