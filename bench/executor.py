@@ -182,6 +182,7 @@ def write_world(root: Path, url: str, fleet: Fleet, concurrency: int, uid: str) 
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump({
         "amqp_url": url,
+        "broker": {"shared_user": "guest"},
         "projects": {PROJECT: {"areas": {"hot_server": {"大陆": [AREA]}}, "erlang_cookie": COOKIE}},
         "ops_managers": {OPS: {
             "projects": [PROJECT],

@@ -134,6 +134,7 @@ def code_dir(world: World, ip: str, server: str) -> Path:
 def config(world: World, password_file: Path) -> dict[str, Any]:
     return {
         "amqp_url": world.amqp_url,
+        "broker": {"shared_user": "guest"},
         "projects": {
             PROJECT: {
                 "display_name": "三生三世",

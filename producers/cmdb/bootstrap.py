@@ -14,6 +14,7 @@ from bus.consumer import ConsumerService, HandlerTable
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.idempotency import ProcessedStore
+from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
@@ -74,6 +75,7 @@ def bootstrap(
         handlers=handler_table(database),
         source=SOURCE,
         processed=ProcessedStore(url, SERVICE),
+        identity=identity_from_config(config),
     )
     return CmdbRuntime(
         config=config,
