@@ -31,6 +31,7 @@ import shutil
 import stat
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,50 +202,55 @@ def read_or_create_password(directory: Path, user: str) -> tuple[str, bool]:
     return password, True
 
 
-def set_password(ctl: Rabbitmqctl, user: str, password: str, existing: set[str]) -> str:
+def set_password(ctl: Rabbitmqctl, user: str, password: str, exists: bool) -> str:
     """Create ``user`` with ``password``, or change its password; returns what was done."""
-    if user in existing:
+    if exists:
         ctl.change_password(user, password)
         return "password changed"
     ctl.add_user(user, password)
-    existing.add(user)
     return "created"
 
 
 def apply_grants(grants: Sequence[Grant], ctl: Rabbitmqctl, *, password_dir: Path | None,
-                 topology: Topology | None = None) -> list[str]:
+                 topology: Topology | None = None, parallel: int = 4) -> list[str]:
     """Make the broker match ``grants``, changing only what differs; one line per change (empty: nothing to do).
 
     A user is created when missing, with the password of its file in ``password_dir`` (made, mode
     600, when there is none); an existing user's password is changed only when its file was just made.
+    Users are done ``parallel`` at a time: each rabbitmqctl run starts an Erlang VM, seconds apiece.
     """
     topology = topology or Topology()
-    done: list[str] = []
     existing = ctl.users()
-    by_vhost: dict[str, tuple[dict[str, tuple[str, str, str]], dict[tuple[str, str], tuple[str, str]]]] = {}
-    for grant in grants:
-        if grant.vhost not in by_vhost:
-            perms = {str(r["user"]): (str(r["configure"]), str(r["write"]), str(r["read"]))
-                     for r in ctl.json("list_permissions", "-p", grant.vhost)}
-            topics = {(str(r["user"]), str(r["exchange"])): (str(r["write"]), str(r["read"]))
-                      for r in ctl.json("list_topic_permissions", "-p", grant.vhost)}
-            by_vhost[grant.vhost] = (perms, topics)
-        perms, topics = by_vhost[grant.vhost]
+    current: dict[str, tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]] = {}
+    for vhost in sorted({g.vhost for g in grants}):
+        perms: dict[str, tuple[str, ...]] = {str(r["user"]): (str(r["configure"]), str(r["write"]), str(r["read"]))
+                 for r in ctl.json("list_permissions", "-p", vhost)}
+        topics: dict[str, tuple[str, ...]] = {str(r["user"]): (str(r["write"]), str(r["read"]))
+                  for r in ctl.json("list_topic_permissions", "-p", vhost)
+                  if r.get("exchange") == topology.events_exchange}
+        current[vhost] = (perms, topics)
+
+    def apply(grant: Grant) -> list[str]:
+        done: list[str] = []
+        perms, topics = current[grant.vhost]
         if password_dir is not None:
             password, created = read_or_create_password(password_dir, grant.user)
             if grant.user not in existing or created:
-                done.append(f"{grant.user}: {set_password(ctl, grant.user, password, existing)}")
+                done.append(f"{grant.user}: {set_password(ctl, grant.user, password, grant.user in existing)}")
         elif grant.user not in existing:
             raise GrantError(f"{grant.user} does not exist: give a password directory to create it")
         wanted = (grant.configure, grant.write, grant.read)
         if perms.get(grant.user) != wanted:
             ctl.run("set_permissions", "-p", grant.vhost, grant.user, *wanted)
             done.append(f"{grant.user}: permissions on vhost {grant.vhost} set")
-        wanted_topic = (grant.topic_write, grant.topic_read)
-        if topics.get((grant.user, topology.events_exchange)) != wanted_topic:
-            ctl.run("set_topic_permissions", "-p", grant.vhost, grant.user, topology.events_exchange, *wanted_topic)
+        if topics.get(grant.user) != (grant.topic_write, grant.topic_read):
+            ctl.run("set_topic_permissions", "-p", grant.vhost, grant.user, topology.events_exchange,
+                    grant.topic_write, grant.topic_read)
             done.append(f"{grant.user}: may publish routing keys {grant.topic_write} on {topology.events_exchange}")
-    return done
+        return done
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return [line for lines in pool.map(apply, grants) for line in lines]
 
 
 def apply_grant(grant: Grant, *, password: str | None = None, ctl: Sequence[str] | None = None,
@@ -253,7 +259,7 @@ def apply_grant(grant: Grant, *, password: str | None = None, ctl: Sequence[str]
     runner = Rabbitmqctl(ctl)
     topology = topology or Topology()
     if password is not None:
-        set_password(runner, grant.user, password, runner.users())
+        set_password(runner, grant.user, password, grant.user in runner.users())
     runner.run("set_permissions", "-p", grant.vhost, grant.user, grant.configure, grant.write, grant.read)
     runner.run("set_topic_permissions", "-p", grant.vhost, grant.user, topology.events_exchange,
                grant.topic_write, grant.topic_read)
