@@ -34,9 +34,11 @@ class Child:
 class Children:
     """Starts, watches and stops the demo's components."""
 
-    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False) -> None:
+    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False,
+                 env_of: dict[str, dict[str, str]] | None = None) -> None:
         self._logs = logs
         self._env = env
+        self._env_of = env_of or {}  # per child name, on top of ``env`` (its own broker login), restarts too
         self._verbose = verbose
         self.children: list[Child] = []
 
@@ -47,7 +49,7 @@ class Children:
         log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE if self._verbose else log, stderr=subprocess.STDOUT,
-            env=self._env, start_new_session=True,
+            env={**self._env, **self._env_of.get(name, {})}, start_new_session=True,
         )
         child = Child(name, argv, log_path, process, log)
         if self._verbose and process.stdout is not None:
