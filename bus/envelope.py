@@ -29,6 +29,9 @@ class EnvelopeError(ValueError):
     """The bytes are not a well-formed hotupdate CloudEvent."""
 
 
+TOO_DEEP = "body is not JSON: nesting too deep"
+
+
 def split_type(event_type: str) -> tuple[str, int]:
     """Split ``hotupdate.ip.finished.v1`` into ``("ip.finished", 1)``."""
     match = TYPE_RE.fullmatch(event_type)
@@ -146,12 +149,16 @@ class Envelope(BaseModel):
             raise EnvelopeError(f"body is not UTF-8: {exc}") from None
         except json.JSONDecodeError as exc:
             raise EnvelopeError(f"body is not JSON: {exc}") from None
+        except RecursionError:  # a sender chooses the depth; Python's parser recurses once per level
+            raise EnvelopeError(TOO_DEEP) from None
         if not isinstance(raw, dict):
             raise EnvelopeError("body is not a JSON object")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise EnvelopeError(f"invalid envelope: {describe_validation_error(exc)}") from None
+        except RecursionError:
+            raise EnvelopeError(TOO_DEEP) from None
 
 
 def routing_key(project: str, area: str, event_name: str, version: int) -> str:

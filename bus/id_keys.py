@@ -16,13 +16,14 @@ import hashlib
 import hmac
 from urllib.parse import unquote, urlsplit
 
+from domain.broker_address import split_broker_urls
+
 _CONTEXT = b"hotupdate derived event ids\x00"
 
 
 def id_key_from_url(amqp_url: str) -> bytes:
     """The id key of the component that logs in with ``amqp_url`` (HMAC-SHA256 of its user, keyed by its password)."""
-    first = amqp_url.split()[0] if amqp_url.split() else ""  # a list of URLs shares one login
-    parts = urlsplit(first)
+    parts = urlsplit(split_broker_urls(amqp_url)[0])  # every node of an address list is reached as one user
     user = unquote(parts.username or "")
     password = unquote(parts.password or "")
     return hmac.new(password.encode("utf-8"), _CONTEXT + user.encode("utf-8"), hashlib.sha256).digest()

@@ -14,10 +14,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
+from bus.publisher import broker_login
 from demo.erlang import compile_module
 
 PROJECT = "ssss"
@@ -141,9 +141,8 @@ def code_dir(world: World, ip: str, server: str) -> Path:
 def config(world: World, password_file: Path) -> dict[str, Any]:
     return {
         "amqp_url": world.amqp_url,
-        # Every component of the demo logs in with world.amqp_url's one user (guest): say so, so the CMDB
-        # does not expect per-component users (producers/cmdb/senders.py).
-        "broker": {"shared_user": urlsplit(world.amqp_url).username or "guest"},
+        # everything as the URL's user, as in development; `hotupdate demo` gives each its own instead
+        "broker": {"shared_user": broker_login(world.amqp_url)},
         "projects": {
             PROJECT: {
                 "display_name": "三生三世",

@@ -325,7 +325,7 @@ def _envelope_fields(body: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {names.get(k, k): None for k in limits}
     try:
         raw = json.loads(body.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested deeper than the parser recurses
         return out
     if not isinstance(raw, dict):
         return out

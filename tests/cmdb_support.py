@@ -51,6 +51,7 @@ def config_dict() -> dict[str, object]:
     configure per-component users themselves).
     """
     return {
+        # every test component logs in as guest: the broker cannot tell them apart (bus/identity.py)
         "broker": {"shared_user": "guest"},
         "projects": {
             "ssss": {

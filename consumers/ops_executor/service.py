@@ -13,7 +13,7 @@ from bus.events import BatchConfirmed, Event, UpdateAbortRequested, UpdateReques
 from bus.handling import Emitter, Handler, child_envelope
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
-from bus.provenance import Provenance
+from bus.identity import Identity, identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.ops_executor.executor import EmitterFor, Executor
@@ -65,9 +65,9 @@ class OpsExecutorService(ConsumerService):
     def __init__(self, *, executor: Executor, store: StateStore, amqp_url: str, queue: ServiceQueue,
                  handlers: HandlerTable, source: str, resume_publisher: AsyncPublisher,
                  topology: Topology | None = None, processed: ProcessedStore | None = None,
-                 prefetch: int = 4, provenance: Provenance | None = None) -> None:
+                 prefetch: int = 4, identity: Identity | None = None) -> None:
         super().__init__(amqp_url=amqp_url, queue=queue, handlers=handlers, source=source, topology=topology,
-                         processed=processed, prefetch=prefetch, provenance=provenance)
+                         processed=processed, prefetch=prefetch, identity=identity)
         self.executor, self.store = executor, store
         # Updates resumed or carried on without their request's delivery publish through this publisher.
         self._resume_publisher = resume_publisher
@@ -142,5 +142,5 @@ def build_service(
         resume_publisher=publisher,
         processed=ProcessedStore(processed_url or url, service),
         prefetch=prefetch,
-        provenance=Provenance.from_catalogue(extra=config.allowed_sources),
+        identity=identity_from_config(config),
     )

@@ -15,6 +15,7 @@ from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
+from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
@@ -78,6 +79,7 @@ def bootstrap(
         handlers=handler_table(database, config),
         source=SOURCE,
         processed=ProcessedStore(url, SERVICE),
+        identity=identity_from_config(config),
     )
     return CmdbRuntime(
         config=config,
