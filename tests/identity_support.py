@@ -38,7 +38,9 @@ def rig_config(root: Path, amqp_url: str, team: str, *, pairs: int = 1) -> dict[
     return {
         "amqp_url": amqp_url,
         "broker": {"teams": {team: {"projects": ["ssss"], "events": ["pull.requested"]}}},
-        "projects": {"ssss": {"areas": areas}, "snqxz": {"areas": areas}},
+        "projects": {key: {"areas": areas, "inventory": {"cn": {
+            "servers": {"game": {"127.0.0.1": ["qq_1", "qq_2"]}},
+            "cdn": [{"cdn_root_url": "res.ssss.chuangyunet.com", "cdn_dir": "t1"}]}}} for key in ("ssss", "snqxz")},
         "receivers": {
             f"recv{i}": {"projects": [served[i - 1]], "version_root": str(root / f"v{i}"),
                          "backup_root": str(root / f"b{i}")} for i in range(1, pairs + 1)
