@@ -27,11 +27,13 @@ import pika
 import pika.exceptions
 
 from bus.connection import connect_blocking
+from bus.publisher import broker_login
 from bus.topology import Topology
 
 REQUEUE_HEADER = "x-hotupdate-requeued-from-unroutable"
-# The copy is published with the operator's login, so the broker-verified AMQP user_id of the first
-# publisher cannot be kept; it is recorded here for the audit trail (informational, not trusted).
+# The copy carries the requeuing login as its AMQP user_id (RabbitMQ allows no other), which consumers
+# check like any publisher's: requeue with a user allowed to publish those events. The first
+# publisher's user_id is recorded here for the record (informational, not trusted).
 ORIGINAL_USER_HEADER = "x-hotupdate-original-user-id"
 
 
@@ -128,6 +130,7 @@ class UnroutableQueue:
         """Publish the chosen (None: all) messages to the events exchange again; each leaves the
         unroutable queue once its copy is confirmed. Says which copies still found no binding."""
         run = str(uuid.uuid4())
+        login = broker_login(self._url)
         routed: list[UnroutableMessage] = []
         sent: dict[str, UnroutableMessage] = {}
         with self._channel() as ch:
@@ -146,7 +149,7 @@ class UnroutableQueue:
                     pika.BasicProperties(
                         delivery_mode=2, message_id=props.message_id, content_type=props.content_type,
                         content_encoding=props.content_encoding, type=props.type, timestamp=props.timestamp,
-                        correlation_id=props.correlation_id, headers=headers,
+                        correlation_id=props.correlation_id, headers=headers, user_id=login,
                     ),
                     mandatory=True,
                 )  # returns once confirmed; raises (and acks nothing more) if refused

@@ -96,6 +96,7 @@ class World:
         }
         return HotupdateConfig.model_validate({
             "amqp_url": amqp_url,
+            "broker": {"shared_user": "guest"},
             "projects": {PROJECT: {
                 "areas": {"hot_server": {"大陆": [AREA]}, "hot_client": {"大陆": [AREA]}},
                 "erlang_cookie_file": str(self.cookie_file),
