@@ -84,6 +84,7 @@ def test_requeue_after_the_binding_exists_delivers_it_and_removes_it(amqp_url, c
         connection.close()
     assert method.routing_key == "ssss.cn.pull.requested.v1"
     assert props.message_id == "evt-2" and json.loads(body)["id"] == "evt-2"
+    assert props.user_id == "guest"  # the requeuing login: consumers check it like any publisher's
 
 
 def test_mandatory_reports_only_a_missing_safety_net(amqp_url):

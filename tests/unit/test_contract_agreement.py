@@ -229,7 +229,7 @@ def mutated(draw: st.DrawFn, type_name: str) -> Any:
     return document
 
 
-_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+_SETTINGS = settings(max_examples=10, deadline=None, derandomize=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                             HealthCheck.data_too_large])
 
