@@ -76,3 +76,18 @@ def test_an_extension_value_cloudevents_cannot_type_is_refused(value):
     body = json.loads(sdk_structured_body())
     with pytest.raises(EnvelopeError, match="extension 'custom'"):
         Envelope.from_bytes(json.dumps({**body, "custom": value}).encode())
+
+
+def test_the_event_log_keeps_and_hashes_the_extensions():
+    from datetime import UTC, datetime
+
+    from projections.log import Head, chain_hash, log_row
+    from projections.models import GENESIS_HASH
+
+    envelope = Envelope.from_bytes(sdk_structured_body(traceparent=TRACEPARENT))
+    head = Head(position=0, hash=GENESIS_HASH, version=0)
+    row = log_row(head, envelope, datetime.now(UTC), publisher="team.release-bot")
+    assert json.loads(row["envelope"])["traceparent"] == TRACEPARENT
+    assert row["hash"] == chain_hash(GENESIS_HASH, row["envelope"].encode(), "team.release-bot")
+    tampered = row["envelope"].replace(TRACEPARENT, TRACEPARENT[:-2] + "00").encode()
+    assert chain_hash(GENESIS_HASH, tampered, "team.release-bot") != row["hash"]
