@@ -506,6 +506,12 @@ class UpdateCompletedV1(_UpdateCompletedBody):
 Outcome = Literal["succeeded", "failed", "aborted", "stopped"]
 
 
+def _null_allowed(schema: dict[str, Any]) -> None:
+    """A field's JSON Schema that also takes null (a before-validator derives the value from others)."""
+    own = {key: schema.pop(key) for key in ("type", "enum", "const") if key in schema}
+    schema["anyOf"] = [own, {"type": "null"}]
+
+
 class UpdateCompleted(_UpdateCompletedBody):
     """The update is over (the seed's final callback): ``final_result`` is true only if everything succeeded.
 
@@ -527,12 +533,13 @@ class UpdateCompleted(_UpdateCompletedBody):
     consumers = ("cmdb", "projection", "notifier")
     model_config = ConfigDict(**CONTRACT, json_schema_extra={
         "if": {"properties": {"final_result": {"const": True}}},
-        "then": {"properties": {"outcome": {"const": "succeeded"}}},
+        "then": {"properties": {"outcome": {"enum": ["succeeded", None]}}},
         "else": {"properties": {"outcome": {"not": {"const": "succeeded"}}}},
     })
 
     outcome: Outcome = Field(
-        default="failed", description="when absent: succeeded if final_result is true, else failed"
+        default="failed", description="when absent or null: succeeded if final_result is true, else failed",
+        json_schema_extra=_null_allowed,  # null is taken (and derived) as the validator does
     )
     not_run: list[str] = Field(default_factory=list, description="targets never started")
 
@@ -540,7 +547,7 @@ class UpdateCompleted(_UpdateCompletedBody):
     @classmethod
     def _outcome_from_result(cls, data: Any) -> Any:
         # Producers that predate outcome (and v1 events) give final_result only.
-        if isinstance(data, dict) and "outcome" not in data and isinstance(data.get("final_result"), bool):
+        if isinstance(data, dict) and data.get("outcome") is None and isinstance(data.get("final_result"), bool):
             return {**data, "outcome": "succeeded" if data["final_result"] else "failed"}
         return data
 
