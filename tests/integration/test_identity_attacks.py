@@ -39,6 +39,7 @@ from projections.service import build_service as build_projection
 from projections.service import run as run_projection
 from tests.busprobe import Probe
 from tests.identity_support import Provisioned, as_user, provisioned
+from tests.projection_support import DASHBOARD_AUTH, dashboard_access
 
 pytestmark = [pytest.mark.rabbit]
 
@@ -69,6 +70,11 @@ def _login(url: str) -> str:
     from bus.publisher import broker_login
 
     return broker_login(url)
+
+
+def _dashboard(database_url: str):
+    """The dashboard app, as a reader granted every project sees it (send DASHBOARD_AUTH)."""
+    return create_app(database_url, access=dashboard_access())
 
 
 def _example(model: type, *, updateid: str, project: str = "ssss", source: str) -> Envelope:
@@ -202,7 +208,8 @@ async def test_forged_ip_finished_is_parked_by_the_cmdb_and_the_projection_and_s
             await executor.publish(legit)
         cmdb_parked = await _parked(rig, "cmdb", {forged.id})
         await _until(lambda: runtime.consumer.handled >= 1 and consumer.handled >= 1 and consumer.parked >= 1)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(projection_db)),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_dashboard(projection_db)),
+                                     headers=DASHBOARD_AUTH,
                                      base_url="http://dash") as client:
             rejected = (await client.get("/api/rejected")).json()["items"]
     finally:
@@ -286,7 +293,8 @@ async def test_deeply_nested_json_is_parked_as_malformed_by_file_pull_and_the_pr
                                        routing_key="ssss.cn.pull.requested.v1")
             parked = await _parked(rig, "file_pull.recv1", {"nested-1"})
             await _parked(rig, "projection", {"nested-1"})
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(projection_db)),
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_dashboard(projection_db)),
+                                     headers=DASHBOARD_AUTH,
                                          base_url="http://dash") as client:
                 await _until(lambda: consumer.parked >= 1)
                 rejected = (await client.get("/api/rejected")).json()["items"]

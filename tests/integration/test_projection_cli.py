@@ -76,7 +76,8 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
     flow = hot_server_flow()
     port = _free_port()
     config = tmp_path / "config.yaml"  # who may publish what (everything as guest, in tests)
-    config.write_text('broker: {shared_user: guest}\nprojects: {ssss: {areas: {hot_server: {"大陆": [cn]}}}}\n',
+    config.write_text('broker: {shared_user: guest}\nprojects: {ssss: {areas: {hot_server: {"大陆": [cn]}}, '
+                      'inventory: {cn: {servers: {game: {127.0.0.1: [qq_1]}}}}}}\n',
                       encoding="utf-8")
     consumer = subprocess.Popen(_hotupdate("projection", "run", "--database-url", url, "--amqp-url", amqp_url,
                                            "--history-stream", "--config", str(config)),

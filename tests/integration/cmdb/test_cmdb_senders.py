@@ -54,13 +54,16 @@ START = {"project": "ssss", "area": "大陆", "update_type": "hot_server", "vers
 IPS = ("127.0.0.11", "127.0.0.12", "127.0.0.21", "127.0.0.31")
 
 
-def _config(tmp_path, amqp_url: str, manager: str, receiver: str):
+def _config(tmp_path, amqp_url: str, manager: str, receiver: str, other: str):
     raw: dict[str, Any] = config_dict()
     raw.pop("broker")  # per-component users: the broker tells the components apart
     raw["amqp_url"] = amqp_url
     ssss = raw["projects"]["ssss"]
     ssss["rsync_targets"] = [{**t, "ops_manager": manager} for t in ssss["rsync_targets"]]
-    raw["ops_managers"] = {manager: {**raw["ops_managers"]["ops1"]}, "ops2": raw["ops_managers"]["ops2"]}
+    # ``other`` serves ssss too, so the broker and the identity table let its user report on ssss
+    # updates: only the CMDB knows that this update went to ``manager``.
+    raw["ops_managers"] = {manager: {**raw["ops_managers"]["ops1"]}, "ops2": raw["ops_managers"]["ops2"],
+                           other: {**raw["ops_managers"]["ops1"], "projects": ["ssss"]}}
     raw["receivers"] = {receiver: {"projects": ["ssss"], "version_root": str(tmp_path / "v"),
                                    "backup_root": str(tmp_path / "b")}}
     return parse_config(raw, tmp_path / "config.yaml")
@@ -119,7 +122,9 @@ async def test_forged_results_are_parked_and_the_real_result_of_the_ops_manager_
     ops_user = component_user("ops_executor", manager)
     pull_user, push_user = component_user("file_pull", receiver), component_user("file_push", receiver)
     mallory = f"team.mallory{suffix}"
-    config = _config(tmp_path, amqp_url, manager, receiver)
+    other = f"other{suffix}"
+    other_user = component_user("ops_executor", other)
+    config = _config(tmp_path, amqp_url, manager, receiver, other)
     projection_url = f"sqlite:///{tmp_path / 'projection.db'}"
     delays = (100,)
     await declare_all(amqp_url, Topology(), [ServiceQueue(service=PROJECTION, bindings=("#",), retry_delays_ms=delays)])
@@ -127,7 +132,7 @@ async def test_forged_results_are_parked_and_the_real_result_of_the_ops_manager_
     stop_projection = asyncio.Event()
     projection_task = asyncio.create_task(run_projection(consumer, projection, stop_projection))
     try:
-        with broker_users(broker, amqp_url, ops_user, pull_user, push_user, mallory) as urls:
+        with broker_users(broker, amqp_url, ops_user, pull_user, push_user, mallory, other_user) as urls:
             async with Probe(amqp_url) as probe, Probe(amqp_url) as parked, _cmdb(config, sqlite_url, amqp_url) as api:
                 await probe.bind("ssss.#")
                 await parked.watch(Topology().parking_queue(CMDB))
@@ -158,12 +163,18 @@ async def test_forged_results_are_parked_and_the_real_result_of_the_ops_manager_
                 # 4. A receiver's user may answer pulls and pushes, not report the execution.
                 wrong_component = update_completed(request, ok=True).model_copy(update={"id": str(uuid.uuid4())})
                 await publish_as(urls[pull_user], pull_user, wrong_component)
+                # 5. Another ops manager serving the project: allowed to report on ssss, not on this update.
+                elsewhere = update_completed(request, ok=True).model_copy(update={"id": str(uuid.uuid4())})
+                await publish_as(urls[other_user], other_user, elsewhere)
 
-                reasons = _reasons(await parked.wait_for(4, timeout=30))
-                assert reasons[forged.id].startswith("rejected by handler: sender:") and mallory in reasons[forged.id]
-                assert reasons[predicted].startswith("rejected by handler: sender:")
+                reasons = _reasons(await parked.wait_for(5, timeout=30))
+                # 1, 2 and 4 never reach the handler: their users may not publish update.completed at all
+                assert reasons[forged.id].startswith("identity:") and mallory in reasons[forged.id]
+                assert reasons[predicted].startswith("identity:") and mallory in reasons[predicted]
+                assert reasons[wrong_component.id].startswith("identity:") and pull_user in reasons[wrong_component.id]
                 assert "chain:" in reasons[unchained.id]
-                assert "sender:" in reasons[wrong_component.id] and pull_user in reasons[wrong_component.id]
+                assert reasons[elsewhere.id].startswith("rejected by handler: sender:")
+                assert other_user in reasons[elsewhere.id]
                 assert (await _state(api, update_id, "update_requested"))["state"] == "update_requested"
 
                 # The real executor: its ids keyed by its own login, one of its servers failed.
