@@ -114,8 +114,8 @@ def test_the_progress_bars_move_as_a_live_update_reports(projection, browser):
             assert seen[-1][2] == pytest.approx(100 * ok / 7, abs=0.01)  # the green part grows
             if n == 1:
                 ARTIFACTS.mkdir(exist_ok=True)
-                detail.screenshot(path=str(ARTIFACTS / "dashboard-update.png"), full_page=True)
-                listing.screenshot(path=str(ARTIFACTS / "dashboard-list.png"), full_page=True)
+                detail.screenshot(path=str(ARTIFACTS / "dashboard-progress.png"), full_page=True)
+                listing.screenshot(path=str(ARTIFACTS / "dashboard-progress-list.png"), full_page=True)
         assert [s[0] for s in seen] == [2, 4, 6, 7] and seen[0][2] < seen[-1][2]
         assert "1 failed" in detail.locator(".progress-big").inner_text()
 
