@@ -287,11 +287,11 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
             return page(request, "not_found.html", db, viewer, 404, view="update", live=live, updateid=updateid)
         raw = {k: v for k, v in request.query_params.items() if v.strip()}
         unit = detail.progress.unit if detail.progress else "servers"
-        finished = trends.finish_times(db, updateid, unit)
+        spread = trends.finish_bins(db, updateid, unit, detail.started_at)
         what = "CDN dirs" if unit == "cdn_dirs" else "IPs"
         return page(request, "update.html", db, viewer, view="update", live=live, u=detail, updateid=updateid,
-                    finish_chart=charts.finish_times(finished, detail.started_at, what), finish_what=what,
-                    slowest=charts.slowest(finished, detail.started_at),
+                    finish_chart=charts.finish_times(spread, what), finish_what=what,
+                    slowest=spread.slowest if spread else [],
                     sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")

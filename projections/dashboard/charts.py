@@ -10,15 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from projections.trends import OUTCOMES, DayOutcomes, Finished
+from projections.trends import OUTCOMES, DayOutcomes, FinishBins
 
 WIDTH, HEIGHT = 560, 150
 _LEFT, _RIGHT, _TOP, _BOTTOM = 30, 8, 10, 24
 _PLOT_W, _PLOT_H = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
-FINISH_BINS = 20
-SLOWEST = 5
 
 
 @dataclass(frozen=True)
@@ -130,39 +127,23 @@ def updates_per_day(days: Sequence[DayOutcomes]) -> Chart | None:
     return Chart(summary, bars, y_labels + labels, lines)
 
 
-def finish_times(finished: Sequence[Finished], begun: datetime | None, what: str) -> Chart | None:
-    """A histogram of when ``finished`` targets (``what``: "IPs", "CDN dirs") reported, counted
-    from ``begun`` (the update's start; else the first report), ok and failed stacked; None
-    when none reported."""
-    if not finished:
+def finish_times(spread: FinishBins | None, what: str) -> Chart | None:
+    """A histogram of when an update's targets (``what``: "IPs", "CDN dirs") reported after its
+    start, ok and failed stacked; None when none reported."""
+    if spread is None:
         return None
-    start = begun if begun is not None and begun <= finished[0].at else finished[0].at
-    span = max(1.0, (finished[-1].at - start).total_seconds())
-    bins: list[dict[str, int]] = [{"ok": 0, "failed": 0} for _ in range(FINISH_BINS)]
-    for f in finished:
-        n = min(FINISH_BINS - 1, int((f.at - start).total_seconds() / span * FINISH_BINS))
-        bins[n]["ok" if f.ok else "failed"] += 1
-    top = _scale_top(max(b["ok"] + b["failed"] for b in bins))
-    slot = _PLOT_W / FINISH_BINS
+    n_bins = len(spread.bins)
+    top = _scale_top(max(ok + failed for ok, failed in spread.bins))
+    slot = _PLOT_W / n_bins
     bars = []
-    for n, b in enumerate(bins):
-        lo, hi = span * n / FINISH_BINS, span * (n + 1) / FINISH_BINS
-        title = f"{duration(lo)} – {duration(hi)}: {b['ok']} ok, {b['failed']} failed"
-        bars.append(Bar(title, _stack(_LEFT + n * slot + 1, slot - 2, [("ok", b["ok"]), ("failed", b["failed"])],
-                                      top)))
+    for n, (ok, failed) in enumerate(spread.bins):
+        lo, hi = spread.span_seconds * n / n_bins, spread.span_seconds * (n + 1) / n_bins
+        title = f"{duration(lo)} – {duration(hi)}: {ok} ok, {failed} failed"
+        bars.append(Bar(title, _stack(_LEFT + n * slot + 1, slot - 2, [("ok", ok), ("failed", failed)], top)))
     y_labels, lines = _y_axis(top)
     x_labels = [Label(_LEFT, HEIGHT - 8, "+0 s", "start"),
-                Label(_LEFT + _PLOT_W / 2, HEIGHT - 8, f"+{duration(span / 2)}"),
-                Label(_LEFT + _PLOT_W, HEIGHT - 8, f"+{duration(span)}", "end")]
-    failed = sum(1 for f in finished if not f.ok)
-    summary = (f"{len(finished)} {what} reported over {duration(span)} after the start: "
-               f"{len(finished) - failed} ok, {failed} failed.")
+                Label(_LEFT + _PLOT_W / 2, HEIGHT - 8, f"+{duration(spread.span_seconds / 2)}"),
+                Label(_LEFT + _PLOT_W, HEIGHT - 8, f"+{duration(spread.span_seconds)}", "end")]
+    summary = (f"{spread.reported} {what} reported over {duration(spread.span_seconds)} after the start: "
+               f"{spread.reported - spread.failed} ok, {spread.failed} failed.")
     return Chart(summary, bars, y_labels + x_labels, lines)
-
-
-def slowest(finished: Sequence[Finished], begun: datetime | None, n: int = SLOWEST) -> list[tuple[Finished, float]]:
-    """The last ``n`` targets to report, slowest first, each with its seconds since ``begun``."""
-    if not finished:
-        return []
-    start = begun if begun is not None and begun <= finished[0].at else finished[0].at
-    return [(f, (f.at - start).total_seconds()) for f in reversed(finished[-n:])]

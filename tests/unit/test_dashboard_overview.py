@@ -5,7 +5,7 @@ accessibility fixes that need no browser (Chinese marked, failures in words, no 
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import httpx
 import pytest
@@ -120,28 +120,30 @@ def test_updates_per_day_count_each_day_by_outcome(session):
     assert trends.updates_per_day(session, UpdateFilters(project="nobody")) == []
 
 
-def test_an_updates_targets_are_listed_in_finish_order(session):
-    ips = trends.finish_times(session, SERVER_DONE, "servers")
-    assert [(f.name, f.ok) for f in ips] == [("127.0.0.11", False), ("127.0.0.12", True), ("127.0.0.21", True),
-                                             ("127.0.0.31", True)]
-    dirs = trends.finish_times(session, CLIENT_DONE, "cdn_dirs")
-    assert [(f.name, f.ok) for f in dirs] == [("res.ssss.chuangyunet.com/t1", True),
-                                              ("res.ssss.chuangyunet.com/r1", False)]
+def test_an_updates_targets_are_counted_by_finish_time_from_its_start(session):
+    started = T0 + timedelta(minutes=5)
+    ips = trends.finish_bins(session, SERVER_DONE, "servers", started)  # IPs at +1, +2, +3, +4 min
+    assert ips is not None and (ips.start, ips.span_seconds, ips.reported, ips.failed) == (started, 240.0, 4, 1)
+    assert {n: b for n, b in enumerate(ips.bins) if b != (0, 0)} == {5: (0, 1), 10: (1, 0), 15: (1, 0), 19: (1, 0)}
+    assert [(f.name, f.ok, round(s)) for f, s in ips.slowest] == [
+        ("127.0.0.31", True, 240), ("127.0.0.21", True, 180), ("127.0.0.12", True, 120), ("127.0.0.11", False, 60)]
+    dirs = trends.finish_bins(session, CLIENT_DONE, "cdn_dirs", None)  # from the first report: t1, then r1
+    assert dirs is not None and (dirs.span_seconds, dirs.bins[0], dirs.bins[-1]) == (60.0, (1, 0), (0, 1))
+    assert [f.name for f, _ in dirs.slowest] == ["res.ssss.chuangyunet.com/r1", "res.ssss.chuangyunet.com/t1"]
+    assert trends.finish_bins(session, "no-such-update", "servers", None) is None
 
 
-def test_the_finish_time_histogram_stacks_ok_and_failed_from_the_start():
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    done = [trends.Finished(f"10.0.0.{n}", start + timedelta(seconds=s), n != 2)
-            for n, s in enumerate([10, 11, 12, 100, 200])]
-    chart = charts.finish_times(done, start, "IPs")
-    assert chart is not None and len(chart.bars) == charts.FINISH_BINS
-    assert chart.bars[0].rects == []  # 200 s in 20 bins of 10 s: nothing in the first
-    first = chart.bars[1]
-    assert [r.kind for r in first.rects] == ["ok", "failed"]  # 10 s and 11 s ok, 12 s failed
-    assert first.rects[0].height == pytest.approx(2 * first.rects[1].height)
-    assert sum(len(b.rects) for b in chart.bars) == 4 and "5 IPs reported over 3 min 20 s" in chart.summary
-    assert [(f.name, round(s)) for f, s in charts.slowest(done, start, 2)] == [("10.0.0.4", 200), ("10.0.0.3", 100)]
-    assert charts.finish_times([], start, "IPs") is None
+def test_the_finish_time_histogram_stacks_ok_and_failed():
+    spread = trends.FinishBins(start=T0, span_seconds=200.0, bins=[(0, 0), (2, 1)] + [(0, 0)] * 17 + [(1, 0)],
+                               slowest=[])
+    chart = charts.finish_times(spread, "IPs")
+    assert chart is not None and len(chart.bars) == 20 and chart.bars[0].rects == []
+    second = chart.bars[1]
+    assert [r.kind for r in second.rects] == ["ok", "failed"]
+    assert second.rects[0].height == pytest.approx(2 * second.rects[1].height)
+    assert second.title == "10 s – 20 s: 2 ok, 1 failed"
+    assert chart.summary == "4 IPs reported over 3 min 20 s after the start: 3 ok, 1 failed."
+    assert charts.finish_times(None, "IPs") is None
 
 
 def test_the_per_day_chart_scales_its_bars_to_a_round_top():
