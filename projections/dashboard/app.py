@@ -47,7 +47,7 @@ from domain.db import make_engine
 from projections import queries, trends
 from projections.dashboard import charts, signin
 from projections.dashboard.access import Viewer
-from projections.dashboard.lang import mark_chinese
+from projections.dashboard.lang import lang_attribute, mark_chinese
 from projections.dashboard.signin import Reader
 from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
 from projections.view import STATUSES
@@ -160,6 +160,7 @@ def _templates() -> Jinja2Templates:
     env.filters["short"] = lambda value, n=8: value if len(value) <= n else value[:n] + "…"
     env.filters["bytes"] = _format_bytes
     env.filters["zh"] = mark_chinese
+    env.filters["zh_lang"] = lang_attribute
     env.filters["duration"] = charts.duration
     env.filters["iso"] = lambda value: "" if value is None else value.isoformat()
     return Jinja2Templates(env=env)

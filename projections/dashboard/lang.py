@@ -22,3 +22,9 @@ def mark_chinese(value: object) -> Markup:
         end = run.end()
     out.append(escape(text[end:]))
     return Markup("").join(out)
+
+
+def lang_attribute(value: object) -> Markup:
+    """`` lang="zh"`` when ``value`` holds Chinese, else nothing: for elements that hold only text
+    (an ``<option>``), where no ``<span>`` can go."""
+    return Markup(' lang="zh"') if value is not None and _RUN.search(str(value)) else Markup("")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from projections import queries, trends
 from projections.dashboard import charts, create_app
-from projections.dashboard.lang import mark_chinese
+from projections.dashboard.lang import lang_attribute, mark_chinese
 from projections.ingest import ingest_batch, record_rejection
 from projections.schemas import UpdateFilters
 from tests.projection_support import (
@@ -168,6 +168,7 @@ def test_chinese_runs_are_marked_and_everything_is_escaped():
         '<span lang="zh">更新失败,不执行</span>erl<span lang="zh">命令</span>')
     assert str(mark_chinese("<b>大陆</b>")) == '&lt;b&gt;<span lang="zh">大陆</span>&lt;/b&gt;'
     assert str(mark_chinese(None)) == "" and str(mark_chinese("plain")) == "plain"
+    assert str(lang_attribute("大陆")) == ' lang="zh"' and str(lang_attribute("cn")) == ""
 
 
 async def test_the_list_shows_per_type_progress_and_no_zero_of_zero(client):
