@@ -185,6 +185,7 @@ def write_world(root: Path, url: str, fleet: Fleet, concurrency: int, uid: str) 
     cookie_file.chmod(0o600)
     config.write_text(yaml.safe_dump({
         "amqp_url": url,
+        "broker": {"shared_user": "guest"},
         "projects": {PROJECT: {"areas": {"hot_server": {"大陆": [AREA]}}, "erlang_cookie_file": str(cookie_file),
                                "inventory": {AREA: {"servers": {"game": fleet.servers}}}}},
         "ops_managers": {OPS: {

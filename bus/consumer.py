@@ -1,7 +1,9 @@
 """The consumer runtime: one quorum queue per service, handlers by event type, retry, park.
 
 For each delivery: parse the envelope and validate its data (malformed → parked at once,
-with the reason); skip an event this service already handled (idempotency store); run
+with the reason); check that the envelope agrees with the routing key it was published with
+and that the broker-verified publisher (the AMQP ``user_id``) may publish it (bus/identity.py;
+either failing → parked with the reason); skip an event this service already handled (idempotency store); run
 the one handler registered for its type; on success mark it handled and ack. A handler
 that raises is retried through the delay tiers, then parked. The message is acked only
 after its retry copy or parked copy is confirmed by the broker, so nothing is lost; if
@@ -14,7 +16,12 @@ per event (``None``, or the exception that event failed with). Failed events go 
 same retry and park as above, first; then the rest are acked, with one ``ack(multiple=True)``
 when no other delivery of the channel below the batch's last is still unacked (else one by one).
 No task or future is kept per message on that path. Everything before dispatch (malformed,
-provenance, not ours, replays, already processed) is as for single handlers.
+routing, identity, not ours, replays, already processed) is as for single handlers.
+
+Retry and parked copies are published by this service itself (so their ``user_id`` is its own
+login; RabbitMQ would refuse the original's): they carry the original's verified publisher and
+routing key in headers, which are believed only on a copy from this service's own login
+through the default exchange, i.e. one that came back from its own delay queue.
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from bus.connection import connect_robust
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
-from bus.provenance import Provenance
+from bus.identity import Identity
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
 from bus.registry import DEFAULT_REGISTRY, Registry
 from bus.topology import ServiceQueue, Topology, declare_service
@@ -45,6 +53,9 @@ log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-hotupdate-attempt"
 REASON_HEADER = "x-hotupdate-park-reason"
+# On retry and parked copies: who published the original (as the broker verified it), and with which routing key.
+PUBLISHER_HEADER = "x-hotupdate-publisher"
+ROUTING_KEY_HEADER = "x-hotupdate-original-routing-key"
 HandlerTable = Mapping[type[Event], Handler]
 
 
@@ -77,20 +88,33 @@ class Reject(Exception):
     """Raised by a handler for an event that can never succeed: parked at once, without retries."""
 
 
+class Conflict(Reject):
+    """A known event id arrived with different content: parked at once, its message (``conflict: …``) the reason.
+
+    Never an "already handled": an operator must see that two different events claim one id.
+    """
+
+
+def _rejected_reason(exc: Reject) -> str:
+    return str(exc) if isinstance(exc, Conflict) else f"rejected by handler: {exc}"
+
+
 class _ChildEmitter:
     """Publishes events caused by ``parent``; offsets number them in the order they are emitted."""
 
-    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> None:
         self._parent = parent
         self._source = source
         self._publisher = publisher
+        self._id_key = id_key
         self._offset = 0
         self.emitted: list[Envelope] = []
 
     async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
         self._offset += 1
         env = child_envelope(
-            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject
+            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject,
+            id_key=self._id_key,
         )
         await self._publisher.publish(env)
         self.emitted.append(env)
@@ -113,7 +137,7 @@ class ConsumerService:
         registry: Registry = DEFAULT_REGISTRY,
         on_reject: RejectHook | None = None,
         accept_replayed: bool = False,
-        provenance: Provenance | None = None,
+        identity: Identity | None = None,
         batch_handler: BatchHandler | None = None,
         max_batch: int = 500,
         batch_linger_seconds: float = 0.005,
@@ -129,9 +153,12 @@ class ConsumerService:
         self._registry = registry
         self._on_reject = on_reject
         self._accept_replayed = accept_replayed
-        self._provenance = provenance
+        self._identity = identity
         self._connection: AbstractRobustConnection | None = None
         self._publisher = AsyncPublisher(amqp_url, self._topology)
+        # Emitted events' ids are keyed by this service's own broker login: nobody else can predict them.
+        self.id_key = id_key_from_url(amqp_url)
+        self._login = self._publisher.login
         self._consumer_tag: str | None = None
         self._queue: Any = None
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -236,37 +263,46 @@ class ConsumerService:
         except EnvelopeError as exc:
             await self._park(message, f"malformed: {exc}", attempt)
             return False
-        if self._provenance is not None and (problem := self._provenance.problem(envelope)):
-            await self._park(message, problem, attempt)
+        publisher, routing_key = self._origin(message)
+        if envelope.routing_key != routing_key:
+            await self._park(message, f"routing: the envelope ({envelope.type} for project {envelope.project!r}, "
+                                      f"area {envelope.area!r}) belongs on routing key {envelope.routing_key!r} "
+                                      f"but was published with {routing_key!r}", attempt)
             return False
         replayed = bool(headers.get(REPLAYED_HEADER))
         handler = self._handlers.get(type(event))
         if handler is None or (replayed and not self._accept_replayed):
             await message.ack()  # not ours to handle: bound by a wider pattern, or a replay
             return False
-        if self._processed is not None and await self._processed.aseen(envelope.id):
+        if self._identity is not None and (problem := self._identity.problem(envelope, publisher)):
+            await self._park(message, problem, attempt)
+            return False
+        if self._processed is not None and (known := await self._processed.ahandled(envelope.id)) is not None:
+            if conflict := known.conflict(envelope, publisher):
+                await self._park(message, conflict, attempt)  # two events claim one id: an operator decides
+                return False
             log.info("service %s: %s %s already handled; acking redelivery", self.name, envelope.type, envelope.id)
             await message.ack()
             return False
         incoming = Incoming(envelope, event, redelivered=bool(message.redelivered), replayed=replayed,
-                            body=message.body, publisher=message.user_id or "")
+                            body=message.body, publisher=publisher)
         if self._batch_handler is not None:
             self._gathered.append(_Delivery(message, incoming, attempt))
             self._gathering.set()
             if len(self._gathered) >= self._max_batch:
                 self._full.set()
             return True
-        emitter = _ChildEmitter(envelope, self._source, self._publisher)
+        emitter = _ChildEmitter(envelope, self._source, self._publisher, self.id_key)
         try:
             await handler(incoming, emitter)
         except Reject as exc:
-            await self._park(message, f"rejected by handler: {exc}", attempt)
+            await self._park(message, _rejected_reason(exc), attempt)
             return False
         except Exception as exc:
             await self._retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
-            await self._processed.amark(envelope.id, envelope.type)
+            await self._processed.amark_envelope(envelope, incoming.publisher)
         await message.ack()
         self.handled += 1
         log.info(
@@ -323,7 +359,7 @@ class ConsumerService:
                 if result is None:
                     done.append(delivery)
                 elif isinstance(result, Reject):
-                    await self._park(message, f"rejected by handler: {result}", delivery.attempt)
+                    await self._park(message, _rejected_reason(result), delivery.attempt)
                 else:
                     await self._retry_or_park(message, envelope, result, delivery.attempt)
             except Exception:
@@ -334,8 +370,7 @@ class ConsumerService:
         if self._processed is not None:
             try:
                 for delivery in done:
-                    envelope = delivery.incoming.envelope
-                    await self._processed.amark(envelope.id, envelope.type)
+                    await self._processed.amark_envelope(delivery.incoming.envelope, delivery.incoming.publisher)
             except Exception:  # as for a single handler: returned to the queue, handled again
                 log.exception("service %s: could not mark a batch of %d handled", self.name, len(done))
                 for delivery in done:
@@ -394,6 +429,7 @@ class ConsumerService:
     async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int) -> None:
         parked_at = datetime.now(UTC)
         log.warning("service %s: parking message %s: %s", self.name, message.message_id, reason)
+        _, routing_key = self._origin(message)
         parked = await self._republish(
             message,
             self._topology.parking_queue(self.name),
@@ -401,7 +437,6 @@ class ConsumerService:
                 REASON_HEADER: reason[:4000],
                 "x-hotupdate-parked-at": parked_at.isoformat(),
                 "x-hotupdate-parked-by": self.name,
-                "x-hotupdate-original-routing-key": message.routing_key or "",
                 ATTEMPT_HEADER: attempt,
             },
         )
@@ -413,15 +448,35 @@ class ConsumerService:
             # message is safe in the parking queue all the same.
             try:
                 await self._on_reject(
-                    Rejection(self.name, reason, message.body, message.routing_key or "",
+                    Rejection(self.name, reason, message.body, routing_key,
                               message.message_id, attempt, parked_at)
                 )
             except Exception:
                 log.exception("service %s: on_reject hook failed for %s", self.name, message.message_id)
 
+    def _origin(self, message: AbstractIncomingMessage) -> tuple[str, str]:
+        """(verified publisher, routing key) of the event as first published.
+
+        A delivery's own ``user_id`` and routing key, except on a copy this service's own login sent
+        through the default exchange (a retry back from its delay queue, or an operator requeueing
+        with this service's credentials): then the headers it wrote on that copy. Anyone else's
+        headers of that name are ignored.
+        """
+        user, key = message.user_id or "", message.routing_key or ""
+        if user != self._login or message.exchange != "":
+            return user, key
+        headers = message.headers or {}
+        return _text(headers.get(PUBLISHER_HEADER)) or user, _text(headers.get(ROUTING_KEY_HEADER)) or key
+
     async def _republish(self, message: AbstractIncomingMessage, queue_name: str, extra: dict[str, Any]) -> bool:
-        """Send the original body to ``queue_name`` (default exchange), confirmed, then ack the original."""
-        headers = {**dict(message.headers or {}), **extra}
+        """Send the original body to ``queue_name`` (default exchange), confirmed, then ack the original.
+
+        The copy is published as this service (its own ``user_id``); who published the original, and
+        with which routing key, travel in headers that only this service believes (:meth:`_origin`).
+        """
+        publisher, routing_key = self._origin(message)
+        headers = {**dict(message.headers or {}), PUBLISHER_HEADER: publisher, ROUTING_KEY_HEADER: routing_key,
+                   **extra}
         out = aio_pika.Message(
             message.body,
             headers=headers,
@@ -457,6 +512,12 @@ def _channel_key(message: AbstractIncomingMessage) -> int:
         return -1
 
 
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else ""
+
+
 def _as_int(value: object, default: int) -> int:
     if isinstance(value, int | str | bytes):
         try:
@@ -483,4 +544,5 @@ async def serve(*services: ConsumerService, stop: asyncio.Event | None = None) -
             loop.remove_signal_handler(sig)
 
 
-__all__ = ["BatchHandler", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection", "serve"]
+__all__ = ["BatchHandler", "Conflict", "ConsumerService", "Emitter", "HandlerTable", "Incoming", "Reject", "Rejection",
+           "serve"]

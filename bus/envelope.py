@@ -7,6 +7,8 @@ correlation/causation ids linking each event to the one that caused it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -25,6 +27,9 @@ _ID_NAMESPACE = uuid.UUID("6f1c3c2e-3f5a-4b8e-9a57-2d1b1f0c7a10")
 
 class EnvelopeError(ValueError):
     """The bytes are not a well-formed hotupdate CloudEvent."""
+
+
+TOO_DEEP = "body is not JSON: nesting too deep"
 
 
 def split_type(event_type: str) -> tuple[str, int]:
@@ -50,13 +55,38 @@ def _type_has_version(value: str) -> str:
     return value
 
 
-def derived_event_id(causation_id: str, event_type: str, key: str = "") -> str:
-    """A stable id for an event caused by ``causation_id`` (same cause, same key → same id)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{causation_id}/{event_type}/{key}"))
+def derived_event_id(causation_id: str, event_type: str, key: str = "", *, secret: bytes | None = None) -> str:
+    """A stable id for an event caused by ``causation_id`` (same cause, same key → same id).
+
+    With ``secret`` (the deriving component's id key, :func:`bus.id_keys.id_key_from_url`) the id
+    is an HMAC under it, shaped as a UUID: stable for that component, unpredictable to anyone
+    without the key, so nobody can publish a decoy under a future event's id. Without it, the
+    public uuid5 that anyone who saw ``causation_id`` can compute: for tests and examples only;
+    every component's composition root passes its key.
+    """
+    text = f"{causation_id}/{event_type}/{key}"
+    if secret is None:
+        return str(uuid.uuid5(_ID_NAMESPACE, text))
+    digest = hmac.new(secret, text.encode("utf-8"), hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# What makes two envelopes with one id the same fact: a re-emitted event (a handler re-run after a
+# redelivery or a restart) keeps its derived id and payload but gets a new time and may get another
+# sequence. Anything else under a known id is a conflict, raised to operators, never a duplicate.
+FACT_FIELDS = ("type", "source", "updateid", "project", "area", "data")
+# How the reason of an event parked as such a conflict starts (the dashboard and `parked list` show it as one).
+CONFLICT_PREFIX = "conflict:"
+
+
+def fact_hash(envelope: Envelope) -> str:
+    """sha256 (hex) of the envelope's :data:`FACT_FIELDS`: equal for a duplicate, different for a conflict."""
+    dumped = envelope.model_dump(mode="json", exclude_none=True)
+    return hashlib.sha256(canonical_json({name: dumped.get(name) for name in FACT_FIELDS})).hexdigest()
 
 
 class Envelope(BaseModel):
@@ -119,12 +149,16 @@ class Envelope(BaseModel):
             raise EnvelopeError(f"body is not UTF-8: {exc}") from None
         except json.JSONDecodeError as exc:
             raise EnvelopeError(f"body is not JSON: {exc}") from None
+        except RecursionError:  # a sender chooses the depth; Python's parser recurses once per level
+            raise EnvelopeError(TOO_DEEP) from None
         if not isinstance(raw, dict):
             raise EnvelopeError("body is not a JSON object")
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
             raise EnvelopeError(f"invalid envelope: {describe_validation_error(exc)}") from None
+        except RecursionError:
+            raise EnvelopeError(TOO_DEEP) from None
 
 
 def routing_key(project: str, area: str, event_name: str, version: int) -> str:

@@ -52,16 +52,18 @@ def child_envelope(
     offset: int,
     key: str = "",
     subject: str | None = None,
+    id_key: bytes | None = None,
 ) -> Envelope:
     """The envelope of an event caused by ``parent``.
 
     Its id is derived from the parent's id, the type and ``key``, so re-handling a
-    redelivered parent re-emits events with the same ids, which downstream dedupes.
+    redelivered parent re-emits events with the same ids, which downstream dedupes;
+    ``id_key`` (the emitting component's, :mod:`bus.id_keys`) makes it unpredictable to others.
     ``sequence`` continues the parent's, ordering an update's events causally.
     """
     event_type = event.type_name()
     return Envelope(
-        id=derived_event_id(parent.id, event_type, key),
+        id=derived_event_id(parent.id, event_type, key, secret=id_key),
         source=source,
         type=event_type,
         subject=subject if subject is not None else parent.subject,

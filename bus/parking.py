@@ -16,10 +16,12 @@ from typing import Any
 import pika
 
 from bus.connection import connect_blocking
+from bus.publisher import broker_login
 from bus.topology import Topology
 
 REASON_HEADER = "x-hotupdate-park-reason"
 ATTEMPT_HEADER = "x-hotupdate-attempt"
+PUBLISHER_HEADER = "x-hotupdate-publisher"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class ParkedMessage:
     routing_key: str
     body: bytes
     headers: dict[str, Any]
+    user_id: str = ""  # who put it in the parking queue: the service (or the broker, dead-lettering the original)
 
     @property
     def body_text(self) -> str:
@@ -85,6 +88,7 @@ class ParkingQueues:
                         routing_key=_text(headers.get("x-hotupdate-original-routing-key")),
                         body=body,
                         headers=headers,
+                        user_id=props.user_id or "",
                     ),
                 )
             )
@@ -95,7 +99,13 @@ class ParkingQueues:
             return [m for _, m in self._fetch(ch, service, limit)]
 
     def requeue(self, service: str, message_ids: set[str] | None, limit: int = 100_000) -> list[ParkedMessage]:
-        """Send the chosen (or, with None, all) parked messages back to the service's queue."""
+        """Send the chosen (or, with None, all) parked messages back to the service's queue.
+
+        The copy is published as this connection's login; the service believes what the copy says
+        of the original's publisher and routing key only if that login is its own (bus/consumer.py),
+        so requeue with the service's own broker URL (HOTUPDATE_AMQP_URL on its machine).
+        """
+        login = broker_login(self._url)
         done: list[ParkedMessage] = []
         with self._channel() as ch:
             for tag, msg in self._fetch(ch, service, limit):
@@ -104,11 +114,13 @@ class ParkingQueues:
                 headers = {k: v for k, v in msg.headers.items() if not k.startswith("x-hotupdate-park")}
                 headers[ATTEMPT_HEADER] = 1
                 headers["x-hotupdate-requeued-from-parking"] = msg.reason[:1000]
+                if PUBLISHER_HEADER not in headers and msg.user_id:  # dead-lettered by the broker: the original
+                    headers[PUBLISHER_HEADER] = msg.user_id
                 ch.basic_publish(
                     "",
                     self._topology.queue(service),
                     msg.body,
-                    pika.BasicProperties(delivery_mode=2, message_id=msg.message_id, headers=headers),
+                    pika.BasicProperties(delivery_mode=2, message_id=msg.message_id, headers=headers, user_id=login),
                     mandatory=True,
                 )
                 ch.basic_ack(tag)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import pika
@@ -22,20 +23,32 @@ from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInva
 from bus.connection import connect_blocking, connect_robust
 from bus.envelope import Envelope
 from bus.topology import Topology, declare_exchanges
+from domain.broker_address import split_broker_urls
 
 log = logging.getLogger(__name__)
 
 REPLAYED_HEADER = "x-hotupdate-replayed"
+# Both client libraries log in as guest when the URL names no user.
+DEFAULT_LOGIN = "guest"
+
+
+def broker_login(url: str) -> str:
+    """The user ``url`` logs in as: the ``user_id`` every publish through it carries (RabbitMQ checks it)."""
+    # Every node of an address list is reached as the same user: the first URL names it.
+    username = urlsplit(split_broker_urls(url)[0]).username
+    return unquote(username) if username else DEFAULT_LOGIN
 
 
 class PublishError(RuntimeError):
     """The broker did not confirm the event (nack, returned as unroutable, refused, or unreachable)."""
 
 
-def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    """AMQP properties shared by both publishers: the event id is the message id."""
+def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None, *, user_id: str) -> dict[str, Any]:
+    """AMQP properties shared by both publishers: the event id is the message id; ``user_id`` the login,
+    which the broker verifies (consumers trust nothing else about who published)."""
     return {
         "message_id": envelope.id,
+        "user_id": user_id,
         "content_type": "application/cloudevents+json",
         "content_encoding": "utf-8",
         "type": envelope.type,
@@ -53,6 +66,7 @@ class AsyncPublisher:
     ) -> None:
         self._declare = declare
         self._url = url
+        self.login = broker_login(url)
         self._topology = topology or Topology()
         self._retry_seconds = retry_seconds
         self._connection: AbstractRobustConnection | None = None
@@ -74,13 +88,14 @@ class AsyncPublisher:
         message = aio_pika.Message(
             envelope.to_bytes(),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            **message_properties(envelope, headers),
+            **message_properties(envelope, headers, user_id=self.login),
         )
         await self._send(message, envelope.routing_key, to_queue=False, what=f"{envelope.type} {envelope.id}")
         return envelope
 
     async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
-        """Put a message straight into a named queue (retry tiers, parking), confirmed."""
+        """Put a message straight into a named queue (retry tiers, parking), confirmed, as this login."""
+        message.user_id = self.login
         await self._send(message, queue, to_queue=True, what=f"message {message.message_id} to {queue}")
 
     async def _send(self, message: aio_pika.Message, routing_key: str, *, to_queue: bool, what: str) -> None:
@@ -130,6 +145,7 @@ class SyncPublisher:
     ) -> None:
         self._declare = declare
         self._url = url
+        self.login = broker_login(url)
         self._topology = topology or Topology()
         self._retry_seconds = retry_seconds
         self._connection: pika.BlockingConnection | None = None
@@ -142,6 +158,17 @@ class SyncPublisher:
         self._channel = channel
         if not self._declare:  # a team's user may only write: the exchanges must already exist
             return
+        try:  # existing exchanges are only looked up: a passive declare needs no configure permission
+            for name in (self._topology.unroutable_exchange, self._topology.dead_letter_exchange,
+                         self._topology.events_exchange):
+                channel.exchange_declare(name, passive=True)
+            return
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+        channel = self._connection.channel()
+        channel.confirm_delivery()
+        self._channel = channel
         # Declaring is idempotent and makes a first publish on a fresh broker land in
         # the right exchange instead of failing with NOT_FOUND.
         channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)
@@ -160,7 +187,7 @@ class SyncPublisher:
 
     def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
         """Publish and block until confirmed; raise :class:`PublishError` if refused or unreachable."""
-        props = message_properties(envelope, headers)
+        props = message_properties(envelope, headers, user_id=self.login)
         props["timestamp"] = int(envelope.time.timestamp())
         properties = pika.BasicProperties(delivery_mode=2, **props)
         deadline = time.monotonic() + self._retry_seconds

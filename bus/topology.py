@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+from aiormq.exceptions import ChannelNotFoundEntity
 
 from bus.connection import connect
 from bus.events import Event
@@ -76,7 +77,18 @@ def binding(event: type[Event] | None = None, *, project: str = "*", area: str =
 
 
 async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> AbstractExchange:
-    """Declare the events exchange with its alternate exchange and queue, and the DLX; returns the events one."""
+    """Declare the events exchange with its alternate exchange and queue, and the DLX; returns the events one.
+
+    Exchanges that already exist are only looked up (a passive declare needs no permission): a
+    component's own broker user may configure its own queues, not the shared exchanges, which
+    ``hotupdate rabbitmq provision`` (or ``topology declare``) declares as an administrator.
+    """
+    try:
+        for name in (topology.unroutable_exchange, topology.dead_letter_exchange, topology.events_exchange):
+            exchange = await channel.get_exchange(name, ensure=True)
+        return exchange
+    except ChannelNotFoundEntity:  # a fresh vhost: declare them (the failed lookup closed the channel)
+        await channel.reopen()
     unroutable = await channel.declare_exchange(
         topology.unroutable_exchange, ExchangeType.FANOUT, durable=True
     )

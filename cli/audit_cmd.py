@@ -137,6 +137,8 @@ def _verify(args: argparse.Namespace) -> int:
             print(f"cannot read {args.file}: {exc}", file=sys.stderr)
             return 2
         print(checked.describe())
+        if checked.ok:
+            print(event_log.describe_publishers(checked.publishers))
         return 0 if checked.ok else 1
 
     url, problem = _open_log(args)
@@ -154,6 +156,7 @@ def _verify(args: argparse.Namespace) -> int:
     if result.ok:
         # The head's hash pins the whole log: keep it to check a later export or verification against.
         print(f"log head: position {head_position}, hash {head_hash}")
+        print(event_log.describe_publishers(result.publishers))
     return 0 if result.ok else 1
 
 

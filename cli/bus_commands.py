@@ -1,4 +1,4 @@
-"""``hotupdate topology declare``, ``hotupdate publish`` and ``hotupdate events docs``."""
+"""``hotupdate topology declare``, ``publish``, ``events docs`` and ``rabbitmq provision|grant``."""
 
 from __future__ import annotations
 
@@ -7,13 +7,23 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from bus.docs import write_docs
 from bus.envelope import Envelope, EnvelopeError
-from bus.publisher import PublishError, SyncPublisher
+from bus.permissions import (
+    GrantError,
+    Rabbitmqctl,
+    apply_grant,
+    apply_grants,
+    provision_grants,
+    read_password_file,
+    team_grant,
+)
+from bus.publisher import PublishError, SyncPublisher, broker_login
 from bus.registry import DEFAULT_REGISTRY
 from bus.topology import Topology, declare_all
-from domain.config import DEFAULT_AMQP_URL, broker_address_from_env
+from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
 
 
 def amqp_url_argument(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +58,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     types = events_sub.add_parser("list", help="list the known event types")
     types.set_defaults(func=lambda _a: print("\n".join(DEFAULT_REGISTRY.all_types())) or 0)
 
+    rabbit = sub.add_parser("rabbitmq", help="broker users and their permissions (runs rabbitmqctl on this node)")
+    rabbit_sub = rabbit.add_subparsers(dest="rabbitmq_command", required=True)
+    provision = rabbit_sub.add_parser(
+        "provision", help="one broker user per component instance and team of the configuration, least privilege "
+        "(idempotent); declares the shared exchanges as the administrator of --amqp-url")
+    provision.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG)")
+    provision.add_argument("--password-dir", type=Path, required=True,
+                           help="one <user>.password file per user (mode 600): read if present, else generated")
+    amqp_url_argument(provision)
+    provision.add_argument("--dry-run", action="store_true", help="print the permissions, change nothing")
+    provision.set_defaults(func=_provision)
+    grant = rabbit_sub.add_parser("grant", help="let a team's user publish every routing key of its projects "
+                                  "(provision grants a team only its events: prefer broker.teams)")
+    grant.add_argument("--user", required=True)
+    grant.add_argument("--projects", required=True, help="comma-separated project keys")
+    grant.add_argument("--vhost", default="/")
+    grant.add_argument("--password-file", type=Path,
+                       help="create the user (or change its password) with the password in this mode-600 file")
+    grant.add_argument("--namespace", default="hotupdate")
+    grant.set_defaults(func=_grant)
+
 
 def _declare(args: argparse.Namespace) -> int:
     asyncio.run(declare_all(args.amqp_url, Topology(args.namespace)))
@@ -73,6 +104,56 @@ def _publish(args: argparse.Namespace) -> int:
         print(f"not published: {exc}", file=sys.stderr)
         return 1
     print(f"published {envelope.type} {envelope.id} → {envelope.routing_key}")
+    return 0
+
+
+def vhost_of(url: str) -> str:
+    """The vhost a broker URL names (``/`` when none), as rabbitmqctl's ``-p`` takes it."""
+    path = urlsplit(url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def _provision(args: argparse.Namespace) -> int:
+    topology = Topology(args.namespace)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    grants = provision_grants(config, vhost=vhost_of(args.amqp_url), topology=topology)
+    if args.dry_run:
+        for g in grants:
+            print(f"{g.user}\n  configure {g.configure}\n  write     {g.write}\n  read      {g.read}\n"
+                  f"  publish   {g.topic_write}")
+        return 0
+    if config.broker.shared_user:
+        print(f"note: broker.shared_user is {config.broker.shared_user!r}: components still log in as that user "
+              "until it is removed from the configuration", file=sys.stderr)
+    # Components only look the shared exchanges up; declaring them is the administrator's part.
+    asyncio.run(declare_all(args.amqp_url, topology))
+    try:
+        done = apply_grants(grants, Rabbitmqctl(), password_dir=args.password_dir, topology=topology)
+    except GrantError as exc:
+        print(f"provision failed: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(done) if done else f"nothing to change: {len(grants)} users as configured")
+    print(f"passwords: {args.password_dir}/<user>.password; each machine's HOTUPDATE_AMQP_URL logs in as its "
+          f"component's user (exchanges declared as {broker_login(args.amqp_url)})")
+    return 0
+
+
+def _grant(args: argparse.Namespace) -> int:
+    projects = [p.strip() for p in args.projects.split(",") if p.strip()]
+    topology = Topology(args.namespace)
+    try:
+        grant = team_grant(args.user, projects, vhost=args.vhost, topology=topology)
+        password = read_password_file(args.password_file) if args.password_file else None
+        apply_grant(grant, password=password, topology=topology)
+    except (ValueError, OSError, GrantError) as exc:
+        print(f"grant failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.user} may publish to {topology.events_exchange} "
+          f"routing keys matching {grant.topic_write} on vhost {args.vhost}")
     return 0
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 # module name → what it adds; a module missing here is a subcommand not shipped yet
 SUBCOMMAND_MODULES = (
-    "cli.bus_commands",  # topology declare, publish, events docs
-    "cli.parked_cmd",  # parked list|show|requeue|purge, rabbitmq grant
+    "cli.bus_commands",  # topology declare, publish, events docs, rabbitmq provision|grant
+    "cli.parked_cmd",  # parked list|show|requeue|purge
     "cli.config_cmd",  # config check
     "cli.demo_cmd",  # demo
     "cli.consume",  # consume file-pull|file-push|ops-executor|notifier

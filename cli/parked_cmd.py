@@ -1,4 +1,4 @@
-"""``hotupdate parked list|show|requeue|purge`` (the quarantine) and ``hotupdate rabbitmq grant``."""
+"""``hotupdate parked list|show|requeue|purge``: the quarantine."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
+from bus.envelope import CONFLICT_PREFIX
 from bus.parking import ParkingQueues
-from bus.permissions import GrantError, apply_grant, team_grant
 from bus.topology import Topology
 from cli.bus_commands import amqp_url_argument
 
@@ -34,16 +34,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument("--limit", type=int, default=1000)
         p.set_defaults(func=func)
 
-    rabbit = sub.add_parser("rabbitmq", help="broker-side administration")
-    rabbit_sub = rabbit.add_subparsers(dest="rabbitmq_command", required=True)
-    grant = rabbit_sub.add_parser("grant", help="let a team's user publish only its projects' routing keys")
-    grant.add_argument("--user", required=True)
-    grant.add_argument("--projects", required=True, help="comma-separated project keys")
-    grant.add_argument("--vhost", default="/")
-    grant.add_argument("--password", help="create the user (or reset its password) with this password")
-    grant.add_argument("--namespace", default="hotupdate")
-    grant.set_defaults(func=_grant)
-
 
 def _queues(args: argparse.Namespace) -> ParkingQueues:
     return ParkingQueues(args.amqp_url, Topology(args.namespace))
@@ -61,12 +51,16 @@ def _list(args: argparse.Namespace) -> int:
     messages = _queues(args).peek(args.service, args.limit)
     if args.json:
         rows = [{"position": m.position, "message_id": m.message_id, "reason": m.reason,
-                 "parked_at": m.parked_at, "routing_key": m.routing_key} for m in messages]
+                 "parked_at": m.parked_at, "routing_key": m.routing_key,
+                 "conflict": m.reason.startswith(CONFLICT_PREFIX)} for m in messages]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for m in messages:
         print(f"{m.position:>5}  {m.message_id or '-':<38} {m.parked_at:<33} {m.routing_key}\n       {m.reason}")
-    print(f"{len(messages)} parked message(s) for {args.service}")
+    conflicts = sum(m.reason.startswith(CONFLICT_PREFIX) for m in messages)
+    # A conflict needs a decision (which of two events under one id is genuine), not a requeue.
+    note = f", {conflicts} of them conflicts (one id, two different events: docs/audit.md)" if conflicts else ""
+    print(f"{len(messages)} parked message(s) for {args.service}{note}")
     return 0
 
 
@@ -91,15 +85,3 @@ def _purge(args: argparse.Namespace) -> int:
     print(f"purged {len(done)} message(s) from {Topology(args.namespace).parking_queue(args.service)}")
     return 0
 
-
-def _grant(args: argparse.Namespace) -> int:
-    projects = [p.strip() for p in args.projects.split(",") if p.strip()]
-    try:
-        grant = team_grant(args.user, projects, vhost=args.vhost, topology=Topology(args.namespace))
-        apply_grant(grant, password=args.password, topology=Topology(args.namespace))
-    except (ValueError, GrantError) as exc:
-        print(f"grant failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"{args.user} may publish to {Topology(args.namespace).events_exchange} "
-          f"routing keys matching {grant.topic_write} on vhost {args.vhost}")
-    return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from bus.identity import Identity, identity_from_config
 from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
 from domain.db import VERSION_LOCATIONS, upgrade
 
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--prefetch", type=int, default=2000,
                      help="unacked messages in flight; a batch is at most half of it (bigger batches cost less "
                      "per event)")
-    run.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    run.add_argument("--config", default=None,
+                     help="configuration file (env HOTUPDATE_CONFIG): who may publish what is derived from it")
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
@@ -82,17 +84,27 @@ def _from_config(args: argparse.Namespace) -> tuple[str, str]:
     return database_url or _FALLBACK_DB_URL, broker_address_from_env(amqp_url or DEFAULT_AMQP_URL)
 
 
+def _identity(args: argparse.Namespace) -> Identity:
+    """Who may publish what: derived from the configuration, which ``projection run`` therefore needs."""
+    if not (args.config or os.environ.get("HOTUPDATE_CONFIG")):
+        raise ConfigError("projection run needs the configuration (--config or HOTUPDATE_CONFIG) to know which "
+                          "broker user may publish which event (bus/identity.py)")
+    return identity_from_config(load_config(args.config))
+
+
 def _run(args: argparse.Namespace) -> int:
     from bus.topology import Topology
     from projections.service import build_service, run
 
     try:
         database_url, amqp_url = _from_config(args)
+        identity = _identity(args)
     except ValueError as exc:  # ConfigError, or a broker address that cannot be read
         print(exc, file=sys.stderr)
         return 2
     consumer, projection = build_service(
-        amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch
+        amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch,
+        identity=identity,
     )
 
     async def main() -> None:

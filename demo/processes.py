@@ -34,12 +34,14 @@ class Child:
 class Children:
     """Starts, watches and stops the demo's components."""
 
-    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False, cwd: Path | None = None) -> None:
+    def __init__(self, logs: Path, env: dict[str, str], *, verbose: bool = False, cwd: Path | None = None,
+                 env_of: dict[str, dict[str, str]] | None = None) -> None:
         self._logs = logs
         self._env = env
         # The work directory: a default relative path of a component (a SQLite file, its lock) lands
         # there, never in the directory the demo was started from.
         self._cwd = cwd
+        self._env_of = env_of or {}  # per child name, on top of ``env`` (its own broker login), restarts too
         self._verbose = verbose
         self.children: list[Child] = []
 
@@ -50,7 +52,7 @@ class Children:
         log = open(log_path, "ab")  # noqa: SIM115 (closed in stop)
         process = subprocess.Popen(
             argv, stdout=subprocess.PIPE if self._verbose else log, stderr=subprocess.STDOUT,
-            env=self._env, start_new_session=True, cwd=self._cwd,
+            env={**self._env, **self._env_of.get(name, {})}, start_new_session=True, cwd=self._cwd,
         )
         child = Child(name, argv, log_path, process, log)
         if self._verbose and process.stdout is not None:

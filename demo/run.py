@@ -18,14 +18,20 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+import yaml
 
 from demo.erlang import ErlangNodes
 from demo.processes import Children
 from demo.rsyncd import RsyncDaemon, free_port
 from demo.scenario import Operator, Outcome, ScenarioError, hot_client, hot_server
 from demo.world import CDN_DIRS, CDN_ROOT, FAILING, MODULE, SERVERS, World, build, code_dir
+
+# demo child → (component, instance): whose broker user it logs in as
+COMPONENT_OF = {"file_pull": ("file_pull", "recv1"), "file_push": ("file_push", "recv1"),
+                "ops_executor": ("ops_executor", "ops1"), "projection": ("projection", ""), "cmdb": ("cmdb", "")}
 
 DEMO_VHOST = "hotupdate-demo"
 
@@ -44,6 +50,39 @@ def _broker_url(stack: ExitStack) -> str:
             raise SystemExit(f"rabbitmqctl {args[0]} failed: {done.stderr.strip()} (is RabbitMQ running?)")
     stack.callback(subprocess.run, [ctl, "delete_vhost", DEMO_VHOST], capture_output=True, timeout=60)
     return f"amqp://guest:guest@127.0.0.1:5672/{DEMO_VHOST}"
+
+
+def provision_logins(world: World, admin_url: str, stack: ExitStack) -> dict[str, str]:
+    """Each component logs in as its own broker user, as in production (``hotupdate rabbitmq provision``).
+
+    The world's configuration loses its development ``shared_user``; the users are deleted at the end.
+    """
+    import asyncio
+
+    from bus.identity import component_user
+    from bus.permissions import Rabbitmqctl, apply_grants, provision_grants
+    from bus.topology import Topology, declare_all
+    from domain.config import load_config
+
+    raw = yaml.safe_load(world.config_file.read_text(encoding="utf-8"))
+    raw["broker"] = {key: value for key, value in raw.get("broker", {}).items() if key != "shared_user"}
+    world.config_file.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    grants = provision_grants(load_config(world.config_file), vhost=DEMO_VHOST)
+    ctl = Rabbitmqctl()
+    for grant in grants:  # registered first: a half-done provisioning is undone too
+        stack.callback(subprocess.run, [*ctl.base, "delete_user", grant.user], capture_output=True, timeout=60)
+    asyncio.run(declare_all(admin_url, Topology()))  # as the administrator: components only look them up
+    passwords = world.root / "broker"
+    apply_grants(grants, ctl, password_dir=passwords)
+    parts = urlsplit(admin_url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    logins = {}
+    for child, (component, instance) in COMPONENT_OF.items():
+        user = component_user(component, instance)
+        password = (passwords / f"{user}.password").read_text(encoding="utf-8").strip()
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+        logins[child] = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return logins
 
 
 def _wait_http(url: str, children: Children, timeout: float = 60) -> None:
@@ -115,18 +154,23 @@ def component_args(world: World, amqp_url: str, cmdb_port: int, dash_port: int) 
                       "--processed-db", world.db_url("file_push")],
         "ops_executor": ["consume", "ops-executor", "--config", config, "--ops-manager", "ops1",
                          "--processed-db", world.db_url("ops_executor")],
-        "projection": ["projection", "run", "--database-url", world.db_url("projection"), "--amqp-url", amqp_url],
+        # the broker URL comes from HOTUPDATE_AMQP_URL: a password has no place on a command line
+        "projection": ["projection", "run", "--database-url", world.db_url("projection")],
         "cmdb": ["cmdb", "serve", "--config", config, "--port", str(cmdb_port)],
         "dashboard": ["dashboard", "serve", "--database-url", world.db_url("projection"), "--port", str(dash_port)],
     }
 
 
 def start_components(world: World, amqp_url: str, stack: ExitStack, *, verbose: bool = False,
-                     extra_env: dict[str, str] | None = None) -> Components:
-    """Start every component as its own process (stopped by ``stack``) and wait until each answers."""
+                     extra_env: dict[str, str] | None = None, logins: dict[str, str] | None = None) -> Components:
+    """Start every component as its own process (stopped by ``stack``) and wait until each answers.
+
+    ``logins``: component name → its own broker URL (else every one uses ``amqp_url``).
+    """
     env = {**os.environ, "HOTUPDATE_CONFIG": str(world.config_file), "HOTUPDATE_AMQP_URL": amqp_url,
            **(extra_env or {})}
-    children = Children(world.logs, env, verbose=verbose, cwd=world.root)
+    env_of = {name: {"HOTUPDATE_AMQP_URL": url} for name, url in (logins or {}).items()}
+    children = Children(world.logs, env, verbose=verbose, cwd=world.root, env_of=env_of)
     stack.callback(children.stop_all)
     cmdb_port, dash_port = free_port(), free_port()
     argv = component_args(world, amqp_url, cmdb_port, dash_port)
@@ -182,17 +226,21 @@ def run(args: argparse.Namespace) -> int:
     root.mkdir(parents=True)
     with ExitStack() as stack:
         amqp_url = _broker_url(stack)
+        own_vhost = not os.environ.get("HOTUPDATE_AMQP_URL")  # a broker of ours: we may make its users
         daemon = RsyncDaemon(root / "rsyncd", password=secrets.token_urlsafe(16)).start()
         stack.callback(daemon.stop)
         world = World(root, amqp_url, daemon.port, daemon.password)
         build(world)
         print(f"work directory {root}\nbroker {amqp_url}\nrsync daemon 127.0.0.1:{daemon.port}")
+        logins = provision_logins(world, amqp_url, stack) if own_vhost else None
+        print("each component logs in as its own broker user (docs/security.md)" if logins else
+              "every component logs in as the HOTUPDATE_AMQP_URL user (broker.shared_user)")
         nodes = ErlangNodes(world.cookie)
         stack.callback(nodes.stop_all)
         for _group, ip, server in world.all_servers():
             nodes.start(world.node(server), world.server_dir(ip, server), code_dir(world, ip, server))
         print(f"{len(nodes.pids)} Erlang game servers running {MODULE} version 1")
-        system = start_components(world, amqp_url, stack, verbose=args.verbose)
+        system = start_components(world, amqp_url, stack, verbose=args.verbose, logins=logins)
         children, cmdb_url, dashboard_url = system.children, system.cmdb_url, system.dashboard_url
         print("every component is up: file_pull, file_push, ops_executor, projection, cmdb, dashboard")
         operator = Operator(cmdb_url, world.token)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from bus.publisher import broker_login
 from demo.erlang import compile_module
 
 PROJECT = "ssss"
@@ -140,6 +141,8 @@ def code_dir(world: World, ip: str, server: str) -> Path:
 def config(world: World, password_file: Path) -> dict[str, Any]:
     return {
         "amqp_url": world.amqp_url,
+        # everything as the URL's user, as in development; `hotupdate demo` gives each its own instead
+        "broker": {"shared_user": broker_login(world.amqp_url)},
         "projects": {
             PROJECT: {
                 "display_name": "三生三世",

@@ -350,11 +350,6 @@ class HotupdateConfig(_Model):
     ops_managers: dict[str, OpsManagerConfig] = Field(default_factory=dict)
     cmdb: CmdbConfig = Field(default_factory=CmdbConfig)
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
-    allowed_sources: dict[str, list[str]] = Field(
-        default_factory=dict,
-        description="event name (ip.finished) → extra CloudEvents source prefixes allowed to publish it "
-        "(other teams' tools); every event is always accepted from its catalogue producer hotupdate/<component>",
-    )
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
 

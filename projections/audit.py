@@ -15,7 +15,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -26,10 +26,12 @@ from projections import log as event_log
 from projections.models import GENESIS_HASH, LoggedEvent, LogHead, as_utc
 
 FORMAT = "hotupdate.log.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: event lines carry the row's verified ``publisher`` (absent on rows logged before it)
+_READABLE_VERSIONS = (1, 2)
 _CHUNK = 1000
 _EVENT_FIELDS = (
     "position", "event_id", "type", "updateid", "project", "area", "received_at", "prev_hash", "hash", "envelope",
+    "publisher",
 )
 
 
@@ -182,6 +184,8 @@ def export_log(
             "position": row.position, "event_id": row.event_id, "type": row.type, "updateid": row.updateid,
             "project": row.project, "area": row.area, "received_at": _iso(row.received_at),
             "prev_hash": row.prev_hash, "hash": row.hash, "envelope": row.envelope,
+            # Absent for a row logged before publishers were recorded (its hash does not cover one).
+            **({} if row.publisher is None else {"publisher": row.publisher}),
         })
         written += 1
     if written != count:  # only if someone changes committed rows under us
@@ -207,6 +211,8 @@ class ExportVerifyResult:
     links: int = 0
     """Rows whose link to the row before (or, at position 1, to the genesis hash) was checked."""
     contiguous: bool = True
+    publishers: dict[str | None, int] = field(default_factory=dict)
+    """Verified rows per recorded publisher (None: logged before publishers were recorded)."""
 
     def describe(self) -> str:
         if self.ok:
@@ -236,6 +242,7 @@ class _Walk:
     count: int = 0
     links: int = 0
     first: int | None = None
+    publishers: dict[str | None, int] = field(default_factory=dict)
 
     def event(self, raw: bytes, line: int) -> None:
         try:
@@ -267,6 +274,7 @@ class _Walk:
         self.first = self.first if self.first is not None else row.position
         self.prev_position, self.prev_hash = row.position, row.hash
         self.count += 1
+        self.publishers[row.publisher] = self.publishers.get(row.publisher, 0) + 1
 
 
 def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
@@ -279,7 +287,10 @@ def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
         if not isinstance(value, str):
             raise _Broken(f"field {key} is missing or not a string", line, position)
         values[key] = value
-    return event_log.ChainRow(position=position, **values)
+    publisher = doc.get("publisher")
+    if publisher is not None and not isinstance(publisher, str):
+        raise _Broken("field publisher is not a string", line, position)
+    return event_log.ChainRow(position=position, publisher=publisher, **values)
 
 
 def _time_field(doc: dict[str, Any], key: str, line: int, position: int | None) -> datetime:
@@ -318,7 +329,8 @@ def verify_export(lines: Iterable[bytes]) -> ExportVerifyResult:
         _check_trailer(pending, line, walk, digest.hexdigest())
     except _Broken as exc:
         return ExportVerifyResult(False, walk.count if walk else 0, exc.reason, exc.line, exc.position)
-    return ExportVerifyResult(True, walk.count, links=walk.links, contiguous=walk.links == walk.count)
+    return ExportVerifyResult(True, walk.count, links=walk.links, contiguous=walk.links == walk.count,
+                              publishers=walk.publishers)
 
 
 def _header(raw: bytes) -> dict[str, Any]:
@@ -328,8 +340,8 @@ def _header(raw: bytes) -> dict[str, Any]:
         raise _Broken("the first line is not a JSON header", 1) from None
     if not isinstance(doc, dict) or doc.get("kind") != "header" or doc.get("format") != FORMAT:
         raise _Broken(f"the first line is not a {FORMAT} header", 1)
-    if doc.get("version") != FORMAT_VERSION:
-        raise _Broken(f"export format version {doc.get('version')!r} is not {FORMAT_VERSION}", 1)
+    if doc.get("version") not in _READABLE_VERSIONS:
+        raise _Broken(f"export format version {doc.get('version')!r} is not one of {_READABLE_VERSIONS}", 1)
     head = doc.get("log_head")
     valid = (
         isinstance(doc.get("filter"), dict)

@@ -31,7 +31,8 @@ from typing import Any, Literal
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
+from bus.consumer import Conflict
+from bus.envelope import CONFLICT_PREFIX, FACT_FIELDS, Envelope
 from bus.events import Event
 from projections import log as event_log
 from projections import view
@@ -44,8 +45,19 @@ _MAX_SEQUENCE = 2**63 - 1  # the log's BIGINT column
 OutcomeStatus = Literal["appended", "duplicate", "applied_late", "failed"]
 
 
-class ConflictingDuplicate(ValueError):
-    """An event id that is already logged arrived with different content."""
+class ConflictingDuplicate(Conflict):
+    """An event id that is already logged arrived with different content: parked as a conflict, never dropped."""
+
+
+def _conflict(envelope: Envelope, position: int, first_publisher: str | None, publisher: str) -> ConflictingDuplicate:
+    first = "not recorded" if first_publisher is None else (first_publisher or "none set")
+    return ConflictingDuplicate(
+        f"{CONFLICT_PREFIX} event id {envelope.id} ({envelope.type}) is already logged at position {position} with "
+        f"different content (first published by {first}; this one by {publisher or 'none set'})"
+    )
+
+
+_Item = tuple[Envelope, Event, str]  # an event, and the broker-verified user it was delivered from
 
 
 @dataclass(frozen=True)
@@ -71,8 +83,12 @@ def ingest_batch(
     items: Sequence[tuple[Envelope, Event]],
     *,
     clock: Callable[[], datetime] = utcnow,
+    publishers: Sequence[str] | None = None,
 ) -> list[Outcome]:
     """Log and apply ``items``, in one transaction unless one of them fails; one outcome per item, in order.
+
+    ``publishers`` are the deliveries' broker-verified users (``Incoming.publisher``), one per item,
+    recorded in the log and covered by its hash chain ("" for each when not given).
 
     If the fast way fails, the batch is split in halves, each tried the fast way again in a
     transaction of its own, down to :data:`_CAREFUL_AT_MOST` events, which go event by event: so
@@ -81,6 +97,14 @@ def ingest_batch(
     then nothing of that part was kept, and halves committed before it are found logged and
     applied when the batch is retried (outcome ``duplicate``).
     """
+    if publishers is not None and len(publishers) != len(items):
+        raise ValueError(f"{len(publishers)} publishers for {len(items)} events")
+    who = publishers if publishers is not None else [""] * len(items)
+    return _ingest(engine, [(envelope, event, p) for (envelope, event), p in zip(items, who, strict=True)], clock)
+
+
+def _ingest(engine: Engine, items: Sequence[_Item], clock: Callable[[], datetime]) -> list[Outcome]:
+    """:func:`ingest_batch` on (envelope, event, publisher) items: the fast way, halved on failure."""
     if not items:
         return []
     try:
@@ -90,7 +114,7 @@ def ingest_batch(
     if len(items) <= _CAREFUL_AT_MOST:
         return _ingest_careful(engine, items, clock)
     half = len(items) // 2
-    return ingest_batch(engine, items[:half], clock=clock) + ingest_batch(engine, items[half:], clock=clock)
+    return _ingest(engine, items[:half], clock) + _ingest(engine, items[half:], clock)
 
 
 _CAREFUL_AT_MOST = 32  # events: below this, halving again costs more failed tries than it saves
@@ -103,31 +127,29 @@ def _chunks(values: list[str]) -> list[list[str]]:
     return [values[i:i + _IN_CHUNK] for i in range(0, len(values), _IN_CHUNK)]
 
 
-def _ingest_fast(
-    engine: Engine, items: Sequence[tuple[Envelope, Event]], clock: Callable[[], datetime]
-) -> list[Outcome]:
+def _ingest_fast(engine: Engine, items: Sequence[_Item], clock: Callable[[], datetime]) -> list[Outcome]:
     """The whole batch in one go; raises (having kept nothing) if any event's step fails."""
     with Session(engine) as session, session.begin():
         session.info[view.ROW_CACHE] = view.RowCache()
         head = event_log.lock_head(session)
         received_at = clock().astimezone(UTC)
-        ids = list(dict.fromkeys(envelope.id for envelope, _ in items))
-        logged: dict[str, tuple[int, str]] = {}
+        ids = list(dict.fromkeys(envelope.id for envelope, _, _ in items))
+        logged: dict[str, tuple[int, str, str | None]] = {}
         applied: set[str] = set()
         for chunk in _chunks(ids):
             logged.update(
-                (r.event_id, (r.position, r.envelope)) for r in session.execute(
-                    select(LoggedEvent.event_id, LoggedEvent.position, LoggedEvent.envelope)
+                (r.event_id, (r.position, r.envelope, r.publisher)) for r in session.execute(
+                    select(LoggedEvent.event_id, LoggedEvent.position, LoggedEvent.envelope, LoggedEvent.publisher)
                     .where(LoggedEvent.event_id.in_(chunk)))
             )
             applied.update(session.scalars(select(AppliedEvent.event_id).where(AppliedEvent.event_id.in_(chunk))))
-        view.prefetch_updates(session, (envelope.updateid for envelope, _ in items))
-        view.prefetch_servers(session, (event for _, event in items), (envelope for envelope, _ in items))
+        view.prefetch_updates(session, (envelope.updateid for envelope, _, _ in items))
+        view.prefetch_servers(session, (event for _, event, _ in items), (envelope for envelope, _, _ in items))
         log_rows: list[dict[str, Any]] = []
         applied_rows: list[dict[str, Any]] = []
         touched: dict[str, None] = {}
         outcomes: list[Outcome] = []
-        for envelope, event in items:
+        for envelope, event, publisher in items:
             prior = logged.get(envelope.id)
             appended = prior is None
             if prior is None:
@@ -137,16 +159,15 @@ def _ingest_fast(
                     logger.warning("projection: could not log %s %s: %s", envelope.type, envelope.id, error)
                     outcomes.append(Outcome(envelope.id, "failed", None, error))
                     continue
-                row = event_log.log_row(head, envelope, received_at)
+                row = event_log.log_row(head, envelope, received_at, publisher)
                 head.position, head.hash = row["position"], row["hash"]
                 log_rows.append(row)
                 position = row["position"]
-                logged[envelope.id] = (position, row["envelope"])
+                logged[envelope.id] = (position, row["envelope"], row["publisher"])
             else:
-                position, text = prior
+                position, text, first_publisher = prior
                 if not _same_fact(text, envelope):
-                    error = ConflictingDuplicate(
-                        f"event id {envelope.id} is already logged at position {position} with different content")
+                    error = _conflict(envelope, position, first_publisher, publisher)
                     logger.warning("projection: could not log %s %s: %s", envelope.type, envelope.id, error)
                     outcomes.append(Outcome(envelope.id, "failed", None, error))
                     continue
@@ -171,33 +192,28 @@ def _ingest_fast(
     return outcomes
 
 
-def _ingest_careful(
-    engine: Engine, items: Sequence[tuple[Envelope, Event]], clock: Callable[[], datetime]
-) -> list[Outcome]:
+def _ingest_careful(engine: Engine, items: Sequence[_Item], clock: Callable[[], datetime]) -> list[Outcome]:
     """Event by event, a savepoint per step: a failing event is left out, the rest kept."""
     with Session(engine) as session, session.begin():
         head = event_log.lock_head(session)
         received_at = clock()
-        outcomes = [_ingest_one(session, head, envelope, event, received_at) for envelope, event in items]
+        outcomes = [_ingest_one(session, head, envelope, event, publisher, received_at)
+                    for envelope, event, publisher in items]
         if any(o.changed for o in outcomes):
             head.version += 1
         event_log.store_head(session, head)
     return outcomes
 
 
-# A re-emitted event (a handler re-run after a redelivery or a restart) keeps its derived id
-# and its payload but gets a new time and may get another sequence: the same fact.
-_FACT_FIELDS = ("type", "source", "updateid", "project", "area", "data")
-
-
 def _same_fact(logged: str, envelope: Envelope) -> bool:
+    """Whether ``envelope`` is the fact logged as ``logged`` (:data:`bus.envelope.FACT_FIELDS`)."""
     first = json.loads(logged)
     again = envelope.model_dump(mode="json", exclude_none=True)
-    return all(first.get(name) == again.get(name) for name in _FACT_FIELDS)
+    return all(first.get(name) == again.get(name) for name in FACT_FIELDS)
 
 
 def _ingest_one(
-    session: Session, head: event_log.Head, envelope: Envelope, event: Event, received_at: datetime
+    session: Session, head: event_log.Head, envelope: Envelope, event: Event, publisher: str, received_at: datetime
 ) -> Outcome:
     try:
         with session.begin_nested():
@@ -206,11 +222,9 @@ def _ingest_one(
             if row is None:
                 if envelope.sequence > _MAX_SEQUENCE:
                     raise ValueError(f"sequence {envelope.sequence} is out of range (max {_MAX_SEQUENCE})")
-                row = event_log.append(session, head, envelope, received_at)
+                row = event_log.append(session, head, envelope, received_at, publisher)
             elif not _same_fact(row.envelope, envelope):
-                raise ConflictingDuplicate(
-                    f"event id {envelope.id} is already logged at position {row.position} with different content"
-                )
+                raise _conflict(envelope, row.position, row.publisher, publisher)
             position = row.position
         if appended:
             head.advance(row)
@@ -311,7 +325,7 @@ def _envelope_fields(body: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {names.get(k, k): None for k in limits}
     try:
         raw = json.loads(body.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested deeper than the parser recurses
         return out
     if not isinstance(raw, dict):
         return out

@@ -12,7 +12,9 @@ and stdout. Frames are a 4-byte big-endian length and a payload:
 - first request: JSON ``{"database_url": ..., "parent": pid}`` (the URL stays off the
   command line); reply ``{"ready": true}`` once the engine is made;
 - then each request is a batch: a 4-byte count, then per envelope a 4-byte length and the
-  bytes; the reply is JSON: ``{"outcomes": [[event_id, status, position, error], ...]}``,
+  bytes, followed by a 4-byte length and the UTF-8 broker-verified publisher of its delivery
+  (``Incoming.publisher``: the worker logs it, covered by the hash chain); the reply is JSON:
+  ``{"outcomes": [[event_id, status, position, error], ...]}``,
   or ``{"error": ...}`` if a transaction failed as a whole (see :func:`projections.ingest.ingest_batch`).
 
 A reply is written only after the batch committed, and the service acks a message only
@@ -39,7 +41,7 @@ from typing import IO, Any
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.registry import DEFAULT_REGISTRY
-from projections.ingest import Outcome, OutcomeStatus, ingest_batch
+from projections.ingest import ConflictingDuplicate, Outcome, OutcomeStatus, ingest_batch
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +54,35 @@ class IngestWorkerError(Exception):
     """An ingest failure reported by the worker (the original exception's type and message), or its death."""
 
 
-def encode_batch(bodies: Sequence[bytes]) -> bytes:
+def encode_batch(bodies: Sequence[bytes], publishers: Sequence[str] | None = None) -> bytes:
+    """One batch request: each body with its delivery's verified publisher ("" where not given)."""
+    who = publishers if publishers is not None else [""] * len(bodies)
+    if len(who) != len(bodies):
+        raise ValueError(f"{len(who)} publishers for {len(bodies)} bodies")
     parts = [_LENGTH.pack(len(bodies))]
-    for body in bodies:
-        parts.append(_LENGTH.pack(len(body)))
-        parts.append(body)
+    for body, publisher in zip(bodies, who, strict=True):
+        user = publisher.encode("utf-8")
+        parts += [_LENGTH.pack(len(body)), body, _LENGTH.pack(len(user)), user]
     return b"".join(parts)
 
 
-def decode_batch(payload: bytes) -> list[bytes]:
+def decode_batch(payload: bytes) -> tuple[list[bytes], list[str]]:
+    """The bodies of a batch request and their publishers (:func:`encode_batch`)."""
     (count,) = _LENGTH.unpack_from(payload, 0)
     offset = _LENGTH.size
-    bodies = []
+    bodies: list[bytes] = []
+    publishers: list[str] = []
     for _ in range(count):
-        (size,) = _LENGTH.unpack_from(payload, offset)
-        offset += _LENGTH.size
-        bodies.append(payload[offset:offset + size])
-        offset += size
-    return bodies
+        for out in (bodies, publishers):
+            (size,) = _LENGTH.unpack_from(payload, offset)
+            offset += _LENGTH.size
+            chunk = payload[offset:offset + size]
+            offset += size
+            if out is bodies:
+                bodies.append(chunk)
+            else:
+                publishers.append(chunk.decode("utf-8", errors="replace"))
+    return bodies, publishers
 
 
 def _frame(payload: bytes) -> bytes:
@@ -82,10 +95,18 @@ def _outcome_row(outcome: Outcome) -> list[Any]:
     return [outcome.event_id, outcome.status, outcome.position, detail]
 
 
+_CONFLICT = f"{ConflictingDuplicate.__name__}: "
+
+
 def _outcome(row: list[Any]) -> Outcome:
     event_id, status, position, detail = row
     status_: OutcomeStatus = status
-    return Outcome(event_id, status_, position, None if detail is None else IngestWorkerError(detail))
+    if detail is None:
+        return Outcome(event_id, status_, position)
+    # A conflict stays one across the pipe: the runtime parks it at once as "conflict: …", no retries.
+    error: Exception = (ConflictingDuplicate(detail[len(_CONFLICT):]) if detail.startswith(_CONFLICT)
+                        else IngestWorkerError(detail))
+    return Outcome(event_id, status_, position, error)
 
 
 class IngestWorker:
@@ -125,12 +146,15 @@ class IngestWorker:
                 raise IngestWorkerError(f"ingest worker did not start: {reply}")
             log.info("projection: ingest worker %d started", proc.pid)
 
-    async def ingest(self, bodies: Sequence[bytes]) -> list[Outcome]:
-        """Ingest one batch in the worker; one outcome per body; raises if the transaction failed."""
+    async def ingest(self, bodies: Sequence[bytes], publishers: Sequence[str] | None = None) -> list[Outcome]:
+        """Ingest one batch in the worker; one outcome per body; raises if the transaction failed.
+
+        ``publishers``: each delivery's broker-verified user, logged with it ("" for each if not given).
+        """
         try:
             await self.start()
             assert self._proc is not None
-            reply = await self._request(self._proc, encode_batch(bodies))
+            reply = await self._request(self._proc, encode_batch(bodies, publishers))
         except (OSError, asyncio.IncompleteReadError, IngestWorkerError) as exc:
             # The worker died (its transaction, if any, was rolled back): a new one starts for the next batch.
             await self._kill()
@@ -222,18 +246,20 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload
 
 
-def _ingest_bodies(engine: Any, bodies: list[bytes]) -> dict[str, Any]:
+def _ingest_bodies(engine: Any, bodies: list[bytes], publishers: list[str]) -> dict[str, Any]:
     items: list[tuple[Envelope, Event]] = []
+    item_publishers: list[str] = []
     undecodable: dict[int, Exception] = {}
     for index, body in enumerate(bodies):
         # The service validated these already; decoding the same bytes the same way gives the same objects.
         try:
             envelope = Envelope.from_bytes(body)
             items.append((envelope, DEFAULT_REGISTRY.decode(envelope)))
+            item_publishers.append(publishers[index])
         except EnvelopeError as exc:
             undecodable[index] = exc
     try:
-        outcomes = iter(ingest_batch(engine, items))
+        outcomes = iter(ingest_batch(engine, items, publishers=item_publishers))
     except Exception as exc:  # a transaction failed as a whole: the service retries the whole batch
         log.warning("ingest worker: batch of %d failed: %r", len(items), exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
@@ -267,7 +293,7 @@ def main() -> int:
     replies.flush()
     try:
         while (payload := _read_frame(requests)) is not None:
-            reply = _ingest_bodies(engine, decode_batch(payload))
+            reply = _ingest_bodies(engine, *decode_batch(payload))
             replies.write(_frame(json.dumps(reply).encode()))
             replies.flush()
     except BrokenPipeError:  # the service is gone; what we committed is redelivered and found logged

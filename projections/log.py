@@ -1,8 +1,14 @@
 """The append-only event log and its hash chain.
 
-Each row's ``hash`` is ``sha256(prev_hash_bytes + canonical_envelope_bytes)`` in hex, where
-``prev_hash_bytes`` are the 32 raw bytes of the previous row's hash (32 zero bytes before
-the first row) and the envelope bytes are :meth:`bus.envelope.Envelope.to_bytes`. Changing,
+Each row's ``hash`` is ``sha256(prev_hash_bytes + canonical_envelope_bytes [+ b"\\x00" +
+publisher])`` in hex, where ``prev_hash_bytes`` are the 32 raw bytes of the previous row's hash
+(32 zero bytes before the first row), the envelope bytes are
+:meth:`bus.envelope.Envelope.to_bytes`, and ``publisher`` is the UTF-8 broker user that
+RabbitMQ verified for the delivery (``Incoming.publisher``; empty if the publisher set none).
+Rows logged before publishers were recorded have ``publisher`` NULL and their hash covers
+the envelope alone, so they verify as they were written; every row logged since carries a
+publisher (possibly empty), covered by its hash. Canonical JSON never holds a raw NUL byte,
+so the separator makes the two forms unambiguous (docs/audit.md). Changing,
 inserting or removing any row breaks the chain at that row; the head row records the last
 position and hash, so removing rows from the end is noticed too.
 
@@ -16,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,9 +36,18 @@ HEAD_ID = 1
 _CHUNK = 1000
 
 
-def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    """The hash of a log row whose predecessor's hash is ``prev_hash`` (hex) and whose envelope is ``canonical``."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical).hexdigest()
+PUBLISHER_SEPARATOR = b"\x00"
+
+
+def chain_hash(prev_hash: str, canonical: bytes, publisher: str | None = None) -> str:
+    """The hash of a log row whose predecessor's hash is ``prev_hash`` (hex) and whose envelope is ``canonical``.
+
+    ``publisher`` None: a row logged before publishers were recorded (the envelope alone is hashed).
+    """
+    digest = hashlib.sha256(bytes.fromhex(prev_hash) + canonical)
+    if publisher is not None:
+        digest.update(PUBLISHER_SEPARATOR + publisher.encode("utf-8"))
+    return digest.hexdigest()
 
 
 @dataclass
@@ -73,9 +88,13 @@ def find(session: Session, event_id: str) -> LoggedEvent | None:
     return session.execute(select(LoggedEvent).where(LoggedEvent.event_id == event_id)).scalar_one_or_none()
 
 
-def log_row(head: Head, envelope: Envelope, received_at: datetime) -> dict[str, Any]:
-    """The column values of ``envelope``'s log row after ``head`` (for a multi-row INSERT)."""
+def log_row(head: Head, envelope: Envelope, received_at: datetime, publisher: str = "") -> dict[str, Any]:
+    """The column values of ``envelope``'s log row after ``head`` (for a multi-row INSERT).
+
+    ``publisher`` is the broker-verified user of the delivery (``Incoming.publisher``).
+    """
     canonical = envelope.to_bytes()
+    publisher = publisher.replace("\x00", "\ufffd")  # as the column will hold it: what is hashed is what is kept
     return {
         "position": head.position + 1,
         "event_id": envelope.id,
@@ -89,17 +108,20 @@ def log_row(head: Head, envelope: Envelope, received_at: datetime) -> dict[str, 
         "received_at": received_at.astimezone(UTC),
         "envelope": canonical.decode("utf-8"),
         "prev_hash": head.hash,
-        "hash": chain_hash(head.hash, canonical),
+        "hash": chain_hash(head.hash, canonical, publisher),
+        "publisher": publisher,
     }
 
 
-def append(session: Session, head: Head, envelope: Envelope, received_at: datetime) -> LoggedEvent:
+def append(
+    session: Session, head: Head, envelope: Envelope, received_at: datetime, publisher: str = ""
+) -> LoggedEvent:
     """Add ``envelope`` after ``head`` (the caller checked it is not logged yet).
 
     ``head`` is not changed: the caller advances it (:meth:`Head.advance`) once the
     savepoint holding this row is released, so a rolled-back row leaves no gap.
     """
-    row = LoggedEvent(**log_row(head, envelope, received_at))
+    row = LoggedEvent(**log_row(head, envelope, received_at, publisher))
     session.add(row)
     session.flush()
     return row
@@ -119,6 +141,8 @@ class ChainRow:
     prev_hash: str
     hash: str
     envelope: str
+    publisher: str | None = None
+    """The verified publisher, covered by ``hash``; None for a row logged before publishers were recorded."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,8 @@ class VerifyResult:
     """Rows that verified (all of them when ``ok``; those before the broken one otherwise)."""
     broken_position: int | None = None
     reason: str = ""
+    publishers: dict[str | None, int] = field(default_factory=dict)
+    """Verified rows per recorded publisher (None: logged before publishers were recorded)."""
 
     def describe(self) -> str:
         if self.ok:
@@ -146,13 +172,15 @@ def verify_rows(rows: Iterable[ChainRow], *, head: tuple[int, str] | None = None
     prev_hash = GENESIS_HASH
     expected_position = 1
     count = 0
+    publishers: dict[str | None, int] = {}
     for row in rows:
         problem = row_problem(row, expected_position, prev_hash)
         if problem:
-            return VerifyResult(False, count, row.position, problem)
+            return VerifyResult(False, count, row.position, problem, publishers)
         prev_hash = row.hash
         expected_position += 1
         count += 1
+        publishers[row.publisher] = publishers.get(row.publisher, 0) + 1
     if head is not None:
         head_position, head_hash = head
         if head_position != count or head_hash != prev_hash:
@@ -160,8 +188,20 @@ def verify_rows(rows: Iterable[ChainRow], *, head: tuple[int, str] | None = None
                 False, count, count + 1,
                 f"the head records {head_position} events ending in {head_hash[:12]}…, "
                 f"but the log holds {count} ending in {prev_hash[:12]}…: rows were removed from the end",
+                publishers,
             )
-    return VerifyResult(True, count)
+    return VerifyResult(True, count, publishers=publishers)
+
+
+def describe_publishers(publishers: dict[str | None, int]) -> str:
+    """One line saying who published the verified events, as the broker verified them."""
+    named = sorted((user, n) for user, n in publishers.items() if user)
+    parts = [f"{user} ×{n}" for user, n in named]
+    if publishers.get(""):
+        parts.append(f"no user_id set ×{publishers['']}")
+    if publishers.get(None):
+        parts.append(f"not recorded (logged before publishers were) ×{publishers[None]}")
+    return "publishers (broker-verified): " + ("; ".join(parts) or "none")
 
 
 def row_problem(row: ChainRow, expected_position: int, prev_hash: str, *, columns: bool = True) -> str:
@@ -176,8 +216,8 @@ def row_problem(row: ChainRow, expected_position: int, prev_hash: str, *, column
         return f"expected position {expected_position} next, found {row.position}: rows are missing"
     if row.prev_hash != prev_hash:
         return "prev_hash does not match the previous row's hash"
-    if chain_hash(row.prev_hash, row.envelope.encode("utf-8")) != row.hash:
-        return "hash does not match the stored envelope: the envelope or hash was altered"
+    if chain_hash(row.prev_hash, row.envelope.encode("utf-8"), row.publisher) != row.hash:
+        return "hash does not match the stored envelope and publisher: the envelope, publisher or hash was altered"
     return columns_problem(row) if columns else ""
 
 
@@ -203,7 +243,7 @@ def iter_chain(session: Session, *, up_to: int | None = None) -> Iterable[ChainR
         query = (
             select(
                 LoggedEvent.position, LoggedEvent.event_id, LoggedEvent.type, LoggedEvent.updateid,
-                LoggedEvent.prev_hash, LoggedEvent.hash, LoggedEvent.envelope,
+                LoggedEvent.prev_hash, LoggedEvent.hash, LoggedEvent.envelope, LoggedEvent.publisher,
             )
             .where(LoggedEvent.position > last)
             .order_by(LoggedEvent.position)
@@ -215,7 +255,7 @@ def iter_chain(session: Session, *, up_to: int | None = None) -> Iterable[ChainR
         if not batch:
             return
         for r in batch:
-            yield ChainRow(r.position, r.event_id, r.type, r.updateid, r.prev_hash, r.hash, r.envelope)
+            yield ChainRow(r.position, r.event_id, r.type, r.updateid, r.prev_hash, r.hash, r.envelope, r.publisher)
         last = batch[-1].position
 
 

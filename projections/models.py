@@ -57,6 +57,9 @@ class LoggedEvent(Base):
     envelope: Mapped[str] = mapped_column(Text, doc="Envelope.to_bytes() as UTF-8 text")
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The broker-verified AMQP user_id of the delivery ("" if the publisher set none), covered by
+    # ``hash``; NULL on rows logged before publishers were recorded (projection_0004).
+    publisher: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
 
     __table_args__ = (
         UniqueConstraint("event_id", name="uq_projection_event_log_event_id"),

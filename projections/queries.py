@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, String, and_, bindparam, func, not_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from bus.envelope import CONFLICT_PREFIX
 from projections.log import HEAD_ID
 from projections.models import (
     AppliedEvent,
@@ -538,6 +539,7 @@ def _logged_out(row: Any, applied: bool, envelope: dict[str, Any] | None = None)
         received_at=_must_utc(row.received_at),
         applied=applied,
         envelope=json.loads(row.envelope) if envelope is None else envelope,
+        publisher=row.publisher,
     )
 
 
@@ -581,7 +583,8 @@ def _rejected_out(session: Session, rows: Sequence[Any], projects: Projects = No
             event_id=r.event_id, event_type=r.event_type, updateid=r.updateid, project=r.project, area=r.area,
             source=r.source, body=r.body, body_bytes=r.body_bytes, attempt=r.attempt,
             first_parked_at=_must_utc(r.first_parked_at), last_parked_at=_must_utc(r.last_parked_at),
-            times=r.times, logged=r.event_id in logged, update_known=r.updateid in known,
+            times=r.times, logged=r.event_id in logged, conflict=r.reason.startswith(CONFLICT_PREFIX),
+            update_known=r.updateid in known,
         )
         for r in rows
     ]

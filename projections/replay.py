@@ -459,7 +459,8 @@ def _replay_batch_careful(target: Engine, rows: list[dict[str, Any]], result: Re
 
 def _chain_row(row: dict[str, Any]) -> event_log.ChainRow:
     return event_log.ChainRow(
-        row["position"], row["event_id"], row["type"], row["updateid"], row["prev_hash"], row["hash"], row["envelope"]
+        row["position"], row["event_id"], row["type"], row["updateid"], row["prev_hash"], row["hash"], row["envelope"],
+        row.get("publisher"),
     )
 
 
@@ -539,7 +540,7 @@ def publish_slice(
 def _verified_envelopes(rows: Iterator[Any]) -> Iterator[tuple[int, Envelope]]:
     for row in rows:
         chain = event_log.ChainRow(row.position, row.event_id, row.type, row.updateid, row.prev_hash, row.hash,
-                                   row.envelope)
+                                   row.envelope, row.publisher)
         problem = event_log.row_problem(chain, row.position, row.prev_hash)
         if problem:
             raise ReplayError(f"position {row.position} does not verify ({problem}); nothing after it was published")

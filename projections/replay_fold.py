@@ -43,7 +43,7 @@ _UPDATEID = LOG_COLUMNS.index("updateid")
 _ENVELOPE = LOG_COLUMNS.index("envelope")
 _COLUMNS = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in ("event_id", "type", "updateid")))
 _CHAIN = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in (
-    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope")))
+    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope", "publisher")))
 _META = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in ("position", "event_id", "type")))
 _TABLES: dict[str, Any] = {model.__tablename__: model for model in VIEW_TABLES}
 

@@ -30,7 +30,8 @@ LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in LoggedEvent.__table__.colum
 _POSITION = LOG_COLUMNS.index("position")
 _HASH = LOG_COLUMNS.index("hash")
 _ENVELOPE = LOG_COLUMNS.index("envelope")
-_CHAIN = [LOG_COLUMNS.index(n) for n in ("position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope")]
+_CHAIN = [LOG_COLUMNS.index(n) for n in (
+    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope", "publisher")]
 
 CHUNK = 2_000
 """Rows per chunk sent by the reader process (≈ 3 MB pickled)."""

@@ -40,7 +40,7 @@ from projections.replay_reader import LOG_COLUMNS, decode_row
 
 _POSITION = LOG_COLUMNS.index("position")
 _CHAIN = operator.itemgetter(*(LOG_COLUMNS.index(n) for n in (
-    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope")))
+    "position", "event_id", "type", "updateid", "prev_hash", "hash", "envelope", "publisher")))
 _ENVELOPE = LOG_COLUMNS.index("envelope")
 _HASH = LOG_COLUMNS.index("hash")
 _UPDATEID = LOG_COLUMNS.index("updateid")

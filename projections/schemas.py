@@ -186,6 +186,9 @@ class LoggedEventOut(_Out):
     received_at: datetime
     applied: bool
     envelope: dict[str, Any]
+    publisher: str | None = Field(
+        default=None, description="the broker user RabbitMQ verified as its publisher (AMQP user_id; \"\" if it "
+        "set none); null for events logged before publishers were recorded")
 
 
 class RejectedOut(_Out):
@@ -207,6 +210,8 @@ class RejectedOut(_Out):
     last_parked_at: datetime
     times: int
     logged: bool = Field(description="an event with this id is in the log (it was fixed and requeued, or resent)")
+    conflict: bool = Field(default=False, description="parked as a conflict: another event with this id and "
+                           "different content was handled (logged) first; an operator decides which is genuine")
     update_known: bool = Field(False, description="the projection has the update it names (its page exists)")
 
 

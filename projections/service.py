@@ -25,7 +25,7 @@ from sqlalchemy import Engine
 from bus.consumer import ConsumerService, Rejection
 from bus.events import CATALOGUE, Event
 from bus.handling import Emitter, Handler, Incoming
-from bus.provenance import Provenance
+from bus.identity import Identity
 from bus.registry import DEFAULT_REGISTRY
 from bus.topology import ServiceQueue, Topology
 from domain.db import make_engine, upgrade
@@ -56,9 +56,11 @@ class Ingestor:
     async def ingest(self, batch: Sequence[Incoming[Event]]) -> list[Outcome]:
         """Ingest ``batch`` (:func:`projections.ingest.ingest_batch`); one outcome per event, in order."""
         if self.worker is not None:
-            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch])
+            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch],
+                                                [msg.publisher for msg in batch])
         else:
-            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch])
+            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch],
+                                               publishers=[m.publisher for m in batch])
         self.batches += 1
         return outcomes
 
@@ -125,7 +127,7 @@ def build_service(
     topology: Topology | None = None,
     prefetch: int = 100,
     retry_delays_ms: tuple[int, ...] = (1_000, 5_000, 30_000),
-    provenance: Provenance | None = None,
+    identity: Identity | None = None,
     migrate: bool = True,
     service: str = SERVICE,
     max_batch: int | None = None,
@@ -151,7 +153,7 @@ def build_service(
         source=SOURCE,
         prefetch=prefetch,
         on_reject=projection.on_reject,
-        provenance=provenance,
+        identity=identity,
         # The projection's own log dedupes, and a replay should not be logged twice.
         accept_replayed=False,
         batch_handler=projection.handle_batch,

@@ -45,8 +45,14 @@ FILES = [
 
 
 def config_dict() -> dict[str, object]:
-    """The seed's projects (ssss; snqxz with 大陆/台湾/越南), loopback addresses, two operators."""
+    """The seed's projects (ssss; snqxz with 大陆/台湾/越南), loopback addresses, two operators.
+
+    The test broker logs every component in as guest: shared-user mode (tests of who may send what
+    configure per-component users themselves).
+    """
     return {
+        # every test component logs in as guest: the broker cannot tell them apart (bus/identity.py)
+        "broker": {"shared_user": "guest"},
         "projects": {
             "ssss": {
                 "display_name": "三生三世",

@@ -9,7 +9,7 @@ from bus.consumer import ConsumerService
 from bus.events import PullRequested
 from bus.handling import Handler
 from bus.idempotency import ProcessedStore
-from bus.provenance import Provenance
+from bus.identity import identity_from_config
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.file_pull.handlers import handle_pull_requested
 from domain.config import HotupdateConfig
@@ -40,5 +40,5 @@ def build_service(
         source=f"hotupdate/{ROLE}/{receiver_name}",
         processed=ProcessedStore(processed_url, service) if processed_url else None,
         prefetch=prefetch,
-        provenance=Provenance.from_catalogue(extra=config.allowed_sources),
+        identity=identity_from_config(config),
     )

@@ -6,6 +6,7 @@ import logging
 
 from bus.consumer import ConsumerService, HandlerTable
 from bus.idempotency import ProcessedStore
+from bus.identity import Identity, identity_from_config
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.notifier.dispatcher import Dispatcher
 from consumers.notifier.handlers import handler_table
@@ -38,9 +39,10 @@ class NotifierService(ConsumerService):
 
     def __init__(self, *, dispatcher: Dispatcher, store: DeliveryStore, amqp_url: str, queue: ServiceQueue,
                  handlers: HandlerTable, source: str, topology: Topology | None = None,
-                 processed: ProcessedStore | None = None, prefetch: int = 10) -> None:
+                 processed: ProcessedStore | None = None, prefetch: int = 10,
+                 identity: Identity | None = None) -> None:
         super().__init__(amqp_url=amqp_url, queue=queue, handlers=handlers, source=source, topology=topology,
-                         processed=processed, prefetch=prefetch)
+                         processed=processed, prefetch=prefetch, identity=identity)
         self.dispatcher, self.store = dispatcher, store
         self.resumed = 0
 
@@ -90,4 +92,5 @@ def build_service(
         source=f"hotupdate/{service}",
         processed=ProcessedStore(processed_url, service) if processed_url else None,
         prefetch=prefetch,
+        identity=identity_from_config(config),
     )

@@ -11,8 +11,9 @@ from bus.consumer import ConsumerService, HandlerTable
 from bus.envelope import Envelope
 from bus.events import BatchConfirmed, Event, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Handler, child_envelope
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
-from bus.provenance import Provenance
+from bus.identity import Identity, identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.ops_executor.executor import EmitterFor, Executor
@@ -33,22 +34,26 @@ ROLE = "ops_executor"
 class _PublishingEmitter:
     """Emits the events of an update resumed or carried on without its request's delivery, as children of it."""
 
-    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher) -> None:
-        self._parent, self._source, self._publisher = parent, source, publisher
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None) -> None:
+        self._parent, self._source, self._publisher, self._id_key = parent, source, publisher, id_key
         self._offset = 0
 
     async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
         self._offset += 1
         env = child_envelope(self._parent, event, source=self._source, offset=self._offset, key=key,
-                             subject=subject)
+                             subject=subject, id_key=self._id_key)
         return await self._publisher.publish(env)
 
 
-def request_emitters(source: str, publisher: AsyncPublisher) -> EmitterFor:
-    """Emitters of an update's events as children of its request, through ``publisher``."""
+def request_emitters(source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> EmitterFor:
+    """Emitters of an update's events as children of its request, through ``publisher``.
+
+    ``id_key``: the consumer's (:attr:`bus.consumer.ConsumerService.id_key`), so an event re-emitted
+    on resume gets the id the consumer's own emitter gave it.
+    """
 
     def emitter_for(parent: Envelope) -> Emitter:
-        return _PublishingEmitter(parent, source, publisher)
+        return _PublishingEmitter(parent, source, publisher, id_key)
 
     return emitter_for
 
@@ -60,13 +65,13 @@ class OpsExecutorService(ConsumerService):
     def __init__(self, *, executor: Executor, store: StateStore, amqp_url: str, queue: ServiceQueue,
                  handlers: HandlerTable, source: str, resume_publisher: AsyncPublisher,
                  topology: Topology | None = None, processed: ProcessedStore | None = None,
-                 prefetch: int = 4, provenance: Provenance | None = None) -> None:
+                 prefetch: int = 4, identity: Identity | None = None) -> None:
         super().__init__(amqp_url=amqp_url, queue=queue, handlers=handlers, source=source, topology=topology,
-                         processed=processed, prefetch=prefetch, provenance=provenance)
+                         processed=processed, prefetch=prefetch, identity=identity)
         self.executor, self.store = executor, store
         # Updates resumed or carried on without their request's delivery publish through this publisher.
         self._resume_publisher = resume_publisher
-        self._emitter_for = request_emitters(source, resume_publisher)
+        self._emitter_for = request_emitters(source, resume_publisher, self.id_key)
         self.resumed: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -114,7 +119,7 @@ def build_service(
     service = f"{ROLE}.{ops_manager}"
     source = f"hotupdate/{ROLE}/{ops_manager}"
     publisher = AsyncPublisher(config.amqp_url, topology or Topology())
-    emitter_for = request_emitters(source, publisher)
+    emitter_for = request_emitters(source, publisher, id_key_from_url(config.amqp_url))
     # Each handler is typed for its own event; the table's Handler type is the common denominator.
     handlers: dict[type[Event], Handler] = {
         UpdateRequested: cast(Handler, partial(handle_update_requested, executor=executor)),
@@ -137,5 +142,5 @@ def build_service(
         resume_publisher=publisher,
         processed=ProcessedStore(processed_url or url, service),
         prefetch=prefetch,
-        provenance=Provenance.from_catalogue(extra=config.allowed_sources),
+        identity=identity_from_config(config),
     )

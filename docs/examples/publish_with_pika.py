@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 import pika
 
 url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+params = pika.URLParameters(url)
 update_id = str(uuid.uuid4())
 event = {
     "specversion": "1.0",
@@ -29,7 +30,7 @@ event = {
 }
 routing_key = f"{event['project']}.{event['area']}.pull.requested.v1"
 
-connection = pika.BlockingConnection(pika.URLParameters(url))
+connection = pika.BlockingConnection(params)
 channel = connection.channel()
 channel.confirm_delivery()  # basic_publish now waits for the broker's ack
 try:
@@ -41,6 +42,8 @@ try:
             delivery_mode=2,  # persistent
             message_id=event["id"],
             content_type="application/cloudevents+json",
+            # your login: the broker refuses any other, and consumers park an event without one
+            user_id=params.credentials.username,
         ),
         mandatory=True,
     )

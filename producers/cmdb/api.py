@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
+from bus.id_keys import id_key_from_url
 from domain.config import HotupdateConfig
 from producers.cmdb import service
 from producers.cmdb.database import CmdbDatabase
@@ -128,7 +129,7 @@ def create_app(
 ) -> FastAPI:
     """The API over ``database`` (or a database opened, and migrated, at ``database_url``)."""
     if database is None:
-        database = CmdbDatabase(database_url or config.cmdb.database_url)
+        database = CmdbDatabase(database_url or config.cmdb.database_url, id_key=id_key_from_url(config.amqp_url))
     if not config.cmdb.operators:
         log.warning("no operators configured (cmdb.operators): every request will be refused")
     app = FastAPI(title="hotupdate CMDB", version="1")

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from bus.consumer import ConsumerService, HandlerTable
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming
+from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
+from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
@@ -21,6 +23,7 @@ from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
 from producers.cmdb.process_manager import HANDLERS, PmHandler
+from producers.cmdb.senders import Senders
 from producers.cmdb.service import SOURCE
 
 SERVICE = "cmdb"
@@ -44,9 +47,11 @@ def cmdb_queue() -> ServiceQueue:
     return ServiceQueue(service=SERVICE, bindings=tuple(binding(event) for event in HANDLERS))
 
 
-def handler_table(database: CmdbDatabase) -> HandlerTable:
-    """The process manager's handlers, bound to the database and run off the event loop."""
-    return {event: _in_thread(handler, database) for event, handler in HANDLERS.items()}
+def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTable:
+    """The process manager's handlers, bound to the database and run off the event loop, each after
+    the check that the update's receiver or ops manager sent the event (:mod:`producers.cmdb.senders`)."""
+    senders = Senders(config, database)
+    return {event: _in_thread(handler, database, senders) for event, handler in HANDLERS.items()}
 
 
 def bootstrap(
@@ -62,7 +67,7 @@ def bootstrap(
     url = database_url or config.cmdb.database_url
     broker = amqp_url or config.amqp_url
     topology = topology or Topology()
-    database = CmdbDatabase(url)
+    database = CmdbDatabase(url, id_key=id_key_from_url(broker))
     # The relay retries on its own; the publisher gives up early so a stop is not held up.
     publisher = AsyncPublisher(broker, topology, retry_seconds=publish_retry_seconds)
     relay = OutboxRelay(database, publisher, poll_seconds=poll_seconds)
@@ -71,9 +76,10 @@ def bootstrap(
         amqp_url=broker,
         topology=topology,
         queue=cmdb_queue(),
-        handlers=handler_table(database),
+        handlers=handler_table(database, config),
         source=SOURCE,
         processed=ProcessedStore(url, SERVICE),
+        identity=identity_from_config(config),
     )
     return CmdbRuntime(
         config=config,
@@ -85,9 +91,13 @@ def bootstrap(
     )
 
 
-def _in_thread(handler: PmHandler, database: CmdbDatabase) -> Handler:
+def _in_thread(handler: PmHandler, database: CmdbDatabase, senders: Senders) -> Handler:
     # The handlers use the synchronous database API; a thread keeps the consumer's loop free.
+    def checked(msg: Incoming[Event]) -> None:
+        senders.check(msg.envelope, msg.publisher)
+        handler(msg, database)
+
     async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
-        await asyncio.to_thread(handler, msg, database)
+        await asyncio.to_thread(checked, msg)
 
     return handle

@@ -24,10 +24,12 @@ OUTBOX_TOUCHED = "cmdb_outbox_touched"
 class CmdbDatabase:
     """Engine and sessions of the CMDB's database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, id_key: bytes | None = None) -> None:
         if migrate:
             upgrade(url, "cmdb")
         self.url = url
+        # The key the CMDB derives its events' ids with (bus.id_keys): set by the composition root.
+        self.id_key = id_key
         self.engine = make_engine(url)
         if self.engine.dialect.name == "sqlite":
             _begin_immediate(self.engine)

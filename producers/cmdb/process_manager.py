@@ -2,7 +2,10 @@
 
 A handler loads the update with a lock, checks that the event is the one the update is
 waiting for (a redelivered or stale event changes nothing), records the fact and, when
-the flow goes on, queues the next event in the outbox in the same transaction. Events
+the flow goes on, queues the next event in the outbox in the same transaction. An event
+that does not chain back to a request the CMDB itself sent for the update is refused
+(:class:`bus.consumer.Reject`: parked with the reason, the update untouched); who may send
+it at all is checked before (:mod:`producers.cmdb.senders`). Events
 the CMDB causes get ids derived from their cause, so a handler re-run after a crash
 queues the same id, which the outbox skips.
 
@@ -32,6 +35,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bus.consumer import Reject
+from bus.envelope import Envelope
 from bus.events import (
     BatchFinished,
     CdnDirFinished,
@@ -41,6 +46,7 @@ from bus.events import (
     FilesPushed,
     IpFinished,
     PullFailed,
+    PullRequested,
     PushFailed,
     PushRequested,
     RolloutPlan,
@@ -52,7 +58,7 @@ from bus.events import (
 from bus.handling import Incoming, child_envelope
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.expected import cdn_target_name, ip_target_name, missing_targets
-from producers.cmdb.models import HotUpdate, TargetResult, utcnow
+from producers.cmdb.models import HotUpdate, OutboxMessage, TargetResult, utcnow
 from producers.cmdb.outbox import enqueue
 from producers.cmdb.service import SOURCE
 from producers.cmdb.states import AWAITING_EXECUTION, AWAITING_PULL, AWAITING_PUSH, ENDED, State
@@ -79,7 +85,7 @@ def on_files_pulled(msg: Incoming[FilesPulled], database: CmdbDatabase) -> None:
         row.pulled_at = utcnow()
         row.pulled_event_id = msg.envelope.id
         if row.auto_push is not None:
-            _push_automatically(session, msg, row)
+            _push_automatically(session, msg, row, database.id_key)
 
 
 def on_pull_failed(msg: Incoming[PullFailed], database: CmdbDatabase) -> None:
@@ -107,7 +113,7 @@ def on_files_pushed(msg: Incoming[FilesPushed], database: CmdbDatabase) -> None:
             row.reason = f"cannot request the update: {exc.errors()[0]['msg']}"
             row.finished_at = utcnow()
             return
-        envelope = child_envelope(msg.envelope, request, source=SOURCE, offset=1)
+        envelope = child_envelope(msg.envelope, request, source=SOURCE, offset=1, id_key=database.id_key)
         row.state = State.UPDATE_REQUESTED
         row.update_event_id = envelope.id
         row.update_requested_at = utcnow()
@@ -218,7 +224,9 @@ def _reported(session: Session, row: HotUpdate) -> set[str]:
     return set(session.scalars(select(TargetResult.target).where(TargetResult.update_id == row.id)).all())
 
 
-def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUpdate) -> None:
+def _push_automatically(
+    session: Session, msg: Incoming[FilesPulled], row: HotUpdate, id_key: bytes | None
+) -> None:
     """A retry or rollback: push the files fixed when the operator asked for it, if the pull still has them."""
     plan = row.auto_push or {}
     pulled = {f.file_name: f for f in msg.event.files}
@@ -241,7 +249,7 @@ def _push_automatically(session: Session, msg: Incoming[FilesPulled], row: HotUp
         targets=[RsyncTargetRef.model_validate(t) for t in row.rsync_targets or []],
         requested_by=row.requested_by,
     )
-    envelope = child_envelope(msg.envelope, push, source=SOURCE, offset=1)
+    envelope = child_envelope(msg.envelope, push, source=SOURCE, offset=1, id_key=id_key)
     row.state = State.PUSH_REQUESTED
     row.push_requested_by = row.requested_by
     row.chosen_files = [pulled[n].model_dump(mode="json") for n in names]
@@ -322,17 +330,54 @@ def _waiting(
     if row is None:
         log.warning("%s %s is for unknown update %s; ignored", env.type, env.id, env.updateid)
         return None
+    problem = _chain_problem(session, row, env, cause)
+    if problem is not None:  # not an answer to anything the CMDB asked: parked, the update untouched
+        raise Reject(problem)
     if row.state not in allowed:
         log.info("%s %s: update %s is %s; nothing to do", env.type, env.id, row.id, row.state)
         return None
     if cause is not None and env.causationid != getattr(row, cause):
-        # An answer to an earlier request (a push the operator has since repeated).
+        # An answer to an earlier request of the CMDB's own (a push the operator has since repeated).
         log.info("%s %s answers %s, not the current request of update %s; ignored",
                  env.type, env.id, env.causationid, row.id)
         return None
     row.saw_sequence(env.sequence)
     row.last_event_at = utcnow()
     return row
+
+
+# The request each kind of report answers: the row's column holding the current one, and its type.
+_REQUEST_OF_CAUSE = {
+    "pull_event_id": ("pull requested", PullRequested.type_name()),
+    "push_event_id": ("push requested", PushRequested.type_name()),
+    "update_event_id": ("update requested", UpdateRequested.type_name()),
+}
+
+
+def _chain_problem(session: Session, row: HotUpdate, env: Envelope, cause: str | None) -> str | None:
+    """None if ``env`` chains back to a request the CMDB itself emitted for ``row``, else why not.
+
+    The update's chain is its correlation id (the update id, set on the CMDB's first event and
+    carried by every child); the cause must be the CMDB's current request of that step, or an
+    earlier one of the same type it queued for this update (found in its outbox: a repeated push).
+    """
+    if env.correlationid != row.id:
+        return (f"chain: {env.type} {env.id} names update {row.id} but is not in its chain "
+                f"(correlationid {env.correlationid!r})")
+    column = cause or "update_event_id"
+    what, request_type = _REQUEST_OF_CAUSE[column]
+    if env.causationid is not None and env.causationid == getattr(row, column):
+        return None
+    earlier = env.causationid is not None and session.scalar(
+        select(OutboxMessage.id).where(
+            OutboxMessage.event_id == env.causationid, OutboxMessage.update_id == row.id,
+            OutboxMessage.event_type == request_type,
+        )
+    )
+    if earlier:
+        return None
+    return (f"chain: {env.type} {env.id} does not answer a {what} the CMDB sent for update {row.id} "
+            f"(causationid {env.causationid!r})")
 
 
 PmHandler = Callable[[Incoming[Any], CmdbDatabase], None]

@@ -211,7 +211,8 @@ def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> 
             raise BadState(f"cannot confirm update {update_id}: its latest finished batch does not await a go-ahead")
         batch = int(last["batch"]) + 1
         event = _event(BatchConfirmed, batch=batch, confirmed_by=confirmed_by)
-        enqueue(session, _own_envelope(row, event, event_id=derived_event_id(last["event_id"], event.type_name())))
+        event_id = derived_event_id(last["event_id"], event.type_name(), secret=database.id_key)
+        enqueue(session, _own_envelope(row, event, event_id=event_id))
         row.state = State.RUNNING
         row.reason = f"batch {batch} confirmed by {confirmed_by}"
         row.last_event_at = utcnow()  # the executor's silence is measured from the go-ahead

@@ -67,7 +67,7 @@ def _report(database: CmdbDatabase, update_id: str, stall_after_seconds: float, 
         envelope = make_envelope(
             event, source=SOURCE, updateid=row.id, project=row.project, area=row.area_code,
             sequence=row.next_sequence(), causationid=row.update_event_id,
-            event_id=derived_event_id(row.update_event_id, event.type_name(), last.isoformat()),
+            event_id=derived_event_id(row.update_event_id, event.type_name(), last.isoformat(), secret=database.id_key),
         )
         enqueue(session, envelope)
         row.stalled_for = row.last_event_at

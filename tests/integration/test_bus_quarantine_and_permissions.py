@@ -1,4 +1,4 @@
-"""Quarantine (parked messages), per-team topic permissions and provenance, on the real broker."""
+"""Quarantine (parked messages), per-team topic permissions and identity, on the real broker."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from bus.consumer import ConsumerService
 from bus.events import PullRequested
 from bus.examples import EXAMPLES
+from bus.identity import Identity
 from bus.parking import ParkingQueues
 from bus.permissions import apply_grant, team_grant
-from bus.provenance import Provenance
 from bus.publisher import AsyncPublisher, PublishError, SyncPublisher
 from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
@@ -28,7 +28,7 @@ def _env(source="tests", project="ssss"):
     return make_envelope(EXAMPLES[0], source=source, updateid="u-1", project=project, area="cn")
 
 
-async def _service_with_parked(amqp_url, bodies, handler=None, provenance=None):
+async def _service_with_parked(amqp_url, bodies, handler=None, identity=None, user_id=None):
     seen: list[str] = []
 
     async def record(msg, emit):
@@ -39,12 +39,12 @@ async def _service_with_parked(amqp_url, bodies, handler=None, provenance=None):
         queue=ServiceQueue(service="svc", bindings=(binding(PullRequested),)),
         handlers={PullRequested: handler or record},
         source="tests/svc",
-        provenance=provenance,
+        identity=identity,
     )
     await service.start()
     async with Probe(amqp_url) as probe:
         for i, body in enumerate(bodies):
-            await probe.publish_raw(body, "ssss.cn.pull.requested.v1", message_id=f"m{i}")
+            await probe.publish_raw(body, "ssss.cn.pull.requested.v1", message_id=f"m{i}", user_id=user_id)
     for _ in range(200):
         if service.parked + len(seen) >= len(bodies):
             break
@@ -78,7 +78,8 @@ async def test_requeue_after_a_fix_delivers_the_parked_message_to_its_service(am
         import aio_pika
 
         await ch.default_exchange.publish(
-            aio_pika.Message(good.to_bytes(), message_id="fixed", headers={"x-hotupdate-park-reason": "was bad"}),
+            aio_pika.Message(good.to_bytes(), message_id="fixed", headers={
+                "x-hotupdate-park-reason": "was bad", "x-hotupdate-original-routing-key": good.routing_key}),
             routing_key=Topology().parking_queue("svc"),
         )
     assert [m.message_id for m in await asyncio.to_thread(queues.peek, "svc")] == ["fixed"]
@@ -113,19 +114,32 @@ async def test_parked_cli_lists_and_refuses_purge_without_a_selection(amqp_url, 
     assert len(await asyncio.to_thread(ParkingQueues(amqp_url).peek, "svc")) == 1
 
 
-async def test_event_from_a_source_that_cannot_produce_it_is_parked(amqp_url):
-    policy = Provenance.from_catalogue(extra={"pull.requested": ["tools/release-bot"]})
-    forged = _env(source="hotupdate/ops_executor/ops1")
-    legit = _env(source="hotupdate/cmdb")
-    tool = _env(source="tools/release-bot/v2")
+async def test_event_from_a_broker_user_that_may_not_publish_it_is_parked_whatever_its_source_says(amqp_url):
+    # guest stands for a user the table does not name for pull.requested of ssss
+    table = Identity({("pull.requested", "ssss"): frozenset({"hotupdate.cmdb"})})
+    forged = _env(source="hotupdate/cmdb")
+    other_project = _env(source="hotupdate/cmdb", project="snqxz")
     service, seen = await _service_with_parked(
-        amqp_url, [forged.to_bytes(), legit.to_bytes(), tool.to_bytes()], provenance=policy
+        amqp_url, [forged.to_bytes(), other_project.to_bytes()], identity=table, user_id="guest"
     )
     await service.stop()
     parked = await asyncio.to_thread(ParkingQueues(amqp_url).peek, "svc")
-    assert sorted(seen) == sorted([legit.id, tool.id])
-    assert [m.message_id for m in parked] == ["m0"]
-    assert "provenance: source 'hotupdate/ops_executor/ops1' may not publish" in parked[0].reason
+    assert seen == []
+    assert [m.message_id for m in parked] == ["m0", "m1"]
+    assert parked[0].reason.startswith("identity: broker user 'guest' may not publish hotupdate.pull.requested.v1 "
+                                       "for project 'ssss' (allowed: hotupdate.cmdb)")
+    # published on an ssss routing key, it says snqxz: refused before anyone asks who sent it
+    assert parked[1].reason.startswith("routing: the envelope (hotupdate.pull.requested.v1 for project 'snqxz'")
+    assert parked[0].headers["x-hotupdate-publisher"] == "guest"
+
+
+async def test_event_without_a_verified_publisher_is_parked(amqp_url):
+    table = Identity({("pull.requested", "ssss"): frozenset({"guest"})}, shared_user="guest")
+    service, seen = await _service_with_parked(amqp_url, [_env().to_bytes()], identity=table)
+    await service.stop()
+    parked = await asyncio.to_thread(ParkingQueues(amqp_url).peek, "svc")
+    assert seen == [] and len(parked) == 1
+    assert "carries no verified publisher" in parked[0].reason
 
 
 def _as_user(url: str, user: str, password: str) -> str:

@@ -54,6 +54,7 @@ async def test_consume_file_pull_serves_until_sigterm_then_exits_cleanly(amqp_ur
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
         "amqp_url": amqp_url,
+        "broker": {"shared_user": "guest"},
         "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
                               "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}},
         "receivers": {"recv1": {"projects": ["ssss"], "version_root": "v", "backup_root": "b"}},

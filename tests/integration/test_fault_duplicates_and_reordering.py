@@ -53,7 +53,7 @@ def _publish(channel: pika.adapters.blocking_connection.BlockingChannel, bodies:
     for body in bodies:
         env = Envelope.from_bytes(body)
         channel.basic_publish(Topology().events_exchange, env.routing_key, body,
-                              pika.BasicProperties(delivery_mode=2, message_id=env.id,
+                              pika.BasicProperties(delivery_mode=2, message_id=env.id, user_id="guest",
                                                    content_type="application/json"))
 
 

@@ -209,6 +209,7 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
     config = parse_config(
         {
             "amqp_url": amqp_url,
+            "broker": {"shared_user": "guest"},
             "projects": {
                 "ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
                          "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}},
@@ -252,11 +253,12 @@ async def test_file_pull_service_answers_pull_requests_through_the_broker(amqp_u
 
 
 @pytest.mark.rabbit
-async def test_pull_request_from_a_source_that_is_not_the_cmdb_is_parked_and_nothing_is_copied(
+async def test_pull_request_from_a_broker_user_that_is_not_the_cmdb_is_parked_and_nothing_is_copied(
         amqp_url, receiver, tmp_path):
     from bus.parking import ParkingQueues
 
     _write_version(receiver, FILES)
+    # No shared user: only hotupdate.cmdb may publish pull.requested; the test publishes as guest
     config = parse_config(
         {"amqp_url": amqp_url, "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
                                                  "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}}}},
@@ -267,7 +269,7 @@ async def test_pull_request_from_a_source_that_is_not_the_cmdb_is_parked_and_not
     await service.start()
     try:
         async with AsyncPublisher(amqp_url) as pub:
-            await pub.publish(make_envelope(REQUEST, source="tools/someone-else", updateid=UPDATE_ID,
+            await pub.publish(make_envelope(REQUEST, source="hotupdate/cmdb", updateid=UPDATE_ID,
                                             project="ssss", area="cn"))
             for _ in range(100):
                 if service.parked:
@@ -276,5 +278,7 @@ async def test_pull_request_from_a_source_that_is_not_the_cmdb_is_parked_and_not
     finally:
         await service.stop()
     parked = await asyncio.to_thread(ParkingQueues(amqp_url).peek, "file_pull.recv1")
-    assert len(parked) == 1 and "provenance: source 'tools/someone-else'" in parked[0].reason
+    assert len(parked) == 1
+    assert parked[0].reason == ("identity: broker user 'guest' may not publish hotupdate.pull.requested.v1 for "
+                                "project 'ssss' (allowed: hotupdate.cmdb)")
     assert not _backup(receiver).exists()

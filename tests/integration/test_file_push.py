@@ -50,6 +50,7 @@ def _config(tmp_path: Path, daemon: RsyncDaemon, *, pass_file: Path | None = Non
         "user": daemon.user, "pass_file": str(pass_file or daemon.password_file(tmp_path)), "ops_manager": "ops1",
     }
     raw = {
+        "broker": {"shared_user": "guest"},
         "projects": {
             "ssss": {
                 "areas": {"hot_server": {"大陆": ["cn"]}, "hot_client": {"大陆": ["cn"]}},

@@ -40,6 +40,7 @@ def _config(tmp_path: Path, amqp_url: str, daemon: RsyncDaemon, *, pass_mode: in
     os.chmod(pass_file, pass_mode)
     raw = {
         "amqp_url": amqp_url,
+        "broker": {"shared_user": "guest"},  # every component of the test logs in as guest
         "projects": {"ssss": {
             "areas": {"hot_server": {"大陆": ["cn"]}},
             "rsync_targets": [{"name": "ssss_cn", "area": "大陆", "ip": "127.0.0.1", "port": port or daemon.port,

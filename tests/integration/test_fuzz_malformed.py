@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bus.consumer import REASON_HEADER, ConsumerService
+from bus.envelope import Envelope
 from bus.events import (
     Event,
     FileEntry,
@@ -35,6 +36,7 @@ from bus.events import (
     UpdateCompleted,
     UpdateRequested,
 )
+from bus.identity import identity_from_config
 from bus.registry import make_envelope
 from bus.topology import Topology
 from demo.world import AREA_CODE, PROJECT, SERVER_VERSION, World, build
@@ -125,6 +127,8 @@ def mutate(base: dict[str, Any], kind: str, param: Any) -> bytes:
         return b"{" + str(param).encode("utf-8") + b"\x00"  # a NUL is never valid JSON text
     if kind == "not_utf8":
         return b"\xff\xfe" + bytes(param) + b"\xc3"
+    if kind == "deep":  # nested deeper than any parser should recurse
+        return b'{"id":"deep","data":' + b"[" * int(param) + b"]" * int(param) + b"}"
     if kind == "wrong_type":
         field, value = param
         env[field] = [value] if isinstance(value, str) else value
@@ -157,7 +161,7 @@ def mutate(base: dict[str, Any], kind: str, param: Any) -> bytes:
 
 FIXED = [("bad_json", "not json"), ("not_utf8", b"\x80\x81"), ("wrong_type", ("data", "text")),
          ("unknown_type", ("nonsense", 1)), ("unknown_version", 99), ("huge", 0),
-         ("traversal", "../../etc/passwd"), ("shell", "qq_1; touch pwned")]
+         ("traversal", "../../etc/passwd"), ("shell", "qq_1; touch pwned"), ("deep", 100_000)]
 
 
 # -- the consumers, running in one event loop on a thread of their own --------------------------
@@ -194,7 +198,8 @@ def _build(config: HotupdateConfig, world: World) -> tuple[dict[str, ConsumerSer
     from producers.cmdb.bootstrap import bootstrap
     from projections.service import build_service as projection
 
-    consumer, view = projection(amqp_url=config.amqp_url, database_url=world.db_url("projection"))
+    consumer, view = projection(amqp_url=config.amqp_url, database_url=world.db_url("projection"),
+                                identity=identity_from_config(config))
     services: dict[str, ConsumerService] = {
         "file_pull": file_pull(config, "recv1", processed_url=world.db_url("file_pull")),
         "file_push": file_push(config, "recv1", processed_url=world.db_url("file_push")),
@@ -248,8 +253,11 @@ def rig(tmp_path: Path, broker: Broker) -> Iterator[Rig]:
         broker.delete_vhost(vhost)
 
 
-def _publish(channel: Any, queue: str, body: bytes) -> None:
-    channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, content_type="application/json"))
+def _publish(channel: Any, queue: str, body: bytes, routing_key: str | None = None) -> None:
+    # Straight into the queue: as a requeue by the service's own login does it, naming the original routing key
+    headers = {"x-hotupdate-original-routing-key": routing_key} if routing_key else None
+    channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2, content_type="application/json",
+                                                                user_id="guest", headers=headers))
 
 
 def _drain_parked(channel: Any, queue: str, expected: int, timeout: float = 8) -> list[str]:
@@ -315,7 +323,8 @@ def test_malformed_messages_are_all_parked_with_a_reason_and_nothing_runs(rig: R
 
     # Still alive: a valid event afterwards is handled by each.
     for name, env in alive_envelopes().items():
-        _publish(channel, topology.queue(rig.services[name].name), json.dumps(env).encode())
+        body = json.dumps(env).encode()
+        _publish(channel, topology.queue(rig.services[name].name), body, Envelope.from_bytes(body).routing_key)
     deadline = time.monotonic() + 30
     while any(s.handled <= handled_before[n] for n, s in rig.services.items()):
         late = [n for n, s in rig.services.items() if s.handled <= handled_before[n]]

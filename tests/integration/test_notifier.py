@@ -42,7 +42,7 @@ def config_for(amqp_url: str, tmp_path: Path, webhooks: dict[str, list[dict[str,
     projects = {p: {"areas": areas, "inventory": inventory,
                     "webhooks": [{"secret": SECRET.decode(), **FAST, **w} for w in hooks]}
                 for p, hooks in webhooks.items()}
-    raw = {"amqp_url": amqp_url, "projects": projects,
+    raw = {"amqp_url": amqp_url, "broker": {"shared_user": "guest"}, "projects": projects,
            "notifier": {"state_url": f"sqlite:///{tmp_path / 'notifier.db'}"}}
     return parse_config(raw, tmp_path / "config.yaml")
 
@@ -350,6 +350,7 @@ async def test_consume_notifier_process_calls_the_webhook_and_stops_on_sigterm(a
     with WebhookReceiver(SECRET) as hook:
         (tmp_path / "config.yaml").write_text(yaml.safe_dump({
             "amqp_url": amqp_url,
+            "broker": {"shared_user": "guest"},
             "projects": {"ssss": {"areas": {"hot_server": {"大陆": ["cn"]}},
                                   "inventory": {"cn": {"servers": {"game": {"127.0.0.1": ["qq_1"]}}}},
                                   "webhooks": [{"url": hook.url, "secret_file": "hook.key"}]}},

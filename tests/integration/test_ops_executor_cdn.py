@@ -144,7 +144,7 @@ async def test_client_type_changes_nothing_the_executor_does(tmp_path):
     for client_type in (0, 1):
         world = World(tmp_path / f"client_type_{client_type}")
         uid = str(uuid.uuid4())
-        env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
+        env, event = hot_client_request(world, uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
         event = event.model_copy(update={"client_type": client_type})
         emitter = RecordingEmitter(env)
         await executor_for(world).handle(env, event, emitter)

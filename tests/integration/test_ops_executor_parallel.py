@@ -44,7 +44,7 @@ class GaugeRunner:
 async def test_ips_run_in_parallel_up_to_the_concurrency_limit(tmp_path):
     world = World(tmp_path)
     uid = str(uuid.uuid4())
-    ips = {f"10.0.0.{i}": [f"qq_{i}"] for i in range(1, 7)}
+    ips = {f"127.0.1.{i}": [f"qq_{i}"] for i in range(1, 7)}
     env, event = hot_server_request(world, uid, world.push(uid, {"m.beam": b"x"}), {"game": ips}, ["c:l(m)"])
     config = world.config(concurrency=2)
     runner = GaugeRunner()

@@ -104,7 +104,7 @@ async def test_failed_second_batch_on_the_bus(fleet, amqp_url, rollout, runs, no
 async def test_confirm_on_the_bus_holds_no_consumer_and_survives_a_restart(fleet, amqp_url):
     fleet.fail(IPS[4], Fleet.server(5))
     env, _ = fleet.request(10, rollout={"batch_size": 3, "on_failure": "confirm"})
-    other, _ = fleet.request(2)  # another update, 10.0.0.1-2 again, for the same executor
+    other, _ = fleet.request(2)  # another update, 127.0.1.1-2 again, for the same executor
     uid = env.updateid
     async with Probe(amqp_url) as results, AsyncPublisher(amqp_url) as pub:
         await results.bind(*RESULTS)

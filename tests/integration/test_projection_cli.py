@@ -75,8 +75,11 @@ def test_projection_run_and_dashboard_serve_work_together(tmp_path, amqp_url):
     url = f"sqlite:///{tmp_path / 'p.db'}"
     flow = hot_server_flow()
     port = _free_port()
+    config = tmp_path / "config.yaml"  # who may publish what (everything as guest, in tests)
+    config.write_text('broker: {shared_user: guest}\nprojects: {ssss: {areas: {hot_server: {"大陆": [cn]}}}}\n',
+                      encoding="utf-8")
     consumer = subprocess.Popen(_hotupdate("projection", "run", "--database-url", url, "--amqp-url", amqp_url,
-                                           "--history-stream"),
+                                           "--history-stream", "--config", str(config)),
                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     dashboard = subprocess.Popen(
         _hotupdate("dashboard", "serve", "--database-url", url, "--port", str(port),

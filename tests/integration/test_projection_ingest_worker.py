@@ -42,7 +42,8 @@ def _alive(pid: int) -> bool:
 
 def test_batches_are_framed_byte_for_byte():
     bodies = [b"", b"{}", "é".encode() * 1000, bytes(range(256))]
-    assert decode_batch(encode_batch(bodies)) == bodies
+    assert decode_batch(encode_batch(bodies)) == (bodies, [""] * len(bodies))
+    assert decode_batch(encode_batch(bodies, ["hotupdate.cmdb"] * len(bodies)))[1] == ["hotupdate.cmdb"] * len(bodies)
 
 
 async def test_the_worker_ingests_like_the_service_would_in_process(database_url, tmp_path):

@@ -127,7 +127,7 @@ def test_a_rehashed_row_breaks_the_link_in_a_whole_export_and_the_digest_in_a_sl
 
     def forge(doc):
         doc["envelope"] = doc["envelope"].replace('"source":"', '"source":"forged/', 1)
-        doc["hash"] = chain_hash(doc["prev_hash"], doc["envelope"].encode())
+        doc["hash"] = chain_hash(doc["prev_hash"], doc["envelope"].encode(), doc.get("publisher"))
 
     _url, engine, _logged = source
     whole = _check(_edit(_export(engine), 3, forge))

@@ -50,7 +50,7 @@ def test_batches_taken_in_one_go_give_the_same_log_and_view_as_event_by_event(ur
         for start in range(0, len(shuffled), batch):
             chunk = shuffled[start:start + batch]
             a = ingest.ingest_batch(fast, chunk, clock=clock)
-            b = ingest._ingest_careful(careful, chunk, clock)
+            b = ingest._ingest_careful(careful, [(env, event, "") for env, event in chunk], clock)
             assert [(o.status, o.position) for o in a] == [(o.status, o.position) for o in b]
         assert _state(fast) == _state(careful)
     finally:
@@ -92,7 +92,7 @@ def test_a_big_batch_with_one_bad_event_is_narrowed_down_and_only_a_small_part_g
     try:
         outcomes = ingest.ingest_batch(narrowed, batch, clock=clock)
         assert careful_sizes and max(careful_sizes) <= 32 < len(batch)
-        expected = careful(reference, batch, clock)
+        expected = careful(reference, [(env, event, "") for env, event in batch], clock)
         assert [(o.status, o.position) for o in outcomes] == [(o.status, o.position) for o in expected]
         assert [o.status for o in outcomes].count("failed") == 1 and outcomes[60].status == "failed"
         assert _state(narrowed) == _state(reference)

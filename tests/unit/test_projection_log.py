@@ -28,9 +28,16 @@ def engine(request, tmp_path):
 @pytest.fixture
 def logged(engine):
     flow = hot_server_flow()
-    ingest_batch(engine, flow[:5])
-    ingest_batch(engine, flow[5:])
+    ingest_batch(engine, flow[:5], publishers=[PUBLISHER] * 5)
+    ingest_batch(engine, flow[5:], publishers=[PUBLISHER] * len(flow[5:]))
     return flow
+
+
+PUBLISHER = "hotupdate.ops_executor.ops1"
+
+
+def _hashed(prev_hash: str, envelope: bytes, publisher: str = PUBLISHER) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + envelope + b"\x00" + publisher.encode()).hexdigest()
 
 
 def _verify(engine):
@@ -38,17 +45,18 @@ def _verify(engine):
         return event_log.verify(s)
 
 
-def test_each_row_hashes_the_previous_hash_and_its_canonical_envelope(engine, logged):
+def test_each_row_hashes_the_previous_hash_its_canonical_envelope_and_its_publisher(engine, logged):
     with Session(engine) as s:
         rows = s.scalars(select(LoggedEvent).order_by(LoggedEvent.position)).all()
         head = s.get_one(LogHead, 1)
     first = logged[0][0].to_bytes()
     assert rows[0].prev_hash == "0" * 64
-    assert rows[0].hash == hashlib.sha256(bytes(32) + first).hexdigest()
+    assert rows[0].hash == _hashed("0" * 64, first)
     assert rows[0].envelope.encode("utf-8") == first
     for prev, row in itertools.pairwise(rows):
         assert row.prev_hash == prev.hash
-        assert row.hash == hashlib.sha256(bytes.fromhex(prev.hash) + row.envelope.encode()).hexdigest()
+        assert row.publisher == PUBLISHER
+        assert row.hash == _hashed(prev.hash, row.envelope.encode())
     assert (head.position, head.hash) == (len(logged), rows[-1].hash)
     assert [r.event_id for r in rows] == [env.id for env, _ in logged]
 
@@ -79,9 +87,10 @@ def test_an_altered_envelope_is_found_at_its_position(engine, logged):
 
 def test_a_rehashed_row_breaks_the_link_to_the_next_one(engine, logged):
     with engine.begin() as conn:
-        stored = conn.execute(text("select prev_hash, envelope from projection_event_log where position = 2")).one()
+        stored = conn.execute(
+            text("select prev_hash, envelope, publisher from projection_event_log where position = 2")).one()
         forged = stored.envelope.replace("20642", "20643")
-        digest = event_log.chain_hash(stored.prev_hash, forged.encode())
+        digest = event_log.chain_hash(stored.prev_hash, forged.encode(), stored.publisher)
         conn.execute(text("update projection_event_log set envelope = :e, hash = :h where position = 2"),
                      {"e": forged, "h": digest})
     result = _verify(engine)

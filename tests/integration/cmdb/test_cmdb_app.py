@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from bus.envelope import Envelope, derived_event_id
 from bus.events import UpdateRequested
+from bus.id_keys import id_key_from_url
 from bus.publisher import AsyncPublisher
 from cli.cmdb_cmd import register
 from producers.cmdb.app import run
@@ -114,7 +115,9 @@ async def test_an_update_travels_from_http_through_every_step_to_completed(amqp_
             await others.publish(pushed)  # as file_push would
             request = _envelopes(await probe.wait_for(5))[4]
             assert request.type == UpdateRequested.type_name()
-            assert request.id == derived_event_id(pushed.id, request.type)
+            # keyed by the CMDB's broker login: stable for it, not the public uuid5 anyone could compute
+            assert request.id == derived_event_id(pushed.id, request.type, secret=id_key_from_url(amqp_url))
+            assert request.id != derived_event_id(pushed.id, request.type)
             assert request.data["requested_by"] == "bob"
             await _wait_state(client, update_id, "update_requested")
 

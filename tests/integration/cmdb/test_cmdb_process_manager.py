@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from bus.consumer import Reject
 from bus.envelope import Envelope, derived_event_id
 from bus.events import PushRequested, UpdateRequested, UpdateStarted
 from bus.registry import make_envelope
@@ -283,7 +286,7 @@ def test_events_for_an_unknown_update_are_ignored(database, config):
     assert outbox(database) == []
 
 
-def test_events_before_their_step_change_nothing(database, config):
+def test_an_event_that_answers_no_request_of_the_cmdb_is_refused_and_changes_nothing(database, config):
     update_id, _ = _started(database, config)
     fake_push = files_pushed(make_envelope(
         PushRequested(
@@ -292,6 +295,7 @@ def test_events_before_their_step_change_nothing(database, config):
         ),
         source="elsewhere", updateid=update_id, project="ssss", area="cn",
     ))
-    on_files_pushed(incoming(fake_push), database)
+    with pytest.raises(Reject, match=r"^chain: .* does not answer a push requested the CMDB sent"):
+        on_files_pushed(incoming(fake_push), database)
     assert row(database, update_id).state == State.PULL_REQUESTED
     assert len(outbox(database)) == 1
