@@ -77,7 +77,8 @@ from consumers.ops_executor.rollout import (
     plan_batches,
     summary,
 )
-from consumers.ops_executor.runner import HostRunner, make_runner
+from consumers.ops_executor.runner import HostRunner, LocalRunner
+from consumers.ops_executor.ssh_runner import SshRunner
 from consumers.ops_executor.state import (
     BatchRecord,
     CdnKey,
@@ -307,7 +308,7 @@ class Executor:
         self._max_attempts = max_attempts
         self._semaphore = asyncio.Semaphore(config.concurrency)
         self._servers = ServerUpdater(
-            runner or make_runner(config.runner), ServerTemplates.of(config.runner),
+            runner or make_runner(config), ServerTemplates.of(config.runner),
             ssh_user=config.runner.ssh_user, ssh_port=config.runner.ssh_port, semaphore=self._semaphore,
             command_timeout=config.command_timeout_seconds, ip_timeout=config.ip_timeout_seconds,
         )
@@ -651,6 +652,11 @@ class Executor:
 
 
 # --- pure helpers ---------------------------------------------------------------------------
+
+def make_runner(config: OpsManagerConfig) -> HostRunner:
+    """The runner the configuration names: over SSH to the game hosts, or on this machine."""
+    return SshRunner(config.runner) if config.runner.kind == "ssh" else LocalRunner()
+
 
 _SERVER = TypeAdapter(ServerName)
 _IP = TypeAdapter(IpAddress)
