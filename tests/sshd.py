@@ -26,7 +26,8 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 HOSTS = ("127.0.0.1", "127.0.0.2")
 ADDRESSES_PER_DAEMON = 16  # sshd's MAX_LISTEN_SOCKS
-_CONNECTION = re.compile(r"Connection from \S+ port \d+ on (\S+) port \d+")
+_CONNECTION = re.compile(r"Connection from \S+ port (\d+) on (\S+) port \d+")
+_ACCEPTED = re.compile(r"Accepted publickey for \S+ from \S+ port (\d+)")
 
 
 def hosts(count: int) -> tuple[str, ...]:
@@ -62,12 +63,31 @@ class Sshd:
     hosts: tuple[str, ...] = HOSTS
     others: tuple[subprocess.Popen[bytes], ...] = ()  # the daemons of addresses beyond the first 16
 
+    @property
+    def home(self) -> Path:
+        """$HOME of every login (sshd's SetEnv): the "game hosts'" ~/.erlang.cookie and staging go here."""
+        return self.root / "home"
+
+    def give_cookie(self, cookie: str) -> None:
+        """The ssh user's ~/.erlang.cookie on the "game hosts" (mode 400, as erl wants it)."""
+        path = self.home / ".erlang.cookie"
+        path.unlink(missing_ok=True)
+        path.write_text(cookie)
+        path.chmod(0o400)
+
     def logins(self) -> dict[str, int]:
-        """Connections each address accepted so far (from the daemons' logs)."""
+        """Successful logins at each address so far (from the daemons' logs).
+
+        A connection's "Connection from <client> port N on <address>" line names the address; its
+        "Accepted publickey for … port N" line says it logged in (probes and refusals do not).
+        """
         counts: dict[str, int] = {}
         for log in sorted(self.root.glob("sshd*.log")):
-            for match in _CONNECTION.finditer(log.read_text(errors="replace")):
-                counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+            text = log.read_text(errors="replace")
+            accepted = set(_ACCEPTED.findall(text))
+            for port, address in _CONNECTION.findall(text):
+                if port in accepted:
+                    counts[address] = counts.get(address, 0) + 1
         return counts
 
     def stop(self) -> None:
@@ -94,6 +114,7 @@ def start(root: Path, addresses: tuple[str, ...] = HOSTS) -> Sshd:
     known_hosts.write_text("".join(f"[{h}]:{port} {' '.join(host_pub)}\n" for h in addresses))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    (root / "home").mkdir(mode=0o700, exist_ok=True)
     groups = [addresses[i:i + ADDRESSES_PER_DAEMON] for i in range(0, len(addresses), ADDRESSES_PER_DAEMON)]
     processes = [_daemon(root, n, group, port, host_key, user) for n, group in enumerate(groups)]
     return Sshd(root, port, user, client_key, known_hosts, processes[0], addresses, tuple(processes[1:]))
@@ -119,6 +140,9 @@ def _daemon(root: Path, number: int, addresses: tuple[str, ...], port: int, host
         "StrictModes no",  # the temporary directory's modes are the test runner's, not a home dir's
         "MaxStartups 1000",  # the default (10:30:100) drops logins at random beyond 10 at once
         "LogLevel VERBOSE",
+        # The game host's home of the ssh user: staging directories and ~/.erlang.cookie live there,
+        # not in the home of whoever runs the tests.
+        f"SetEnv HOME={root / 'home'}",
         "",
     ]))
     process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=open(log, "wb"))  # noqa: SIM115
@@ -133,3 +157,18 @@ def _daemon(root: Path, number: int, addresses: tuple[str, ...], port: int, host
             time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"sshd did not listen on port {port}: {log.read_text()}")
+
+
+def session_process(pid: int) -> int:
+    """The sshd process serving the connection that started process ``pid`` (its nearest sshd ancestor).
+
+    Killing it (SIGKILL) cuts that one connection, as a network drop or a crashed host would.
+    """
+    current = pid
+    while current > 1:
+        stat = Path(f"/proc/{current}/stat").read_text()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if name.startswith("sshd"):
+            return current
+        current = int(stat[stat.rindex(")") + 2:].split()[1])
+    raise LookupError(f"process {pid} was not started through sshd")

@@ -19,7 +19,11 @@ measured, BENCHMARKS.md); one asyncssh connection per host runs every command as
   server). A connection lost *between* commands is re-opened for the next one (at most
   :data:`MAX_RECONNECTS` times); a command it was running has an unknown outcome and is reported
   as such (:data:`INTERRUPTED_UNKNOWN`), never re-run.
-- A command past its timeout is sent SIGKILL (an SSH ``signal`` request) and its channel closed.
+- A command past its timeout is killed on the host: every command runs under the host's
+  ``timeout -s KILL`` (GNU coreutils: the command's whole process group), since sshd refuses SSH
+  ``signal`` requests for root logins ("session signalling requires privilege separation") and
+  closing a channel does not stop a command that reads and writes nothing. The runner waits
+  briefly for the channel's end, so a timeout is reported once the command has stopped.
 
 The Erlang cookie never travels: ``erl_call`` on the game host reads ``~/.erlang.cookie`` of the
 ssh user (``home`` of :meth:`_SshSession.run` is the local runner's and is not used here).
@@ -32,6 +36,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import re
 import shlex
 import tarfile
@@ -51,10 +56,14 @@ log = logging.getLogger(__name__)
 STAGING_ROOT = ".hotupdate-staging"  # below the ssh user's home: <root>/<update id>@<ip>
 MAX_RECONNECTS = 3  # per host and update: a host that keeps dropping the connection is failed
 CLEANUP_TIMEOUT = 30.0
+KILL_GRACE = 5.0  # seconds to wait, after a timeout, for the host's ``timeout`` to have killed the command
 
 # Scripts run by ``sh -c`` on the game host: fixed text; what varies comes as positional arguments.
-_STAGE = 'rm -rf -- "$1" && mkdir -p -- "${1%/*}" && mkdir -m 700 -- "$1" && exec tar -x --no-same-owner -f - -C "$1"'
-_INSTALL = """stage=$1 dest=$2
+# Each starts in $HOME: the staging directory is relative to it, wherever the login shell starts.
+_STAGE = ('cd && rm -rf -- "$1" && mkdir -p -- "${1%/*}" && mkdir -m 700 -- "$1" '
+          '&& exec tar -x --no-same-owner -f - -C "$1"')
+_INSTALL = """cd || exit 1
+stage=$1 dest=$2
 shift 2
 [ -d "$dest" ] || { echo "$dest: not a directory" >&2; exit 20; }
 for name do
@@ -64,6 +73,7 @@ for name do
     || { rm -f -- "$tmp"; exit 1; }
 done
 """
+_CLEAN = 'cd && rm -rf -- "$1"'
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")  # no "/", no leading "."
 
 
@@ -118,7 +128,7 @@ class SshRunner:
         if staging.users == 0:
             del host.staging[update_id]
             if staging.done:
-                removed = await host.execute(shlex.join(["rm", "-rf", "--", staging.directory]), None,
+                removed = await host.execute(shlex.join(["sh", "-c", _CLEAN, "sh", staging.directory]), None,
                                              CLEANUP_TIMEOUT)
                 if not removed.ok:
                     log.warning("ssh %s: staging directory %s not removed: %s", host.ip, staging.directory,
@@ -203,6 +213,7 @@ class _Host:
 
     async def execute(self, command: str, stdin: bytes | None, timeout: float) -> CommandResult:
         """Run ``command`` (a line for the login shell) on the host; every failure is a result."""
+        command = f"timeout -s KILL {timeout:.3f} {command}"
         async with self._channels:
             try:
                 async with asyncio.timeout(timeout):
@@ -234,7 +245,9 @@ class _Host:
             done = await process.wait(timeout=timeout)
         except asyncssh.TimeoutError:
             with contextlib.suppress(Exception):
-                process.kill()
+                process.kill()  # honoured for logins other than root; the host's ``timeout`` does the rest
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait_closed(), KILL_GRACE)
             process.close()
             log.warning("ssh %s: command timed out after %ss; killed", self.ip, timeout)
             return CommandResult(ok=False, error=f"timeout after {timeout:g}s")
@@ -289,7 +302,7 @@ class _Host:
         if isinstance(exc, TimeoutError):
             return f"{where}: unreachable: no SSH login within {self._config.ssh_connect_timeout_seconds:g}s"
         if isinstance(exc, OSError):
-            return f"{where}: unreachable: {exc.strerror or exc}"
+            return f"{where}: unreachable: {os.strerror(exc.errno) if exc.errno else exc}"
         if isinstance(exc, asyncssh.Error):
             return f"{where}: {_reason(exc)}"
         return f"{where}: {type(exc).__name__}: {exc}"

@@ -74,7 +74,8 @@ def test_remote_line_gives_the_remote_shell_back_exactly_the_arguments(tmp_path)
 
 def _remote(script: str, *args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
     """Run one of the ssh runner's scripts as the game host's shell would (sh -c, arguments apart)."""
-    return subprocess.run(["sh", "-c", shlex.join(["sh", "-c", script, "sh", *args])], input=stdin, cwd=cwd,
+    return subprocess.run(["sh", "-c", shlex.join(["sh", "-c", script, "sh", *args])], input=stdin, cwd="/",
+                          env={**os.environ, "HOME": str(cwd)},
                           capture_output=True)
 
 
