@@ -60,9 +60,9 @@ KILL_GRACE = 5.0  # seconds to wait, after a timeout, for the host's ``timeout``
 
 # Scripts run by ``sh -c`` on the game host: fixed text; what varies comes as positional arguments.
 # Each starts in $HOME: the staging directory is relative to it, wherever the login shell starts.
-_STAGE = ('cd && rm -rf -- "$1" && mkdir -p -- "${1%/*}" && mkdir -m 700 -- "$1" '
+STAGE_SCRIPT = ('cd && rm -rf -- "$1" && mkdir -p -- "${1%/*}" && mkdir -m 700 -- "$1" '
           '&& exec tar -x --no-same-owner -f - -C "$1"')
-_INSTALL = """cd || exit 1
+INSTALL_SCRIPT = """cd || exit 1
 stage=$1 dest=$2
 shift 2
 [ -d "$dest" ] || { echo "$dest: not a directory" >&2; exit 20; }
@@ -73,7 +73,7 @@ for name do
     || { rm -f -- "$tmp"; exit 1; }
 done
 """
-_CLEAN = 'cd && rm -rf -- "$1"'
+CLEAN_SCRIPT = 'cd && rm -rf -- "$1"'
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")  # no "/", no leading "."
 
 
@@ -111,12 +111,12 @@ class SshRunner:
         """Hold ``ip`` for ``update_id``: its connection and staging directory live as long as a holder does."""
         host = self._hosts.get(ip)
         if host is None:
-            host = self._hosts[ip] = _Host(ip, self._config, self._options(), self.connections_opened)
+            host = self._hosts[ip] = _Host(ip, self._config, self.options(), self.connections_opened)
         host.users += 1
         staging = host.staging.get(update_id)
         if staging is None:
             # Named for the host too: hosts that share a home (NFS, or tests on loopback) must not share it.
-            staging = host.staging[update_id] = _Staging(f"{STAGING_ROOT}/{_dir_name(f'{update_id}@{ip}')}")
+            staging = host.staging[update_id] = _Staging(staging_dir(update_id, ip))
         staging.users += 1
         try:
             yield _SshSession(host, staging)
@@ -128,8 +128,7 @@ class SshRunner:
         if staging.users == 0:
             del host.staging[update_id]
             if staging.done:
-                removed = await host.execute(shlex.join(["sh", "-c", _CLEAN, "sh", staging.directory]), None,
-                                             CLEANUP_TIMEOUT)
+                removed = await host.execute(clean_line(staging.directory), None, CLEANUP_TIMEOUT)
                 if not removed.ok:
                     log.warning("ssh %s: staging directory %s not removed: %s", host.ip, staging.directory,
                                 removed.describe())
@@ -138,7 +137,8 @@ class SshRunner:
             del self._hosts[host.ip]
             await host.close()
 
-    def _options(self) -> asyncssh.SSHClientConnectionOptions:
+    def options(self) -> asyncssh.SSHClientConnectionOptions:
+        """How every connection is made: user, port, pinned host keys, the key, no agent, no ~/.ssh/config."""
         config = self._config
         return asyncssh.SSHClientConnectionOptions(
             username=config.ssh_user,
@@ -173,7 +173,7 @@ class _SshSession:
             return staged
         names = [item.name for item in files]
         result = await self._host.execute(
-            shlex.join(["sh", "-c", _INSTALL, "sh", self._staging.directory, dest_dir, *names]), None, timeout)
+            install_line(self._staging.directory, dest_dir, names), None, timeout)
         return result if not result.ok else CommandResult(ok=True, returncode=0, stdout=f"{len(files)} file(s) copied")
 
     async def _stage(self, files: Sequence[StagedFile], timeout: float) -> CommandResult | None:
@@ -186,8 +186,7 @@ class _SshSession:
             except OSError as exc:
                 return CommandResult(ok=False, error=f"{exc.strerror or exc}: {exc.filename}")
             # A cut upload leaves nothing in an ebin: the next delivery uploads again from scratch.
-            result = await self._host.execute(shlex.join(["sh", "-c", _STAGE, "sh", self._staging.directory]),
-                                              archive, timeout)
+            result = await self._host.execute(stage_line(self._staging.directory), archive, timeout)
             if not result.ok:
                 return CommandResult(ok=False, error=f"upload to {self._host.ip}: {result.describe()}")
             self._staging.done = True
@@ -213,7 +212,7 @@ class _Host:
 
     async def execute(self, command: str, stdin: bytes | None, timeout: float) -> CommandResult:
         """Run ``command`` (a line for the login shell) on the host; every failure is a result."""
-        command = f"timeout -s KILL {timeout:.3f} {command}"
+        command = timed(command, timeout)
         async with self._channels:
             try:
                 async with asyncio.timeout(timeout):
@@ -239,9 +238,12 @@ class _Host:
     async def _finish(self, process: asyncssh.SSHClientProcess[bytes], stdin: bytes | None,
                       timeout: float) -> CommandResult:
         try:
-            if stdin:
-                process.stdin.write(stdin)
-            process.stdin.write_eof()
+            with contextlib.suppress(BrokenPipeError, ConnectionError):
+                # Refused when the command already ended without reading it (or the connection went):
+                # its exit status, or its absence, tells which.
+                if stdin:
+                    process.stdin.write(stdin)
+                process.stdin.write_eof()
             done = await process.wait(timeout=timeout)
         except asyncssh.TimeoutError:
             with contextlib.suppress(Exception):
@@ -328,6 +330,31 @@ def _dir_name(update_id: str) -> str:
     if _SAFE_ID.fullmatch(update_id):
         return update_id
     return hashlib.sha256(update_id.encode("utf-8")).hexdigest()[:32]
+
+
+def staging_dir(update_id: str, ip: str) -> str:
+    """The staging directory of ``update_id`` on ``ip``, relative to the ssh user's home."""
+    return f"{STAGING_ROOT}/{_dir_name(f'{update_id}@{ip}')}"
+
+
+def stage_line(directory: str) -> str:
+    """The command that unpacks a tar from stdin into a fresh ``directory``."""
+    return shlex.join(["sh", "-c", STAGE_SCRIPT, "sh", directory])
+
+
+def install_line(directory: str, dest_dir: str, names: Sequence[str]) -> str:
+    """The command that puts the staged ``names`` in place below ``dest_dir``, each atomically."""
+    return shlex.join(["sh", "-c", INSTALL_SCRIPT, "sh", directory, dest_dir, *names])
+
+
+def clean_line(directory: str) -> str:
+    """The command that removes a staging directory."""
+    return shlex.join(["sh", "-c", CLEAN_SCRIPT, "sh", directory])
+
+
+def timed(command: str, timeout: float) -> str:
+    """``command`` under the host's ``timeout -s KILL``: killed there, process group and all, when it overruns."""
+    return f"timeout -s KILL {timeout:.3f} {command}"
 
 
 def tar_of(files: Sequence[StagedFile]) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from consumers.ops_executor.runner import LocalRunner, StagedFile, run_argv
-from consumers.ops_executor.ssh_runner import _INSTALL, _STAGE, STAGING_ROOT, _dir_name, tar_of
+from consumers.ops_executor.ssh_runner import INSTALL_SCRIPT, STAGE_SCRIPT, STAGING_ROOT, _dir_name, tar_of
 from demo.erlang import process_alive
 
 
@@ -88,14 +88,14 @@ def test_staged_files_are_installed_beside_then_renamed_and_need_the_directory(t
     home = tmp_path / "home"
     home.mkdir()
     staging = f"{STAGING_ROOT}/u1"
-    assert _remote(_STAGE, staging, stdin=tar_of(files), cwd=home).returncode == 0
+    assert _remote(STAGE_SCRIPT, staging, stdin=tar_of(files), cwd=home).returncode == 0
     assert oct((home / staging).stat().st_mode & 0o777) == "0o700"
     dest = tmp_path / "dest dir"
 
-    missing = _remote(_INSTALL, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
+    missing = _remote(INSTALL_SCRIPT, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
     assert missing.returncode != 0 and b"not a directory" in missing.stderr and not dest.exists()
     dest.mkdir()
-    done = _remote(_INSTALL, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
+    done = _remote(INSTALL_SCRIPT, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
 
     assert done.returncode == 0, done.stderr
     assert (dest / "d" / "x.beam").read_bytes() == b"X" * 1000 and (dest / "a b.beam").read_bytes() == b"A"
