@@ -97,8 +97,10 @@ class World:
         return HotupdateConfig.model_validate({
             "amqp_url": amqp_url,
             "projects": {PROJECT: {
-                # hot_client only once the inventory has a CDN dir (a contradiction rule refuses it otherwise)
-                "areas": {"hot_server": {"大陆": [AREA]}, **({"hot_client": {"大陆": [AREA]}} if self.cdn else {})},
+                # each update type only once the inventory has a target for it (a contradiction rule refuses
+                # an area whose every update would be refused)
+                "areas": {**({"hot_server": {"大陆": [AREA]}} if self.servers or not self.cdn else {}),
+                          **({"hot_client": {"大陆": [AREA]}} if self.cdn else {})},
                 "erlang_cookie_file": str(self.cookie_file),
                 "erlang_cmd_allowed": [*DEFAULT_ERLANG_CMD_ALLOWED, *TEST_COMMAND_FORMS],
                 "inventory": {AREA: {"servers": self.servers,

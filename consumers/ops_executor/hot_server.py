@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus.events import IpFinished, RolloutPlan, ServerResult, UpdateServerList
+from consumers.ops_executor.records import ServerKey, ServerOutcome
 from consumers.ops_executor.rollout import plan_batches
 from consumers.ops_executor.runner import (
     INTERRUPTED_UNKNOWN,
@@ -34,7 +35,6 @@ from consumers.ops_executor.runner import (
     StagedFile,
     run_argv,
 )
-from consumers.ops_executor.state import ServerKey, ServerOutcome
 from consumers.ops_executor.templates import ServerTemplates, erl_output_failed, fill
 from domain.types import SERVER_GROUPS, ServerGroup
 

@@ -15,9 +15,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 from sqlalchemy import Boolean, DateTime, Executable, ForeignKey, Integer, String, Text, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -26,13 +24,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bus.events import ServerResult
+from consumers.ops_executor.records import (
+    AbortRecord,
+    BatchNext,
+    BatchRecord,
+    CdnKey,
+    ServerKey,
+    ServerOutcome,
+    UpdateRecord,
+    UpdateStatus,
+)
 from domain.db import Base, make_engine, upgrade
 
-UpdateStatus = Literal["running", "waiting", "finished", "failed", "interrupted"]
 # An update still in one of these has no result yet: a restarted executor resumes it.
 # ("waiting" for an operator's go-ahead is unfinished too, but only a go-ahead or an abort resumes it.)
 UNFINISHED: tuple[UpdateStatus, ...] = ("running", "interrupted")
-BatchNext = Literal["continue", "stop", "await_confirm", "done"]
 
 
 class ExecutorUpdate(Base):
@@ -140,69 +146,18 @@ class ExecutorCdnResult(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-@dataclass(frozen=True)
-class UpdateRecord:
+def _update_record(row: ExecutorUpdate) -> UpdateRecord:
     """A snapshot of one update's row."""
-
-    update_id: str
-    status: UpdateStatus
-    attempts: int
-    request: str
-    refused: bool
-    final_result: bool | None
-    final_data: str
-    ok_count: int
-    failed_count: int
-    outcome: str | None = None
-    not_run: tuple[str, ...] = ()
-    waiting_batch: int | None = None
-    emitted: int = 0
-
-    @classmethod
-    def of(cls, row: ExecutorUpdate) -> UpdateRecord:
-        status: UpdateStatus = row.status  # type: ignore[assignment]  # only written by this module
-        return cls(row.update_id, status, row.attempts, row.request, row.refused, row.final_result,
-                   row.final_data, row.ok_count, row.failed_count, row.outcome,
-                   tuple(json.loads(row.not_run or "[]")), row.waiting_batch, row.emitted or 0)
+    status: UpdateStatus = row.status  # type: ignore[assignment]  # only written by this module
+    return UpdateRecord(row.update_id, status, row.attempts, row.request, row.refused, row.final_result,
+                        row.final_data, row.ok_count, row.failed_count, row.outcome,
+                        tuple(json.loads(row.not_run or "[]")), row.waiting_batch, row.emitted or 0)
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """A finished batch: its counts and what was decided after it."""
-
-    batch: int
-    ok_count: int
-    failed_count: int
-    next: BatchNext
-    finished_at: datetime
-
-    @classmethod
-    def of(cls, row: ExecutorBatch) -> BatchRecord:
-        nxt: BatchNext = row.next  # type: ignore[assignment]  # only written by this module
-        finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
-        return cls(row.batch, row.ok_count, row.failed_count, nxt, finished)
-
-
-@dataclass(frozen=True)
-class AbortRecord:
-    requested_by: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ServerOutcome:
-    """One game server's two results, as the seed reports them (``update_data`` and ``erl_data``)."""
-
-    update: ServerResult
-    erl: ServerResult
-
-    @property
-    def ok(self) -> bool:
-        return self.update.status and self.erl.status
-
-
-ServerKey = tuple[str, str, str]  # (group, ip, server)
-CdnKey = tuple[str, str]  # (cdn_root_url, cdn_dir)
+def _batch_record(row: ExecutorBatch) -> BatchRecord:
+    nxt: BatchNext = row.next  # type: ignore[assignment]  # only written by this module
+    finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
+    return BatchRecord(row.batch, row.ok_count, row.failed_count, nxt, finished)
 
 
 def _now() -> datetime:
@@ -244,17 +199,17 @@ class StateStore:
                     session.rollback()
                     return self.claim(update_id=update_id, project=project, area=area,
                                       update_type=update_type, version=version, request=request)
-                return UpdateRecord.of(row), True
+                return _update_record(row), True
             if row.status in UNFINISHED:
                 row.status = "running"
                 row.attempts += 1
                 session.commit()
-            return UpdateRecord.of(row), False
+            return _update_record(row), False
 
     def get(self, update_id: str) -> UpdateRecord | None:
         with Session(self._engine) as session:
             row = session.get(ExecutorUpdate, update_id)
-            return UpdateRecord.of(row) if row is not None else None
+            return _update_record(row) if row is not None else None
 
     def finish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
                ok_count: int, failed_count: int, refused: bool = False, outcome: str | None = None,
@@ -270,7 +225,7 @@ class StateStore:
             row.waiting_batch = None
             row.finished_at = _now()
             session.commit()
-            return UpdateRecord.of(row)
+            return _update_record(row)
 
     def mark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
         """Record that the update waits for a go-ahead for ``batch``; it holds nothing until one comes."""
@@ -290,7 +245,7 @@ class StateStore:
             row = session.get(ExecutorUpdate, update_id)
             if row is None or row.status != "waiting":
                 return None
-            record = UpdateRecord.of(row)  # as it was: waiting_batch and emitted tell where to go on
+            record = _update_record(row)  # as it was: waiting_batch and emitted tell where to go on
             row.status = "running"
             session.commit()
             return record
@@ -309,7 +264,7 @@ class StateStore:
                 select(ExecutorUpdate).where(ExecutorUpdate.status.in_(UNFINISHED))
                 .order_by(ExecutorUpdate.started_at)
             ).all()
-            return [UpdateRecord.of(r) for r in rows]
+            return [_update_record(r) for r in rows]
 
     # --- batches, go-aheads, aborts ------------------------------------------------------
 
@@ -326,12 +281,12 @@ class StateStore:
                 session.rollback()
             row = session.get(ExecutorBatch, (update_id, batch.batch))
             assert row is not None
-            return BatchRecord.of(row)
+            return _batch_record(row)
 
     def batches(self, update_id: str) -> dict[int, BatchRecord]:
         with Session(self._engine) as session:
             rows = session.scalars(select(ExecutorBatch).where(ExecutorBatch.update_id == update_id)).all()
-            return {r.batch: BatchRecord.of(r) for r in rows}
+            return {r.batch: _batch_record(r) for r in rows}
 
     def record_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
         """Record a go-ahead for ``batch``; False if the update is unknown here (the first record wins)."""

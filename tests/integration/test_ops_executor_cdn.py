@@ -127,6 +127,7 @@ async def test_redelivered_hot_client_request_does_not_copy_again(tmp_path):
 
 async def test_unfinished_update_whose_request_cannot_be_read_is_failed_not_left_running(tmp_path):
     world = World(tmp_path)
+    world.allow_cdn([(ROOT_URL, "t1")])  # a project with some inventory (a contradiction rule wants one)
     store = StateStore(world.state_url)
     store.claim(update_id="u-broken", project=PROJECT, area="cn", update_type="hot_client", version="1",
                 request='{"not": "an envelope"}')
@@ -144,7 +145,7 @@ async def test_client_type_changes_nothing_the_executor_does(tmp_path):
     for client_type in (0, 1):
         world = World(tmp_path / f"client_type_{client_type}")
         uid = str(uuid.uuid4())
-        env, event = hot_client_request(uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
+        env, event = hot_client_request(world, uid, world.push(uid, FILES), [(ROOT_URL, "t1")])
         event = event.model_copy(update={"client_type": client_type})
         emitter = RecordingEmitter(env)
         await executor_for(world).handle(env, event, emitter)

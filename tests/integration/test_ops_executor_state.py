@@ -9,7 +9,8 @@ import sqlalchemy as sa
 from alembic import command
 
 from bus.events import ServerResult
-from consumers.ops_executor.state import BatchRecord, ServerOutcome, StateStore
+from consumers.ops_executor.records import BatchRecord, ServerOutcome
+from consumers.ops_executor.state import StateStore
 from domain.db import alembic_config, make_engine
 
 OK = ServerResult(data="更新成功", status=True)
