@@ -33,7 +33,7 @@ async def answer_from_record(store: StateStore, ops_manager: str, record: Update
         targets = ServerTargets(store, record.update_id, event)
     else:
         targets = CdnTargets(store, record.update_id, event)
-    batches = await store.abatches(record.update_id)
+    batches = await store.batches(record.update_id)
     data: list[dict[str, Any]] = []
     for number in range(1, targets.batch_count() + 1):
         data += await targets.report_recorded(number, out)

@@ -129,10 +129,10 @@ class Executor:
 
     async def confirm(self, uid: str, batch: int, confirmed_by: str, emitter_for: EmitterFor) -> None:
         """An operator's go-ahead for ``batch``: recorded, and a waiting update carries on."""
-        if not await self._store.arecord_confirm(uid, batch, confirmed_by):
+        if not await self._store.record_confirm(uid, batch, confirmed_by):
             log.debug("update %s: go-ahead for an update this executor does not run; ignored", uid)
             return
-        record = await self._store.aget(uid)
+        record = await self._store.get(uid)
         if record is not None and record.status == "waiting" and record.waiting_batch == batch:
             log.info("update %s: go-ahead for batch %d by %s; carrying on", uid, batch, confirmed_by)
             await self.proceed(uid, emitter_for)
@@ -142,13 +142,13 @@ class Executor:
 
     async def abort(self, uid: str, requested_by: str, reason: str, emitter_for: EmitterFor) -> None:
         """Abort ``uid``: recorded first (it may not have started yet), then its run is told."""
-        await self._store.arecord_abort(uid, requested_by, reason)
+        await self._store.record_abort(uid, requested_by, reason)
         halt = self._halts.get(uid)
         if halt is not None:
             halt.set()
             log.info("update %s: abort requested by %s; what runs finishes, nothing new starts", uid, requested_by)
         # Read after telling the run: if it parked meanwhile, it is "waiting" by now (see _park).
-        record = await self._store.aget(uid)
+        record = await self._store.get(uid)
         if record is not None and record.status == "waiting":
             log.info("update %s: abort requested by %s while waiting for a go-ahead", uid, requested_by)
             await self.proceed(uid, emitter_for)
@@ -162,7 +162,7 @@ class Executor:
 
         async def work(halt: asyncio.Event) -> None:
             nonlocal carried
-            record = await self._store.areopen(uid)
+            record = await self._store.reopen(uid)
             if record is None:
                 return
             carried = True
@@ -181,7 +181,7 @@ class Executor:
     async def resume_unfinished(self, emitter_for: EmitterFor) -> list[asyncio.Task[None]]:
         """Resume, in the background, updates a previous process left running or interrupted."""
         tasks = []
-        for record in await self._store.aunfinished():
+        for record in await self._store.unfinished():
             if record.update_id in self._tasks:
                 continue
             try:
@@ -192,7 +192,7 @@ class Executor:
             except (ValueError, TypeError) as exc:
                 # Nothing to resume from: fail it explicitly rather than leave it "running".
                 log.error("update %s: recorded request unusable (%s); marked failed", record.update_id, exc)
-                await self._store.afinish(record.update_id, status="failed", final_result=False,
+                await self._store.finish(record.update_id, status="failed", final_result=False,
                                           final_data=f"无法恢复: {exc}", ok_count=0, failed_count=0)
                 continue
             log.info("update %s: resuming after a restart (status %s)", record.update_id, record.status)
@@ -248,7 +248,7 @@ class Executor:
         try:
             await work
         except asyncio.CancelledError:
-            await asyncio.shield(self._store.amark_interrupted(uid))
+            await asyncio.shield(self._store.mark_interrupted(uid))
             log.warning("update %s: interrupted; recorded as such", uid)
             raise
 
@@ -257,7 +257,7 @@ class Executor:
     async def _claim_and_run(self, envelope: Envelope, event: UpdateRequested, emit: Emitter,
                              halt: asyncio.Event) -> None:
         uid = envelope.updateid
-        record, created = await self._store.aclaim(
+        record, created = await self._store.claim(
             update_id=uid, project=envelope.project, area=envelope.area, update_type=event.update_type,
             version=event.version, request=envelope.model_dump_json(),
         )
@@ -270,7 +270,7 @@ class Executor:
             # Answered like a resume: the events so far again, then it waits again (or goes on if told meanwhile).
             log.info("update %s: requested again while waiting for a go-ahead for batch %s", uid,
                      record.waiting_batch)
-            await self._store.areopen(uid)
+            await self._store.reopen(uid)
         elif not created:
             log.info("update %s: taking over an unfinished run (attempt %d)", uid, record.attempts)
         blocked = None
@@ -292,12 +292,12 @@ class Executor:
             reason = f"projects.{envelope.project}.erlang_cookie_file is not set: Erlang commands cannot run"
         if reason is not None:
             log.warning("update %s: refused: %s", uid, reason)
-            record = await self._store.afinish(uid, status="failed", final_result=False,
+            record = await self._store.finish(uid, status="failed", final_result=False,
                                                final_data=f"拒绝执行: {reason}", ok_count=0, failed_count=0,
                                                refused=True)
             await out.emit(completed_event(record, event, []))
             return
-        if await self._store.aabort_of(uid) is not None:
+        if await self._store.abort_of(uid) is not None:
             halt.set()
         out.muted = quiet_before > 1
         await out.emit(started_event(event, self.ops_manager))

@@ -29,7 +29,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
                    halt: asyncio.Event, quiet_before: int) -> None:
     """Run the batches not yet recorded, report the recorded ones again (muted before ``quiet_before``), complete."""
     plan, total = event.rollout, targets.batch_count()
-    recorded = await store.abatches(uid)
+    recorded = await store.batches(uid)
     ran, not_run = Ran(), list[str]()
     stopped_after: int | None = None
     aborted = False
@@ -55,7 +55,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
         aborted = aborted or bool(result.not_started or result.aborted)
         if batch is None:
             decided = next_step(number, total, failed=bool(result.failed), halted=halt.is_set(), plan=plan)
-            batch = await store.arecord_batch(
+            batch = await store.record_batch(
                 uid, BatchRecord(number, result.total - len(result.failed), len(result.failed), decided,
                                  datetime.now(UTC)))
             recorded[number] = batch
@@ -65,8 +65,8 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
             await out.emit(targets.finished(batch), key=str(number))
     out.muted = False
     outcome = outcome_of(aborted=aborted, stopped=stopped_after is not None, failed=len(ran.failed))
-    abort = await store.aabort_of(uid) if outcome == "aborted" else None
-    record = await store.afinish(
+    abort = await store.abort_of(uid) if outcome == "aborted" else None
+    record = await store.finish(
         uid, status="finished", final_result=outcome == "succeeded",
         final_data=completion_text(outcome, failed=ran.failed, total=ran.total, not_run=not_run,
                                    stopped_after=stopped_after, abort=abort),
@@ -83,7 +83,7 @@ async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRe
         if previous.next == "stop":
             failed_stop = previous.failed_count > 0 and plan is not None and plan.on_failure == "stop"
             return "stopped" if failed_stop else "aborted"
-        if previous.next == "await_confirm" and not await store.aconfirmed(uid, number):
+        if previous.next == "await_confirm" and not await store.confirmed(uid, number):
             return "aborted" if halt.is_set() else "wait"
         if plan is not None and plan.pause_seconds and not halt.is_set():
             # From the previous batch's end: a restart or a late go-ahead does not pause again.
@@ -101,9 +101,9 @@ async def park(store: StateStore, uid: str, number: int, out: Serialized, halt: 
     Checked again after recording: a go-ahead recorded before this wait was, whose handler
     then found the update still running, would otherwise never be acted on.
     """
-    await store.amark_waiting(uid, batch=number, emitted=out.count)
-    if not halt.is_set() and not await store.aconfirmed(uid, number):
+    await store.mark_waiting(uid, batch=number, emitted=out.count)
+    if not halt.is_set() and not await store.confirmed(uid, number):
         log.info("update %s: waiting for a go-ahead (batch.confirmed) for batch %d", uid, number)
         return True
-    await store.areopen(uid)
+    await store.reopen(uid)
     return False

@@ -120,17 +120,17 @@ class ServerTargets:
         assert self._updater is not None and self._job is not None, "built to report recorded results only"
         updater, job = self._updater, self._job
         batch = self._batches[number - 1]
-        done = await self._store.aserver_results(self._uid)
-        started = await self._store.astarted_servers(self._uid) - done.keys()
+        done = await self._store.server_results(self._uid)
+        started = await self._store.started_servers(self._uid) - done.keys()
         stop = halt if may_start else halted()
         results: dict[ServerKey, ServerOutcome] = {}
         not_started: set[str] = set()
 
         async def record(key: ServerKey, outcome: ServerOutcome) -> None:
-            await self._store.arecord_server(self._uid, key, outcome)
+            await self._store.record_server(self._uid, key, outcome)
 
         async def mark_started(key: ServerKey) -> None:
-            await self._store.astart_server(self._uid, key)
+            await self._store.start_server(self._uid, key)
 
         async def one_ip(unit: IpUnit) -> None:
             by_server = await updater.run_ip(job, unit, done, record, stop, started=started,
@@ -150,7 +150,7 @@ class ServerTargets:
                     aborted=sum(was_aborted(o) for o in results.values()))
 
     async def report_recorded(self, number: int, out: Serialized) -> list[dict[str, Any]]:
-        results = await self._store.aserver_results(self._uid)
+        results = await self._store.server_results(self._uid)
         for unit in self._batches[number - 1]:
             if all((unit.group, unit.ip, s) in results for s in unit.servers):
                 by_server = {s: results[(unit.group, unit.ip, s)] for s in unit.servers}
@@ -182,7 +182,7 @@ class CdnTargets:
         assert self._updater is not None and self._job is not None, "built to report recorded results only"
         updater, job = self._updater, self._job
         batch = self._batches[number - 1]
-        done = await self._store.acdn_results(self._uid)
+        done = await self._store.cdn_results(self._uid)
         stop = halt if may_start else halted()
         results: dict[CdnKey, ServerResult] = {}
 
@@ -193,7 +193,7 @@ class CdnTargets:
                 result = await updater.run_dir(job, *key, halt=stop)
                 if result is None:
                     return
-                await self._store.arecord_cdn(self._uid, key, result)
+                await self._store.record_cdn(self._uid, key, result)
             results[key] = result
             await out.emit(cdn_dir_finished(self._version, target, result), key="/".join(key))
 
@@ -207,7 +207,7 @@ class CdnTargets:
                     data=cdn_data(ran, results))
 
     async def report_recorded(self, number: int, out: Serialized) -> list[dict[str, Any]]:
-        results = await self._store.acdn_results(self._uid)
+        results = await self._store.cdn_results(self._uid)
         ran = [t for t in self._batches[number - 1] if (t.cdn_root_url, t.cdn_dir) in results]
         for target in ran:
             key = (target.cdn_root_url, target.cdn_dir)

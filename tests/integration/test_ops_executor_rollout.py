@@ -77,7 +77,7 @@ def completed(events: list[Event]) -> UpdateCompleted:
 
 
 def status_of(store: StateStore, uid: str) -> str:
-    record = store.get(uid)
+    record = store.tables.get(uid)
     assert record is not None
     return record.status
 

@@ -65,7 +65,7 @@ def operator_event(event: Event, uid: str, sequence: int) -> Envelope:
 def status_of(fleet: Fleet, uid: str) -> str:
     store = StateStore(fleet.world.state_url)
     try:
-        record = store.get(uid)
+        record = store.tables.get(uid)
         assert record is not None
         return record.status
     finally:
