@@ -303,7 +303,7 @@ async def main(n_ips: int, n_servers: int, concurrency: int, rounds: int, sample
     host_seconds = best.seconds * concurrency / len(fleet.ips)  # one host's commands, in turn
     return Section(
         name="ssh",
-        title="7. hot_server update over SSH (one connection per game host)",
+        title="6. hot_server update over SSH (one connection per game host)",
         goal="the executor ≤ 1.5× the floor (asyncssh directly, one connection per host, same concurrency) "
              "in wall time; ≥ 10× the throughput of one `ssh` process per command; 1 login per host per update",
         table=[
