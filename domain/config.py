@@ -189,10 +189,20 @@ class RunnerConfig(_Model):
     ssh_port: int = Field(default=22, ge=1, le=65535)
     ssh_known_hosts: Path | None = Field(
         default=None,
-        description="a known_hosts file pinning the game hosts' keys: ssh then refuses any host whose key is "
-        "not in it (StrictHostKeyChecking=yes); without it, the ssh user's own known_hosts decides, and an "
-        "unknown host is refused all the same (BatchMode never asks)",
+        description="a known_hosts file pinning the game hosts' keys: any host whose key is not in it is refused; "
+        "without it, ~/.ssh/known_hosts of the user running the ops executor decides, and an unknown host is "
+        "refused all the same (never trust on first use)",
     )
+    # --- the ssh runner's connections (consumers/ops_executor/ssh_runner.py) ---
+    ssh_channels_per_host: int = Field(
+        default=4, ge=1, le=64,
+        description="commands (SSH channels) at once over one game host's connection; OpenSSH's sshd allows "
+        "MaxSessions (default 10) per connection",
+    )
+    ssh_connect_timeout_seconds: float = Field(
+        default=10, gt=0, description="a game host that has not completed the SSH login within this is unreachable"
+    )
+    # --- end of the block ---
     server_root: str = Field(
         default="/data/game/{ip}/{server}",
         description="a server's directory on its host; {ip} and {server} are filled in",

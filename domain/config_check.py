@@ -107,9 +107,10 @@ def _ssh_findings(where: str, manager: OpsManagerConfig) -> list[Finding]:
     if runner.ssh_key is not None:
         out.append(ssh_key_finding(f"{where}.runner.ssh_key", runner.ssh_key))
     if runner.ssh_known_hosts is None:
-        # BatchMode refuses an unknown host rather than asking, so a missing entry fails an IP, loudly.
+        # The ssh runner refuses an unknown host rather than trusting it, so a missing entry fails an IP, loudly.
         out.append(Finding("warning", f"{where}.runner.ssh_known_hosts",
-                           f"not set: the known_hosts of the ssh user ({runner.ssh_user}) must list every game host"))
+                           "not set: ~/.ssh/known_hosts of the user running the ops executor must list every "
+                           "game host"))
     elif not runner.ssh_known_hosts.is_file():
         out.append(Finding("error", f"{where}.runner.ssh_known_hosts", f"{runner.ssh_known_hosts} does not exist"))
     else:

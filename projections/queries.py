@@ -51,6 +51,9 @@ from projections.view import OPTIONAL_STAGES, STAGE_FIELDS
 
 _CHANGED_LIMIT = 200
 
+RUNNING_STATUSES = ("in_progress", "awaiting_confirm", "stalled")
+"""Statuses of an update that has not finished: the list shows these first."""
+
 Projects = Collection[str] | None
 """The projects a reader is granted: the queries below show nothing of any other (None: every project)."""
 
@@ -81,7 +84,7 @@ _SUMMARY_NAMES = (
     "servers_expected", "servers_ok", "servers_failed", "servers_pending", "servers_not_run",
     "ips_expected", "ips_ok", "ips_failed", "ips_pending", "ips_not_run",
     "cdn_dirs_expected", "cdn_dirs_ok", "cdn_dirs_failed", "cdn_dirs_pending", "cdn_dirs_not_run",
-    "targets_requested", "targets_ok", "targets_failed", "files_count",
+    "targets_requested", "targets_ok", "targets_failed", "files_count", "started_at",
 )
 _SUMMARY_COLUMNS = tuple(getattr(UpdateRow, name) for name in _SUMMARY_NAMES)
 """What :func:`_summary_fields` reads: a list selects only these (not the detail's JSON columns)."""
@@ -115,7 +118,32 @@ def _summary_fields(u: Mapping[str, Any]) -> dict[str, Any]:
                      "pending": u["cdn_dirs_pending"], "not_run": u["cdn_dirs_not_run"]},
         "rsync_targets": {"requested": u["targets_requested"], "ok": u["targets_ok"], "failed": u["targets_failed"]},
         "files_count": u["files_count"],
+        **_timing(u),
+        "progress": _progress(u),
     }
+
+
+def _timing(u: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the update still runs, and when it started and finished (a failed pull or push
+    finishes it at its last event: nothing follows)."""
+    running = u["status"] in RUNNING_STATUSES
+    started = _utc(u["started_at"])
+    finished = None if running else _utc(u["completed_at"]) or _must_utc(u["last_event_at"])
+    begun = started or _must_utc(u["first_event_at"])
+    duration = None if finished is None else max(0.0, (finished - begun).total_seconds())
+    return {"running": running, "started_at": started, "finished_at": finished, "duration_seconds": duration}
+
+
+def _progress(u: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Servers done of expected for a hot_server update, CDN dirs for a hot_client one (by what it
+    names when its type is not known yet); None while it expects none (before its request)."""
+    unit = {"hot_server": "servers", "hot_client": "cdn_dirs"}.get(u["update_type"] or "")
+    if unit is None:
+        unit = "cdn_dirs" if u["cdn_dirs_expected"] and not u["servers_expected"] else "servers"
+    ok, failed, expected = u[f"{unit}_ok"], u[f"{unit}_failed"], u[f"{unit}_expected"]
+    if not expected and not ok and not failed:
+        return None
+    return {"unit": unit, "done": ok + failed, "ok": ok, "failed": failed, "expected": max(expected, ok + failed)}
 
 
 def _summary_values(u: Any) -> dict[str, Any]:
@@ -126,8 +154,8 @@ def _summary_values(u: Any) -> dict[str, Any]:
     return dict(zip(_SUMMARY_NAMES, u, strict=True))
 
 
-def list_updates(session: Session, filters: UpdateFilters, projects: Projects = None) -> UpdatePage:
-    """Updates matching ``filters`` of ``projects``, most recently active first, one page of them."""
+def update_conditions(filters: UpdateFilters, projects: Projects = None) -> list[ColumnElement[bool]]:
+    """The conditions on :class:`UpdateRow` of ``filters`` (all but paging), within ``projects``."""
     conditions: list[ColumnElement[bool]] = [] if projects is None else [UpdateRow.project.in_(projects)]
     if filters.project:
         conditions.append(UpdateRow.project == filters.project)
@@ -142,15 +170,26 @@ def list_updates(session: Session, filters: UpdateFilters, projects: Projects = 
     if filters.date_to:
         day_after = filters.date_to + timedelta(days=1)
         conditions.append(UpdateRow.first_event_at < datetime.combine(day_after, time(0), UTC))
+    return conditions
+
+
+def list_updates(session: Session, filters: UpdateFilters, projects: Projects = None) -> UpdatePage:
+    """Updates matching ``filters`` of ``projects``, running ones first (:data:`RUNNING_STATUSES`), each
+    part most recently active first, one page of them."""
+    conditions = update_conditions(filters, projects)
     total = session.execute(select(func.count()).select_from(UpdateRow).where(*conditions)).scalar_one()
-    order = (UpdateRow.last_event_at.desc(), UpdateRow.updateid)
-    # The page's ids first, then their rows: the database sorts narrow (time, id) pairs instead of
-    # whole rows (a filter matching thousands of updates sorted them all, row by row).
-    page_ids = (
-        select(UpdateRow.updateid).where(*conditions).order_by(*order)
-        .offset((filters.page - 1) * filters.page_size).limit(filters.page_size)
-    ).scalar_subquery()
-    rows = session.execute(select(*_SUMMARY_COLUMNS).where(UpdateRow.updateid.in_(page_ids)).order_by(*order)).all()
+    offset, size = (filters.page - 1) * filters.page_size, filters.page_size
+    if filters.status is not None:  # one status: running or not, all of them
+        rows = _list_part(session, conditions, offset, size)
+    else:
+        # Two ordered ranges instead of one sort by "running first": each reads an index in order
+        # ((status, last_event_at) for the few running, last_event_at for the rest) and stops at the page.
+        running = UpdateRow.status.in_(RUNNING_STATUSES)
+        n_running = session.execute(
+            select(func.count()).select_from(UpdateRow).where(*conditions, running)).scalar_one()
+        rows = _list_part(session, [*conditions, running], offset, size) if offset < n_running else []
+        if len(rows) < size:
+            rows += _list_part(session, [*conditions, not_(running)], max(0, offset - n_running), size - len(rows))
     return UpdatePage.model_validate({
         "items": [_summary_fields(_summary_values(u)) for u in rows],
         "total": total,
@@ -159,6 +198,19 @@ def list_updates(session: Session, filters: UpdateFilters, projects: Projects = 
         "pages": max(1, math.ceil(total / filters.page_size)),
         "filters": filters,
     })
+
+
+def _list_part(session: Session, conditions: Sequence[ColumnElement[bool]], offset: int, limit: int) -> list[Any]:
+    """Summary rows ``offset`` to ``offset + limit`` of the updates meeting ``conditions``, most recently
+    active first."""
+    order = (UpdateRow.last_event_at.desc(), UpdateRow.updateid)
+    # The page's ids first, then their rows: the database sorts narrow (time, id) pairs instead of
+    # whole rows (a filter matching thousands of updates sorted them all, row by row).
+    page_ids = (
+        select(UpdateRow.updateid).where(*conditions).order_by(*order).offset(offset).limit(limit)
+    ).scalar_subquery()
+    return list(session.execute(select(*_SUMMARY_COLUMNS).where(UpdateRow.updateid.in_(page_ids))
+                                .order_by(*order)).all())
 
 
 def facets(session: Session, projects: Projects = None) -> dict[str, list[str]]:
@@ -464,7 +516,7 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
         ],
         events=[_logged_out(row, row.applied_id is not None) for row in logged],
         events_total=events_total,
-        rejected=_rejected_out(session, rejected),
+        rejected=_rejected_out(session, rejected, projects),
     )
 
 
@@ -513,12 +565,18 @@ def update_detail_json(session: Session, updateid: str, *, events_limit: int = 1
     return f'{{"events":[{",".join(events)}],{rest[1:]}'
 
 
-def _rejected_out(session: Session, rows: Sequence[Any]) -> list[RejectedOut]:
-    """``rows``: :class:`RejectedEvent` instances or rows of its columns."""
+def _rejected_out(session: Session, rows: Sequence[Any], projects: Projects = None) -> list[RejectedOut]:
+    """``rows``: :class:`RejectedEvent` instances or rows of its columns; an update they name is
+    ``update_known`` when it is in the view and of ``projects`` (a page the reader can open)."""
     ids = [r.event_id for r in rows if r.event_id]
     logged: set[str] = set()
     if ids:
         logged.update(session.scalars(select(LoggedEvent.event_id).where(LoggedEvent.event_id.in_(ids))).all())
+    named = {r.updateid for r in rows if r.updateid}
+    known: set[str] = set()
+    if named:
+        granted = [] if projects is None else [UpdateRow.project.in_(projects)]
+        known.update(session.scalars(select(UpdateRow.updateid).where(UpdateRow.updateid.in_(named), *granted)).all())
     return [
         RejectedOut(
             id=r.id, service=r.service, reason=r.reason, routing_key=r.routing_key, message_id=r.message_id,
@@ -526,6 +584,7 @@ def _rejected_out(session: Session, rows: Sequence[Any]) -> list[RejectedOut]:
             source=r.source, body=r.body, body_bytes=r.body_bytes, attempt=r.attempt,
             first_parked_at=_must_utc(r.first_parked_at), last_parked_at=_must_utc(r.last_parked_at),
             times=r.times, logged=r.event_id in logged, conflict=r.reason.startswith(CONFLICT_PREFIX),
+            update_known=r.updateid in known,
         )
         for r in rows
     ]
@@ -546,7 +605,7 @@ def list_rejected(session: Session, *, page: int = 1, page_size: int = 50, proje
         .offset((page - 1) * page_size).limit(page_size)
     ).all()
     return RejectedPage(
-        items=_rejected_out(session, rows), total=total, page=page, page_size=page_size,
+        items=_rejected_out(session, rows, projects), total=total, page=page, page_size=page_size,
         pages=max(1, math.ceil(total / page_size)),
     )
 

@@ -26,6 +26,16 @@ class Counts(_Out):
     not_run: int = 0
 
 
+class Progress(_Out):
+    """How far an update's targets got: its game servers (hot_server) or its CDN dirs (hot_client)."""
+
+    unit: Literal["servers", "cdn_dirs"]
+    done: int = Field(description="ok + failed")
+    ok: int
+    failed: int
+    expected: int
+
+
 class TargetCounts(_Out):
     requested: int
     ok: int
@@ -63,6 +73,14 @@ class UpdateSummary(_Out):
     cdn_dirs: Counts
     rsync_targets: TargetCounts
     files_count: int
+    running: bool = Field(False, description="not finished: in progress, awaiting an operator's go-ahead, or stalled")
+    started_at: datetime | None = Field(None, description="when the ops manager started the update")
+    finished_at: datetime | None = Field(None, description="completed, or the last event of an update that "
+                                                           "ended without completing (a failed pull or push)")
+    duration_seconds: float | None = Field(None, description="started (else first event) to finished; "
+                                                             "null while running")
+    progress: Progress | None = Field(None, description="servers (hot_server) or CDN dirs (hot_client) done "
+                                                        "of expected; null before any is expected")
 
 
 class UpdatePage(_Out):
@@ -194,6 +212,7 @@ class RejectedOut(_Out):
     logged: bool = Field(description="an event with this id is in the log (it was fixed and requeued, or resent)")
     conflict: bool = Field(default=False, description="parked as a conflict: another event with this id and "
                            "different content was handled (logged) first; an operator decides which is genuine")
+    update_known: bool = Field(False, description="the projection has the update it names (its page exists)")
 
 
 class RejectedPage(_Out):

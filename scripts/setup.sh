@@ -14,7 +14,8 @@ command -v rsync >/dev/null || need_pkgs+=(rsync)
 [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null || need_pkgs+=(openssh-server)
 command -v pg_ctlcluster >/dev/null || need_pkgs+=(postgresql)
 [ -x /usr/bin/chromium ] || need_pkgs+=(chromium)
-# The dashboard's sign-in tests run a real OpenID provider (tests/oidc_provider, npm ci on first use).
+# The dashboard's sign-in tests run a real OpenID provider (tests/oidc_provider), its browser tests
+# axe-core (tests/axe): npm ci on first use.
 command -v node >/dev/null && command -v npm >/dev/null || need_pkgs+=(nodejs npm)
 # The dashboard shows Chinese (the seed's area names, results); without a CJK font the
 # browser draws boxes in screenshots.

@@ -49,7 +49,7 @@ class Step:
 
 
 class Fleet:
-    """Hosts ``127.0.1.1`` … for one test, reached through the fake host script."""
+    """Hosts ``127.0.0.1`` … for one test, reached through the fake host script."""
 
     def __init__(self, world: World) -> None:
         self.world = world
@@ -58,7 +58,7 @@ class Fleet:
 
     @staticmethod
     def ip(i: int) -> str:
-        return f"127.0.1.{i}"
+        return f"127.0.0.{i}"
 
     @staticmethod
     def server(i: int, n: int = 1) -> str:
@@ -109,7 +109,7 @@ class Fleet:
     def request(self, ips: int, *, servers_per_ip: int = 1, commands: list[str] | None = None,
                 rollout: dict[str, Any] | None = None, update_id: str | None = None,
                 ) -> tuple[Envelope, UpdateRequested]:
-        """A hot_server update of ``ips`` IPs (``127.0.1.1`` …), its files pushed."""
+        """A hot_server update of ``ips`` IPs (``127.0.0.1`` …), its files pushed."""
         uid = update_id or str(uuid.uuid4())
         files = self.world.push(uid, {"m.beam": b"new code"})
         servers = {self.ip(i): [self.server(i, n) for n in range(1, servers_per_ip + 1)] for i in range(1, ips + 1)}

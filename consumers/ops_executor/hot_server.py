@@ -26,9 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus.events import IpFinished, RolloutPlan, ServerResult, UpdateServerList
+from consumers.ops_executor.records import ServerKey, ServerOutcome
 from consumers.ops_executor.rollout import plan_batches
-from consumers.ops_executor.runner import HostRunner, StagedFile, run_argv
-from consumers.ops_executor.state import ServerKey, ServerOutcome
+from consumers.ops_executor.runner import (
+    INTERRUPTED_UNKNOWN,
+    HostRunner,
+    HostSession,
+    StagedFile,
+    run_argv,
+)
 from consumers.ops_executor.templates import ServerTemplates, erl_output_failed, fill
 from domain.types import SERVER_GROUPS, ServerGroup
 
@@ -112,7 +118,6 @@ class ServerJob:
 
 Record = Callable[[ServerKey, ServerOutcome], Awaitable[None]]
 MarkStarted = Callable[[ServerKey], Awaitable[None]]
-INTERRUPTED_UNKNOWN = "执行中断, 结果未知, 未重新执行"  # cut off mid-way by a crash: never re-run by itself
 
 
 class ServerUpdater:
@@ -153,40 +158,47 @@ class ServerUpdater:
         async with self._semaphore:
             if _is_set(halt) and not results:  # aborted while this IP waited for its turn
                 return None
-            deadline = asyncio.get_running_loop().time() + self._ip_timeout
-            timeout = f"timeout after {self._ip_timeout:g}s (IP)"
-            applied: dict[str, ServerResult] = {}
-            for server in unit.servers:
-                if server in results:
-                    continue
-                if _is_set(halt):
-                    log.info("update %s: IP %s: abort requested; its later servers are not started",
-                             job.update_id, unit.ip)
-                    await self._fill(unit, results, ABORTED_NOT_STARTED, record, erl=ABORTED_SKIPPED_ERL)
-                    return results
-                key = (unit.group, unit.ip, server)
-                if key in started:
-                    unknown = ServerResult(data=INTERRUPTED_UNKNOWN, status=False)
-                    await record(key, ServerOutcome(unknown, unknown))
-                    results[server] = ServerOutcome(unknown, unknown)
-                    continue
-                if mark_started is not None:
-                    await mark_started(key)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        outcome = await self.run_server(job, unit.group, unit.ip, server, applied)
-                except TimeoutError:
-                    log.warning("update %s: IP %s timed out after %ss", job.update_id, unit.ip, self._ip_timeout)
-                    if server in applied:  # cut off in its Erlang commands: its files did land
-                        outcome = ServerOutcome(applied[server], ServerResult(data=timeout, status=False))
-                        await record((unit.group, unit.ip, server), outcome)
-                        results[server] = outcome
-                    break
-                # Recorded outside the deadline, so what is recorded is what gets reported.
-                await record((unit.group, unit.ip, server), outcome)
-                results[server] = outcome
-            await self._fill(unit, results, timeout, record)
+            async with self._runner.session(unit.ip, job.update_id) as host:
+                await self._run_servers(job, unit, host, results, record, halt, started, mark_started)
         return results
+
+    async def _run_servers(self, job: ServerJob, unit: IpUnit, host: HostSession, results: dict[str, ServerOutcome],
+                           record: Record, halt: asyncio.Event | None, started: AbstractSet[ServerKey],
+                           mark_started: MarkStarted | None) -> None:
+        """The servers of ``unit`` without a result, one after another, within the IP's deadline."""
+        deadline = asyncio.get_running_loop().time() + self._ip_timeout
+        timeout = f"timeout after {self._ip_timeout:g}s (IP)"
+        applied: dict[str, ServerResult] = {}
+        for server in unit.servers:
+            if server in results:
+                continue
+            if _is_set(halt):
+                log.info("update %s: IP %s: abort requested; its later servers are not started",
+                         job.update_id, unit.ip)
+                await self._fill(unit, results, ABORTED_NOT_STARTED, record, erl=ABORTED_SKIPPED_ERL)
+                return
+            key = (unit.group, unit.ip, server)
+            if key in started:
+                unknown = ServerResult(data=INTERRUPTED_UNKNOWN, status=False)
+                await record(key, ServerOutcome(unknown, unknown))
+                results[server] = ServerOutcome(unknown, unknown)
+                continue
+            if mark_started is not None:
+                await mark_started(key)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcome = await self.run_server(job, host, unit.group, unit.ip, server, applied)
+            except TimeoutError:
+                log.warning("update %s: IP %s timed out after %ss", job.update_id, unit.ip, self._ip_timeout)
+                if server in applied:  # cut off in its Erlang commands: its files did land
+                    outcome = ServerOutcome(applied[server], ServerResult(data=timeout, status=False))
+                    await record((unit.group, unit.ip, server), outcome)
+                    results[server] = outcome
+                break
+            # Recorded outside the deadline, so what is recorded is what gets reported.
+            await record((unit.group, unit.ip, server), outcome)
+            results[server] = outcome
+        await self._fill(unit, results, timeout, record)
 
     async def _fill(self, unit: IpUnit, results: dict[str, ServerOutcome], reason: str, record: Record,
                     *, erl: str = APPLY_SKIPPED_ERL) -> None:
@@ -198,7 +210,7 @@ class ServerUpdater:
                 await record((unit.group, unit.ip, server), outcome)
                 results[server] = outcome
 
-    async def run_server(self, job: ServerJob, group: str, ip: str, server: str,
+    async def run_server(self, job: ServerJob, host: HostSession, group: str, ip: str, server: str,
                          progress: dict[str, ServerResult] | None = None) -> ServerOutcome:
         """Apply the files to one server; if that worked, run its Erlang commands.
 
@@ -210,20 +222,20 @@ class ServerUpdater:
             "area": job.area, "version": job.version, "update_id": job.update_id,
             **self._ssh,
         }
-        applied = await self._apply(job, ip, values)
+        applied = await self._apply(job, host, values)
         if not applied.status:
             log.warning("update %s: %s/%s files not applied: %s", job.update_id, ip, server, applied.data)
             return ServerOutcome(applied, ServerResult(data=APPLY_SKIPPED_ERL, status=False))
         if progress is not None:
             progress[server] = applied
-        erl = await self._erl(job.commands, ip, values, job.erlang_home)
+        erl = await self._erl(job.commands, host, values, job.erlang_home)
         log.info("update %s: %s/%s applied, erl %s", job.update_id, ip, server, "ok" if erl.status else "failed")
         return ServerOutcome(applied, erl)
 
-    async def _apply(self, job: ServerJob, ip: str, values: Mapping[str, str]) -> ServerResult:
+    async def _apply(self, job: ServerJob, host: HostSession, values: Mapping[str, str]) -> ServerResult:
         dest_dir = f"{values['server_root']}/ebin"
         if self._templates.apply_cmd is None:
-            result = await self._runner.put_files(ip, job.files, dest_dir, timeout=self._command_timeout)
+            result = await host.put_files(job.files, dest_dir, timeout=self._command_timeout)
         else:
             # A configured apply command runs here, on the ops manager, where the verified files are.
             argv = fill(self._templates.apply_cmd, {**values, "staged_dir": str(job.staged_dir),
@@ -233,14 +245,14 @@ class ServerUpdater:
             return not_applied(result.describe())
         return ServerResult(data=APPLY_OK, status=True)
 
-    async def _erl(self, commands: Sequence[str], ip: str, values: Mapping[str, str],
+    async def _erl(self, commands: Sequence[str], host: HostSession, values: Mapping[str, str],
                    home: Path | None) -> ServerResult:
         if not commands:
             return ServerResult(data=NO_ERL_COMMANDS, status=True)
         outputs = []
         for command in commands:
             argv, stdin = self._templates.erl_argv(values, command)
-            result = await self._runner.run(ip, argv, stdin=stdin, timeout=self._command_timeout, home=home)
+            result = await host.run(argv, stdin=stdin, timeout=self._command_timeout, home=home)
             if not result.ok or erl_output_failed(result.stdout):
                 return ServerResult(data=f"{command}: {result.describe()}", status=False)
             outputs.append(f"{command}: {result.stdout.strip()}")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TypeVar
 
 from bus.events import Outcome, RolloutPlan
-from consumers.ops_executor.state import AbortRecord, BatchNext
+from consumers.ops_executor.records import AbortRecord, BatchNext
 
 T = TypeVar("T")
 

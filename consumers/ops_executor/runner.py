@@ -1,8 +1,11 @@
 """Reaching a game-server host: run an argument list there, or deliver files into a directory there.
 
 Two runners share one protocol: :class:`LocalRunner` (subprocesses on this machine, where an
-"IP" is only a placeholder in directory templates: the default, used by tests and the demo)
-and :class:`SshRunner` (the system ``ssh`` client in batch mode). Every command has a timeout;
+"IP" is only a placeholder in directory templates: the default, used by tests, the demo and
+single-host setups) and :class:`~consumers.ops_executor.ssh_runner.SshRunner` (one asyncssh
+connection per game host, shared by everything an update does there). An update acts on a host
+through a :class:`HostSession` (:meth:`HostRunner.session`), held while its servers there run,
+so a runner can keep a connection and a per-update staging directory for that long. Every command has a timeout;
 on timeout or cancellation the whole process group is killed, so no child outlives its step,
 and the local copy of files stops (between chunks) before the timeout is reported: what is
 reported as stopped has stopped.
@@ -16,23 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import os
-import shlex
 import signal
-import tarfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from domain.config import RunnerConfig
-
 log = logging.getLogger(__name__)
 
 OUTPUT_LIMIT = 4000  # characters of stdout/stderr kept per command: results travel in events
+# A command cut off mid-way (a crash, a dropped connection): it may have run, so it is never re-run by itself.
+INTERRUPTED_UNKNOWN = "执行中断, 结果未知, 未重新执行"
 
 
 @dataclass(frozen=True)
@@ -105,24 +106,29 @@ async def run_argv(argv: Sequence[str], *, stdin: bytes | None = None, timeout: 
     return CommandResult(ok=proc.returncode == 0, returncode=proc.returncode, stdout=_clip(out), stderr=_clip(err))
 
 
-class HostRunner(Protocol):
-    """How the ops manager acts on a game-server host."""
+class HostSession(Protocol):
+    """One update's hold on one host: commands and file deliveries there."""
 
-    kind: str
-
-    async def run(
-        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
-    ) -> CommandResult:
-        """Run ``argv`` on host ``ip`` (arguments stay separate: no shell splits or expands them).
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float,
+                  home: Path | None = None) -> CommandResult:
+        """Run ``argv`` on the host (arguments stay separate: no shell splits or expands them).
 
         ``home``: a directory holding ``.erlang.cookie``, the ``HOME`` of a local Erlang command.
         """
         ...
 
-    async def put_files(
-        self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
-    ) -> CommandResult:
-        """Deliver ``files`` below the existing directory ``dest_dir`` on host ``ip``."""
+    async def put_files(self, files: Sequence[StagedFile], dest_dir: str, *, timeout: float) -> CommandResult:
+        """Deliver ``files`` below the existing directory ``dest_dir``, each replaced atomically."""
+        ...
+
+
+class HostRunner(Protocol):
+    """How the ops manager acts on a game-server host."""
+
+    kind: str
+
+    def session(self, ip: str, update_id: str) -> contextlib.AbstractAsyncContextManager[HostSession]:
+        """Hold host ``ip`` for update ``update_id``; what it set up there is undone on leaving."""
         ...
 
 
@@ -131,14 +137,29 @@ class LocalRunner:
 
     kind = "local"
 
+    @asynccontextmanager
+    async def session(self, ip: str, update_id: str) -> AsyncIterator[HostSession]:
+        yield _LocalSession()
+
     async def run(
         self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
     ) -> CommandResult:
-        return await run_argv(argv, stdin=stdin, timeout=timeout, env={"HOME": str(home)} if home else None)
+        """Run ``argv`` here (``ip`` is not used)."""
+        return await _LocalSession().run(argv, stdin=stdin, timeout=timeout, home=home)
 
     async def put_files(
         self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
     ) -> CommandResult:
+        """Copy ``files`` into ``dest_dir`` here (``ip`` is not used)."""
+        return await _LocalSession().put_files(files, dest_dir, timeout=timeout)
+
+
+class _LocalSession:
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float,
+                  home: Path | None = None) -> CommandResult:
+        return await run_argv(argv, stdin=stdin, timeout=timeout, env={"HOME": str(home)} if home else None)
+
+    async def put_files(self, files: Sequence[StagedFile], dest_dir: str, *, timeout: float) -> CommandResult:
         stop = threading.Event()
         copy = asyncio.ensure_future(asyncio.to_thread(copy_into, files, Path(dest_dir), stop))
         try:
@@ -192,64 +213,3 @@ def copy_into(files: Sequence[StagedFile], dest_dir: Path, stop: threading.Event
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-
-
-class SshRunner:
-    """Runs through the system ``ssh`` client (BatchMode: never prompts) as the configured user."""
-
-    kind = "ssh"
-
-    def __init__(self, config: RunnerConfig, *, ssh_binary: str = "ssh") -> None:
-        self._config = config
-        self._ssh = ssh_binary
-
-    def ssh_argv(self, ip: str, argv: Sequence[str]) -> list[str]:
-        """The local ``ssh`` argument list running ``argv`` on ``ip``.
-
-        ssh joins its trailing arguments into one line for the remote shell, so the
-        command goes as a single ``shlex.join``-quoted word: the remote shell splits it
-        back into exactly ``argv``, whatever the pieces contain.
-        """
-        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(self._config.ssh_port)]
-        if self._config.ssh_key is not None:
-            opts += ["-i", str(self._config.ssh_key), "-o", "IdentitiesOnly=yes"]
-        if self._config.ssh_known_hosts is not None:
-            opts += ["-o", f"UserKnownHostsFile={self._config.ssh_known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        return [self._ssh, *opts, "-l", self._config.ssh_user, "--", ip, shlex.join(argv)]
-
-    async def run(
-        self, ip: str, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float, home: Path | None = None
-    ) -> CommandResult:
-        # ``home`` is this machine's: on the game host the ssh user's own ~/.erlang.cookie applies.
-        return await run_argv(self.ssh_argv(ip, argv), stdin=stdin, timeout=timeout)
-
-    async def put_files(
-        self, ip: str, files: Sequence[StagedFile], dest_dir: str, *, timeout: float
-    ) -> CommandResult:
-        # One tar stream over one connection; the remote tar needs dest_dir to exist already.
-        try:
-            archive = await asyncio.to_thread(tar_of, files)
-        except OSError as exc:
-            return CommandResult(ok=False, error=f"{exc.strerror or exc}: {exc.filename}")
-        return await self.run(ip, ["tar", "-x", "--no-same-owner", "-f", "-", "-C", dest_dir],
-                              stdin=archive, timeout=timeout)
-
-
-def tar_of(files: Sequence[StagedFile]) -> bytes:
-    """An uncompressed tar of ``files`` under their relative names (hot-update files are small)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for item in files:
-            info = tar.gettarinfo(str(item.source), arcname=item.name)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            with item.source.open("rb") as src:
-                tar.addfile(info, src)
-    return buffer.getvalue()
-
-
-def make_runner(config: RunnerConfig) -> HostRunner:
-    """The runner the configuration names."""
-    if config.kind == "ssh":
-        return SshRunner(config)
-    return LocalRunner()

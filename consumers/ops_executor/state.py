@@ -15,9 +15,7 @@ import asyncio
 import functools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
 
 from sqlalchemy import Boolean, DateTime, Executable, ForeignKey, Integer, String, Text, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -26,13 +24,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from bus.events import ServerResult
+from consumers.ops_executor.records import (
+    AbortRecord,
+    BatchNext,
+    BatchRecord,
+    CdnKey,
+    ServerKey,
+    ServerOutcome,
+    UpdateRecord,
+    UpdateStatus,
+)
 from domain.db import Base, make_engine, upgrade
 
-UpdateStatus = Literal["running", "waiting", "finished", "failed", "interrupted"]
 # An update still in one of these has no result yet: a restarted executor resumes it.
 # ("waiting" for an operator's go-ahead is unfinished too, but only a go-ahead or an abort resumes it.)
 UNFINISHED: tuple[UpdateStatus, ...] = ("running", "interrupted")
-BatchNext = Literal["continue", "stop", "await_confirm", "done"]
 
 
 class ExecutorUpdate(Base):
@@ -140,84 +146,34 @@ class ExecutorCdnResult(Base):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-@dataclass(frozen=True)
-class UpdateRecord:
+def _update_record(row: ExecutorUpdate) -> UpdateRecord:
     """A snapshot of one update's row."""
-
-    update_id: str
-    status: UpdateStatus
-    attempts: int
-    request: str
-    refused: bool
-    final_result: bool | None
-    final_data: str
-    ok_count: int
-    failed_count: int
-    outcome: str | None = None
-    not_run: tuple[str, ...] = ()
-    waiting_batch: int | None = None
-    emitted: int = 0
-
-    @classmethod
-    def of(cls, row: ExecutorUpdate) -> UpdateRecord:
-        status: UpdateStatus = row.status  # type: ignore[assignment]  # only written by this module
-        return cls(row.update_id, status, row.attempts, row.request, row.refused, row.final_result,
-                   row.final_data, row.ok_count, row.failed_count, row.outcome,
-                   tuple(json.loads(row.not_run or "[]")), row.waiting_batch, row.emitted or 0)
+    status: UpdateStatus = row.status  # type: ignore[assignment]  # only written by this module
+    return UpdateRecord(row.update_id, status, row.attempts, row.request, row.refused, row.final_result,
+                        row.final_data, row.ok_count, row.failed_count, row.outcome,
+                        tuple(json.loads(row.not_run or "[]")), row.waiting_batch, row.emitted or 0)
 
 
-@dataclass(frozen=True)
-class BatchRecord:
-    """A finished batch: its counts and what was decided after it."""
-
-    batch: int
-    ok_count: int
-    failed_count: int
-    next: BatchNext
-    finished_at: datetime
-
-    @classmethod
-    def of(cls, row: ExecutorBatch) -> BatchRecord:
-        nxt: BatchNext = row.next  # type: ignore[assignment]  # only written by this module
-        finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
-        return cls(row.batch, row.ok_count, row.failed_count, nxt, finished)
-
-
-@dataclass(frozen=True)
-class AbortRecord:
-    requested_by: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ServerOutcome:
-    """One game server's two results, as the seed reports them (``update_data`` and ``erl_data``)."""
-
-    update: ServerResult
-    erl: ServerResult
-
-    @property
-    def ok(self) -> bool:
-        return self.update.status and self.erl.status
-
-
-ServerKey = tuple[str, str, str]  # (group, ip, server)
-CdnKey = tuple[str, str]  # (cdn_root_url, cdn_dir)
+def _batch_record(row: ExecutorBatch) -> BatchRecord:
+    nxt: BatchNext = row.next  # type: ignore[assignment]  # only written by this module
+    finished = row.finished_at if row.finished_at.tzinfo else row.finished_at.replace(tzinfo=UTC)
+    return BatchRecord(row.batch, row.ok_count, row.failed_count, nxt, finished)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class StateStore:
-    """The executor's SQL state (SQLite file by default, PostgreSQL in production); sync and async calls."""
+class StateTables:
+    """The executor's SQL tables (SQLite file by default, PostgreSQL in production), called synchronously.
+
+    The executor reaches them through :class:`StateStore`; tests and tools may read them directly.
+    """
 
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         if migrate:
             upgrade(url, "ops_executor")
         self._engine = make_engine(url)
-        self._server_writer: _GroupCommit | None = None
-        self._start_writer: _GroupCommit | None = None
 
     def close(self) -> None:
         self._engine.dispose()
@@ -244,17 +200,17 @@ class StateStore:
                     session.rollback()
                     return self.claim(update_id=update_id, project=project, area=area,
                                       update_type=update_type, version=version, request=request)
-                return UpdateRecord.of(row), True
+                return _update_record(row), True
             if row.status in UNFINISHED:
                 row.status = "running"
                 row.attempts += 1
                 session.commit()
-            return UpdateRecord.of(row), False
+            return _update_record(row), False
 
     def get(self, update_id: str) -> UpdateRecord | None:
         with Session(self._engine) as session:
             row = session.get(ExecutorUpdate, update_id)
-            return UpdateRecord.of(row) if row is not None else None
+            return _update_record(row) if row is not None else None
 
     def finish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
                ok_count: int, failed_count: int, refused: bool = False, outcome: str | None = None,
@@ -270,7 +226,7 @@ class StateStore:
             row.waiting_batch = None
             row.finished_at = _now()
             session.commit()
-            return UpdateRecord.of(row)
+            return _update_record(row)
 
     def mark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
         """Record that the update waits for a go-ahead for ``batch``; it holds nothing until one comes."""
@@ -290,7 +246,7 @@ class StateStore:
             row = session.get(ExecutorUpdate, update_id)
             if row is None or row.status != "waiting":
                 return None
-            record = UpdateRecord.of(row)  # as it was: waiting_batch and emitted tell where to go on
+            record = _update_record(row)  # as it was: waiting_batch and emitted tell where to go on
             row.status = "running"
             session.commit()
             return record
@@ -309,7 +265,7 @@ class StateStore:
                 select(ExecutorUpdate).where(ExecutorUpdate.status.in_(UNFINISHED))
                 .order_by(ExecutorUpdate.started_at)
             ).all()
-            return [UpdateRecord.of(r) for r in rows]
+            return [_update_record(r) for r in rows]
 
     # --- batches, go-aheads, aborts ------------------------------------------------------
 
@@ -326,12 +282,12 @@ class StateStore:
                 session.rollback()
             row = session.get(ExecutorBatch, (update_id, batch.batch))
             assert row is not None
-            return BatchRecord.of(row)
+            return _batch_record(row)
 
     def batches(self, update_id: str) -> dict[int, BatchRecord]:
         with Session(self._engine) as session:
             rows = session.scalars(select(ExecutorBatch).where(ExecutorBatch.update_id == update_id)).all()
-            return {r.batch: BatchRecord.of(r) for r in rows}
+            return {r.batch: _batch_record(r) for r in rows}
 
     def record_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
         """Record a go-ahead for ``batch``; False if the update is unknown here (the first record wins)."""
@@ -439,49 +395,64 @@ class StateStore:
             ).all()
             return {(r.cdn_root_url, r.cdn_dir): ServerResult(data=r.data, status=r.status) for r in rows}
 
-    # --- async wrappers: the database is reached from a worker thread ------------------
 
-    async def aclaim(self, *, update_id: str, project: str, area: str, update_type: str, version: str,
+class StateStore:
+    """The executor's state for async code: one method per question or record, each awaited.
+
+    The tables (:class:`StateTables`) are reached from a worker thread; servers' results and
+    starts, which many IPs record at once, share transactions (:class:`_GroupCommit`).
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.tables = StateTables(url, migrate=migrate)
+        self._server_writer: _GroupCommit | None = None
+        self._start_writer: _GroupCommit | None = None
+
+    def close(self) -> None:
+        self.tables.close()
+
+
+    async def claim(self, *, update_id: str, project: str, area: str, update_type: str, version: str,
                      request: str) -> tuple[UpdateRecord, bool]:
         return await asyncio.to_thread(functools.partial(
-            self.claim, update_id=update_id, project=project, area=area, update_type=update_type,
+            self.tables.claim, update_id=update_id, project=project, area=area, update_type=update_type,
             version=version, request=request))
 
-    async def aget(self, update_id: str) -> UpdateRecord | None:
-        return await asyncio.to_thread(self.get, update_id)
+    async def get(self, update_id: str) -> UpdateRecord | None:
+        return await asyncio.to_thread(self.tables.get, update_id)
 
-    async def afinish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
+    async def finish(self, update_id: str, *, status: UpdateStatus, final_result: bool, final_data: str,
                       ok_count: int, failed_count: int, refused: bool = False, outcome: str | None = None,
                       not_run: tuple[str, ...] | list[str] = ()) -> UpdateRecord:
         return await asyncio.to_thread(functools.partial(
-            self.finish, update_id, status=status, final_result=final_result, final_data=final_data,
+            self.tables.finish, update_id, status=status, final_result=final_result, final_data=final_data,
             ok_count=ok_count, failed_count=failed_count, refused=refused, outcome=outcome, not_run=not_run))
 
-    async def amark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
-        await asyncio.to_thread(functools.partial(self.mark_waiting, update_id, batch=batch, emitted=emitted))
+    async def mark_waiting(self, update_id: str, *, batch: int, emitted: int) -> None:
+        await asyncio.to_thread(functools.partial(self.tables.mark_waiting, update_id, batch=batch, emitted=emitted))
 
-    async def areopen(self, update_id: str) -> UpdateRecord | None:
-        return await asyncio.to_thread(self.reopen, update_id)
+    async def reopen(self, update_id: str) -> UpdateRecord | None:
+        return await asyncio.to_thread(self.tables.reopen, update_id)
 
-    async def arecord_batch(self, update_id: str, batch: BatchRecord) -> BatchRecord:
-        return await asyncio.to_thread(self.record_batch, update_id, batch)
+    async def record_batch(self, update_id: str, batch: BatchRecord) -> BatchRecord:
+        return await asyncio.to_thread(self.tables.record_batch, update_id, batch)
 
-    async def abatches(self, update_id: str) -> dict[int, BatchRecord]:
-        return await asyncio.to_thread(self.batches, update_id)
+    async def batches(self, update_id: str) -> dict[int, BatchRecord]:
+        return await asyncio.to_thread(self.tables.batches, update_id)
 
-    async def arecord_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
-        return await asyncio.to_thread(self.record_confirm, update_id, batch, confirmed_by)
+    async def record_confirm(self, update_id: str, batch: int, confirmed_by: str) -> bool:
+        return await asyncio.to_thread(self.tables.record_confirm, update_id, batch, confirmed_by)
 
-    async def aconfirmed(self, update_id: str, batch: int) -> bool:
-        return await asyncio.to_thread(self.confirmed, update_id, batch)
+    async def confirmed(self, update_id: str, batch: int) -> bool:
+        return await asyncio.to_thread(self.tables.confirmed, update_id, batch)
 
-    async def arecord_abort(self, update_id: str, requested_by: str, reason: str) -> None:
-        await asyncio.to_thread(self.record_abort, update_id, requested_by, reason)
+    async def record_abort(self, update_id: str, requested_by: str, reason: str) -> None:
+        await asyncio.to_thread(self.tables.record_abort, update_id, requested_by, reason)
 
-    async def aabort_of(self, update_id: str) -> AbortRecord | None:
-        return await asyncio.to_thread(self.abort_of, update_id)
+    async def abort_of(self, update_id: str) -> AbortRecord | None:
+        return await asyncio.to_thread(self.tables.abort_of, update_id)
 
-    async def arecord_server(self, update_id: str, key: ServerKey, outcome: ServerOutcome) -> None:
+    async def record_server(self, update_id: str, key: ServerKey, outcome: ServerOutcome) -> None:
         """Record a server's result, returning once it is committed.
 
         Results arriving together (many IPs in parallel) share one transaction: a commit
@@ -489,7 +460,7 @@ class StateStore:
         """
         loop = asyncio.get_running_loop()
         if self._server_writer is None or self._server_writer.loop is not loop:
-            self._server_writer = _GroupCommit(loop, self.record_servers)
+            self._server_writer = _GroupCommit(loop, self.tables.record_servers)
         group, ip, server = key
         await self._server_writer.submit({
             "update_id": update_id, "group": group, "ip": ip, "server": server,
@@ -497,33 +468,33 @@ class StateStore:
             "erl_status": outcome.erl.status, "erl_data": outcome.erl.data, "recorded_at": _now(),
         })
 
-    async def astart_server(self, update_id: str, key: ServerKey) -> None:
+    async def start_server(self, update_id: str, key: ServerKey) -> None:
         """Record that ``key`` is starting, returning once committed (grouped like results)."""
         loop = asyncio.get_running_loop()
         if self._start_writer is None or self._start_writer.loop is not loop:
-            self._start_writer = _GroupCommit(loop, self.record_starts)
+            self._start_writer = _GroupCommit(loop, self.tables.record_starts)
         group, ip, server = key
         await self._start_writer.submit(
             {"update_id": update_id, "group": group, "ip": ip, "server": server, "started_at": _now()}
         )
 
-    async def astarted_servers(self, update_id: str) -> set[ServerKey]:
-        return await asyncio.to_thread(self.started_servers, update_id)
+    async def started_servers(self, update_id: str) -> set[ServerKey]:
+        return await asyncio.to_thread(self.tables.started_servers, update_id)
 
-    async def aserver_results(self, update_id: str) -> dict[ServerKey, ServerOutcome]:
-        return await asyncio.to_thread(self.server_results, update_id)
+    async def server_results(self, update_id: str) -> dict[ServerKey, ServerOutcome]:
+        return await asyncio.to_thread(self.tables.server_results, update_id)
 
-    async def arecord_cdn(self, update_id: str, key: CdnKey, result: ServerResult) -> None:
-        await asyncio.to_thread(self.record_cdn, update_id, key, result)
+    async def record_cdn(self, update_id: str, key: CdnKey, result: ServerResult) -> None:
+        await asyncio.to_thread(self.tables.record_cdn, update_id, key, result)
 
-    async def acdn_results(self, update_id: str) -> dict[CdnKey, ServerResult]:
-        return await asyncio.to_thread(self.cdn_results, update_id)
+    async def cdn_results(self, update_id: str) -> dict[CdnKey, ServerResult]:
+        return await asyncio.to_thread(self.tables.cdn_results, update_id)
 
-    async def amark_interrupted(self, update_id: str) -> None:
-        await asyncio.to_thread(self.mark_interrupted, update_id)
+    async def mark_interrupted(self, update_id: str) -> None:
+        await asyncio.to_thread(self.tables.mark_interrupted, update_id)
 
-    async def aunfinished(self) -> list[UpdateRecord]:
-        return await asyncio.to_thread(self.unfinished)
+    async def unfinished(self) -> list[UpdateRecord]:
+        return await asyncio.to_thread(self.tables.unfinished)
 
 
 class _GroupCommit:

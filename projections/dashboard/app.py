@@ -23,7 +23,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -44,9 +44,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.config import DashboardConfig
 from domain.db import make_engine
-from projections import queries
-from projections.dashboard import signin
+from projections import queries, trends
+from projections.dashboard import charts, signin
 from projections.dashboard.access import Viewer
+from projections.dashboard.lang import lang_attribute, mark_chinese
 from projections.dashboard.signin import Reader
 from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
 from projections.view import STATUSES
@@ -57,6 +58,8 @@ _HERE = Path(__file__).resolve().parent
 _STATIC = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
+    "favicon.ico": "image/x-icon",
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -156,6 +159,10 @@ def _templates() -> Jinja2Templates:
     env.filters["pretty_json"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
     env.filters["short"] = lambda value, n=8: value if len(value) <= n else value[:n] + "…"
     env.filters["bytes"] = _format_bytes
+    env.filters["zh"] = mark_chinese
+    env.filters["zh_lang"] = lang_attribute
+    env.filters["duration"] = charts.duration
+    env.filters["iso"] = lambda value: "" if value is None else value.isoformat()
     return Jinja2Templates(env=env)
 
 
@@ -250,6 +257,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
             count = unroutable()
             context.setdefault("unroutable_total", "?" if count is None else count)
         context.setdefault("updateid", "")
+        context.setdefault("now", datetime.now(UTC))
         context["viewer"] = viewer
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -266,7 +274,9 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
             error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             filters = UpdateFilters()
         result = queries.list_updates(db, filters, viewer.projects)
+        per_day = charts.updates_per_day(trends.updates_per_day(db, filters, viewer.projects))
         return page(request, "list.html", db, viewer, 400 if error else 200, view="list", live=live, result=result,
+                    per_day=per_day, outcomes=trends.OUTCOMES,
                     filters=filters, facets=queries.facets(db, viewer.projects), error=error, statuses=STATUSES,
                     query=lambda **changes: _query({**raw, **changes}))
 
@@ -282,7 +292,12 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         if detail is None:
             return page(request, "not_found.html", db, viewer, 404, view="update", live=live, updateid=updateid)
         raw = {k: v for k, v in request.query_params.items() if v.strip()}
+        unit = detail.progress.unit if detail.progress else "servers"
+        spread = trends.finish_bins(db, updateid, unit, detail.started_at)
+        what = "CDN dirs" if unit == "cdn_dirs" else "IPs"
         return page(request, "update.html", db, viewer, view="update", live=live, u=detail, updateid=updateid,
+                    finish_chart=charts.finish_times(spread, what), finish_what=what,
+                    slowest=spread.slowest if spread else [],
                     sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
@@ -368,6 +383,12 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
             await asyncio.sleep(poll_seconds)
 
     # --- static files (explicit GET routes: nothing else is served) ------------------------------
+
+    @app.get("/favicon.ico", include_in_schema=False, name="favicon")
+    def favicon() -> Response:
+        # browsers ask for it on every page, the sign-in page too: a 404 there is noise in every log
+        return Response(static["favicon.ico"], media_type=_STATIC["favicon.ico"],
+                        headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/static/{name}", include_in_schema=False, name="static")
     def static_file(name: str) -> Response:

@@ -14,7 +14,7 @@ from contextlib import closing
 
 import pytest
 
-from consumers.ops_executor.hot_server import INTERRUPTED_UNKNOWN
+from consumers.ops_executor.runner import INTERRUPTED_UNKNOWN
 from demo.world import SERVERS
 from tests.system import BUMP, FINAL, HOT_SERVER_EVENTS, System, erlang_commands, expected_runs, running_system
 

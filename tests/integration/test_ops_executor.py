@@ -73,7 +73,7 @@ def completed(emitter: RecordingEmitter) -> UpdateCompleted:
 
 
 def status_of(store: StateStore, uid: str) -> str:
-    record = store.get(uid)
+    record = store.tables.get(uid)
     assert record is not None
     return record.status
 
@@ -260,10 +260,10 @@ async def test_interrupted_update_is_finished_without_running_any_server_twice(w
     executor = executor_for(world, store=store)
     running = asyncio.create_task(executor.handle(env, event, RecordingEmitter(env)))
     for _ in range(200):
-        if store.server_results(uid):
+        if store.tables.server_results(uid):
             break
         await asyncio.sleep(0.1)
-    assert list(store.server_results(uid)) == [("game", IP_A, fast)]
+    assert list(store.tables.server_results(uid)) == [("game", IP_A, fast)]
 
     await executor.interrupt()  # what SIGTERM does
     with pytest.raises(UpdateInterrupted):
@@ -297,7 +297,7 @@ async def test_update_given_up_after_too_many_takeovers_fails_explicitly(world, 
                                     [f"{world.module}:bump()"])
     store = StateStore(world.state_url)
     for _ in range(3):  # three executors each died while running it
-        store.claim(update_id=uid, project=PROJECT, area="cn", update_type="hot_server", version=event.version,
+        store.tables.claim(update_id=uid, project=PROJECT, area="cn", update_type="hot_server", version=event.version,
                     request=env.model_dump_json())
     emitter = RecordingEmitter(env)
 

@@ -127,14 +127,15 @@ async def test_redelivered_hot_client_request_does_not_copy_again(tmp_path):
 
 async def test_unfinished_update_whose_request_cannot_be_read_is_failed_not_left_running(tmp_path):
     world = World(tmp_path)
+    world.allow_cdn([(ROOT_URL, "t1")])  # a project with some inventory (a contradiction rule wants one)
     store = StateStore(world.state_url)
-    store.claim(update_id="u-broken", project=PROJECT, area="cn", update_type="hot_client", version="1",
+    store.tables.claim(update_id="u-broken", project=PROJECT, area="cn", update_type="hot_client", version="1",
                 request='{"not": "an envelope"}')
 
     tasks = await executor_for(world).resume_unfinished(RecordingEmitter)
 
     assert tasks == []
-    record = store.get("u-broken")
+    record = store.tables.get("u-broken")
     assert record is not None and record.status == "failed" and record.final_data.startswith("无法恢复")
 
 

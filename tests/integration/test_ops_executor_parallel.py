@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from consumers.ops_executor.executor import Executor
-from consumers.ops_executor.runner import CommandResult, StagedFile
+from consumers.ops_executor.runner import CommandResult, HostSession, StagedFile
 from consumers.ops_executor.state import StateStore
 from tests.ops_world import OPS, World, hot_server_request
 from tests.recording import RecordingEmitter
@@ -40,11 +41,27 @@ class GaugeRunner:
                         timeout: float) -> CommandResult:
         return await self._step(ip, "apply")
 
+    @asynccontextmanager
+    async def session(self, ip: str, update_id: str) -> AsyncIterator[HostSession]:
+        yield _Bound(self, ip)
+
+
+class _Bound:
+    def __init__(self, runner: GaugeRunner, ip: str) -> None:
+        self._runner, self._ip = runner, ip
+
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout: float,
+                  home: Path | None = None) -> CommandResult:
+        return await self._runner.run(self._ip, argv, stdin=stdin, timeout=timeout, home=home)
+
+    async def put_files(self, files: Sequence[StagedFile], dest_dir: str, *, timeout: float) -> CommandResult:
+        return await self._runner.put_files(self._ip, files, dest_dir, timeout=timeout)
+
 
 async def test_ips_run_in_parallel_up_to_the_concurrency_limit(tmp_path):
     world = World(tmp_path)
     uid = str(uuid.uuid4())
-    ips = {f"127.0.1.{i}": [f"qq_{i}"] for i in range(1, 7)}
+    ips = {f"127.0.0.{i}": [f"qq_{i}"] for i in range(1, 7)}
     env, event = hot_server_request(world, uid, world.push(uid, {"m.beam": b"x"}), {"game": ips}, ["c:l(m)"])
     config = world.config(concurrency=2)
     runner = GaugeRunner()

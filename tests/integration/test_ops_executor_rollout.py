@@ -77,13 +77,13 @@ def completed(events: list[Event]) -> UpdateCompleted:
 
 
 def status_of(store: StateStore, uid: str) -> str:
-    record = store.get(uid)
+    record = store.tables.get(uid)
     assert record is not None
     return record.status
 
 
 def fail_in_second_batch(fleet: Fleet) -> None:
-    fleet.fail(IPS[4], Fleet.server(5))  # 127.0.1.5: batch 2 of [1-3] [4-6] [7-9] [10]
+    fleet.fail(IPS[4], Fleet.server(5))  # 127.0.0.5: batch 2 of [1-3] [4-6] [7-9] [10]
 
 
 async def test_failed_batch_with_stop_never_touches_the_later_batches(fleet):
@@ -101,7 +101,7 @@ async def test_failed_batch_with_stop_never_touches_the_later_batches(fleet):
     done = completed(emitter.events)
     assert (done.outcome, done.final_result, done.not_run) == ("stopped", False, IPS[6:])
     assert (done.ok_count, done.failed_count) == (5, 1)
-    assert "第2批失败, 已停止, 4个未执行" in done.final_data and "127.0.1.5/qq_5_1(erl失败)" in done.final_data
+    assert "第2批失败, 已停止, 4个未执行" in done.final_data and "127.0.0.5/qq_5_1(erl失败)" in done.final_data
     # Each batch's BatchFinished comes after its IPs' results and before the next batch's.
     kinds = [type(e).__name__ for e in emitter.events]
     assert kinds[0] == "UpdateStarted" and kinds[4] == "BatchFinished" and kinds[8] == "BatchFinished"
@@ -217,7 +217,7 @@ async def test_abort_lets_started_servers_finish_and_starts_nothing_more(fleet):
     done = completed(emitter.events)
     assert (done.outcome, done.final_result, done.not_run, done.ok_count, done.failed_count) == (
         "aborted", False, IPS[2:4], 2, 2)
-    assert "已中止(alice: bad build), 2个未执行: 127.0.1.3, 127.0.1.4" in done.final_data
+    assert "已中止(alice: bad build), 2个未执行: 127.0.0.3, 127.0.0.4" in done.final_data
 
 
 async def test_abort_between_batches_ends_the_pause_and_runs_no_later_batch(fleet, world):

@@ -65,7 +65,7 @@ def operator_event(event: Event, uid: str, sequence: int) -> Envelope:
 def status_of(fleet: Fleet, uid: str) -> str:
     store = StateStore(fleet.world.state_url)
     try:
-        record = store.get(uid)
+        record = store.tables.get(uid)
         assert record is not None
         return record.status
     finally:
@@ -104,7 +104,7 @@ async def test_failed_second_batch_on_the_bus(fleet, amqp_url, rollout, runs, no
 async def test_confirm_on_the_bus_holds_no_consumer_and_survives_a_restart(fleet, amqp_url):
     fleet.fail(IPS[4], Fleet.server(5))
     env, _ = fleet.request(10, rollout={"batch_size": 3, "on_failure": "confirm"})
-    other, _ = fleet.request(2)  # another update, 127.0.1.1-2 again, for the same executor
+    other, _ = fleet.request(2)  # another update, 127.0.0.1-2 again, for the same executor
     uid = env.updateid
     async with Probe(amqp_url) as results, AsyncPublisher(amqp_url) as pub:
         await results.bind(*RESULTS)

@@ -36,7 +36,7 @@ def server(world: World, nodes: ErlangNodes, ip: str, base: str) -> str:
 
 
 def status_of(store: StateStore, uid: str) -> str:
-    record = store.get(uid)
+    record = store.tables.get(uid)
     assert record is not None
     return record.status
 
@@ -115,7 +115,7 @@ async def test_stopping_mid_update_interrupts_it_and_the_next_process_finishes_i
         await pub.publish(env)
         store = StateStore(world.state_url)
         for _ in range(300):
-            if store.server_results(uid):
+            if store.tables.server_results(uid):
                 break
             await asyncio.sleep(0.1)
         await first.stop()  # what the CLI does on SIGTERM
@@ -145,7 +145,7 @@ async def test_service_resumes_an_update_left_running_without_waiting_for_a_deli
     uid = str(uuid.uuid4())
     env, event = hot_client_request(world, uid, world.push(uid, {"a.txt": b"v2"}), [("res.x.com", "t1")])
     store = StateStore(world.state_url)
-    store.claim(update_id=uid, project=PROJECT, area="cn", update_type="hot_client", version=event.version,
+    store.tables.claim(update_id=uid, project=PROJECT, area="cn", update_type="hot_client", version=event.version,
                 request=env.model_dump_json())  # a process claimed it, then crashed; its message is gone
     async with Probe(amqp_url) as results:
         await results.bind(*RESULTS)

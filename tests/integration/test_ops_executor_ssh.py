@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bus.events import IpFinished
-from consumers.ops_executor.runner import SshRunner
+from consumers.ops_executor.ssh_runner import SshRunner
 from domain.config import HotupdateConfig, RunnerConfig
 from tests import sshd
 from tests.integration.test_ops_executor import (
@@ -124,7 +124,8 @@ async def test_runner_quotes_hostile_arguments_so_the_far_shell_gets_them_back_e
     runner = SshRunner(RunnerConfig(kind="ssh", ssh_user=server_ssh.user, ssh_port=server_ssh.port,
                                     ssh_key=server_ssh.client_key, ssh_known_hosts=server_ssh.known_hosts))
     pieces = ["a b", "it's", '"q"', f"$(touch {tmp_path}/pwned)", "`id`", ";", "&&", "*", ""]
-    result = await runner.run(IP_B, ["printf", "%s\\n", *pieces], timeout=20)
+    async with runner.session(IP_B, "quoting") as host:
+        result = await host.run(["printf", "%s\\n", *pieces], timeout=20)
     assert result.ok, result.describe()
     assert result.stdout.split("\n")[:-1] == pieces
     assert not (tmp_path / "pwned").exists()

@@ -9,21 +9,22 @@ import sqlalchemy as sa
 from alembic import command
 
 from bus.events import ServerResult
-from consumers.ops_executor.state import BatchRecord, ServerOutcome, StateStore
+from consumers.ops_executor.records import BatchRecord, ServerOutcome
+from consumers.ops_executor.state import StateTables
 from domain.db import alembic_config, make_engine
 
 OK = ServerResult(data="更新成功", status=True)
 FAILED = ServerResult(data="timeout after 5s", status=False)
 
 
-def _claim(store: StateStore, uid: str = "u-1"):
+def _claim(store: StateTables, uid: str = "u-1"):
     return store.claim(update_id=uid, project="ssss", area="cn", update_type="hot_server", version="1",
                        request="{}")
 
 
 def _exercise(url: str) -> None:
-    store = StateStore(url)
-    StateStore(url).close()  # migrating twice is harmless
+    store = StateTables(url)
+    StateTables(url).close()  # migrating twice is harmless
     try:
         record, created = _claim(store)
         assert created and record.status == "running" and record.attempts == 1
@@ -51,7 +52,7 @@ def _exercise(url: str) -> None:
 
 def _rollout(url: str) -> None:
     """Batches, go-aheads, aborts and the wait for a go-ahead, as the 0002 revision stores them."""
-    store = StateStore(url)
+    store = StateTables(url)
     try:
         _claim(store, "u-2")
         first = BatchRecord(1, 3, 1, "await_confirm", datetime(2026, 11, 25, 8, 0, tzinfo=UTC))
@@ -106,7 +107,7 @@ def test_updates_recorded_before_the_rollout_revision_keep_their_result(database
             ":now)"), {"now": datetime.now(UTC)})
     engine.dispose()
 
-    store = StateStore(url)  # migrates to the head
+    store = StateTables(url)  # migrates to the head
     try:
         old = store.get("u-old")
         assert old is not None

@@ -87,7 +87,7 @@ def test_ssh_without_pinned_host_keys_warns_and_a_missing_known_hosts_file_is_an
     unpinned = check_config(_ssh_config(tmp_path, {"ssh_user": "deploy"}), ops_manager="ops1")
     assert [(f.level, f.where) for f in unpinned if f.level != "ok" and ".runner." in f.where] == [
         ("warning", "ops_managers.ops1.runner.ssh_known_hosts")]
-    assert "deploy" in next(f.message for f in unpinned if f.level == "warning")
+    assert "user running the ops executor" in next(f.message for f in unpinned if f.level == "warning")
     missing = check_config(_ssh_config(tmp_path, {"ssh_known_hosts": "nope"}), ops_manager="ops1")
     assert [str(f) for f in missing if f.level == "error"] == [
         f"ERROR   ops_managers.ops1.runner.ssh_known_hosts: {tmp_path}/nope does not exist"]

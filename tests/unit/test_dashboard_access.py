@@ -23,7 +23,7 @@ SSSS_ID = "350cf0ef-c12e-4bcc-d0df-369a09a4a357"
 SNQXZ_IDS = [f"other-{n}" for n in range(3)]
 ANA, AUDITOR = "ana-token-granted-ssss-only", "auditor-token-granted-everything"
 SECRET = b"k" * 32
-PUBLIC = {"/static/{name}", "/login", "/auth/callback", "/logout"}  # sign-in itself, and the page's script
+PUBLIC = {"/static/{name}", "/favicon.ico", "/login", "/auth/callback", "/logout"}  # sign-in, the script, the icon
 
 
 def _access(oidc: bool = False) -> DashboardConfig:

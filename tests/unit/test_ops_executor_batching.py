@@ -6,8 +6,8 @@ import pytest
 
 from bus.events import RolloutPlan
 from consumers.ops_executor.hot_server import ip_units, unit_batches
+from consumers.ops_executor.records import AbortRecord
 from consumers.ops_executor.rollout import completion_text, next_step, outcome_of, plan_batches
-from consumers.ops_executor.state import AbortRecord
 
 IPS = [f"10.0.0.{i}" for i in range(1, 11)]
 

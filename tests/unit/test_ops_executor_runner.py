@@ -1,19 +1,20 @@
-"""Host runners: process-group kill on timeout, local copy, ssh quoting (through a real POSIX shell)."""
+"""Host runners: process-group kill on timeout, local copy; the ssh runner's quoting and remote scripts
+(through a real POSIX shell)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from consumers.ops_executor.runner import LocalRunner, SshRunner, StagedFile, run_argv, tar_of
+from consumers.ops_executor.runner import LocalRunner, StagedFile, run_argv
+from consumers.ops_executor.ssh_runner import INSTALL_SCRIPT, STAGE_SCRIPT, STAGING_ROOT, _dir_name, tar_of
 from demo.erlang import process_alive
-from domain.config import RunnerConfig
 
 
 async def test_timeout_kills_the_whole_process_group_and_says_so(tmp_path):
@@ -62,41 +63,49 @@ async def test_local_copy_puts_each_file_at_its_relative_path_and_needs_the_dire
     assert sorted(p.name for p in dest.rglob("*")) == ["a.beam", "b.beam", "sub"]
 
 
-def test_ssh_argv_is_batch_mode_with_configured_user_key_and_port():
-    runner = SshRunner(RunnerConfig(kind="ssh", ssh_user="deploy", ssh_key=Path("/etc/hu/key"), ssh_port=2222))
-    argv = runner.ssh_argv("10.1.1.1", ["erl_call", "-sname", "qq_1", "-e"])
-    assert argv[:1] == ["ssh"] and "BatchMode=yes" in argv
-    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == "/etc/hu/key"
-    assert argv[argv.index("-l") + 1] == "deploy"
-    assert argv[-3:] == ["--", "10.1.1.1", "erl_call -sname qq_1 -e"]
-
-
-def test_ssh_remote_line_gives_the_remote_shell_back_exactly_the_arguments(tmp_path):
-    # ssh hands its last argument to the remote user's shell; sh -c here is that shell.
+def test_remote_line_gives_the_remote_shell_back_exactly_the_arguments(tmp_path):
+    # sshd hands the command line to the user's shell; sh -c here is that shell.
     pieces = ["printf", "%s\\n", "a b", "it's", '"q"', "$(touch pwned)", "`id`", ";", "&&", "*", "\\n", ""]
-    line = SshRunner(RunnerConfig(kind="ssh")).ssh_argv("10.1.1.1", pieces)[-1]
+    line = shlex.join(pieces)  # what the ssh runner sends
     out = subprocess.run(["sh", "-c", line], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[:-1] == pieces[2:]
     assert not (tmp_path / "pwned").exists()
 
 
-async def test_ssh_put_files_streams_a_tar_that_remote_tar_unpacks(tmp_path):
-    # A stand-in for the ssh client: runs the remote line with sh here, as sshd hands it to the user's shell.
-    fake_ssh = tmp_path / "ssh"
-    fake_ssh.write_text(f'#!{sys.executable}\nimport subprocess, sys\n'
-                        'sys.exit(subprocess.run(["sh", "-c", sys.argv[-1]]).returncode)\n')
-    fake_ssh.chmod(0o755)
+def _remote(script: str, *args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run one of the ssh runner's scripts as the game host's shell would (sh -c, arguments apart)."""
+    return subprocess.run(["sh", "-c", shlex.join(["sh", "-c", script, "sh", *args])], input=stdin, cwd="/",
+                          env={**os.environ, "HOME": str(cwd)},
+                          capture_output=True)
+
+
+def test_staged_files_are_installed_beside_then_renamed_and_need_the_directory(tmp_path):
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
     (src / "d" / "x.beam").write_bytes(b"X" * 1000)
+    (src / "a b.beam").write_bytes(b"A")
+    files = [StagedFile(src / "d" / "x.beam", "d/x.beam"), StagedFile(src / "a b.beam", "a b.beam")]
+    home = tmp_path / "home"
+    home.mkdir()
+    staging = f"{STAGING_ROOT}/u1"
+    assert _remote(STAGE_SCRIPT, staging, stdin=tar_of(files), cwd=home).returncode == 0
+    assert oct((home / staging).stat().st_mode & 0o777) == "0o700"
     dest = tmp_path / "dest dir"
+
+    missing = _remote(INSTALL_SCRIPT, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
+    assert missing.returncode != 0 and b"not a directory" in missing.stderr and not dest.exists()
     dest.mkdir()
-    runner = SshRunner(RunnerConfig(kind="ssh"), ssh_binary=str(fake_ssh))
-    result = await runner.put_files("10.1.1.1", [StagedFile(src / "d" / "x.beam", "d/x.beam")], str(dest),
-                                    timeout=10)
-    assert result.ok, result.describe()
-    assert (dest / "d" / "x.beam").read_bytes() == b"X" * 1000
-    assert os.stat(dest / "d" / "x.beam").st_uid == 0
+    done = _remote(INSTALL_SCRIPT, staging, str(dest), "d/x.beam", "a b.beam", cwd=home)
+
+    assert done.returncode == 0, done.stderr
+    assert (dest / "d" / "x.beam").read_bytes() == b"X" * 1000 and (dest / "a b.beam").read_bytes() == b"A"
+    assert sorted(p.name for p in dest.rglob("*")) == ["a b.beam", "d", "x.beam"]  # no temporary left
+    assert os.stat(dest / "d" / "x.beam").st_uid == os.getuid()
+
+
+def test_a_staging_directory_is_named_by_a_harmless_update_id_or_its_digest():
+    assert _dir_name("0b6f3c1e-1c0a-4f7e-9d55-2d1f1c1e0a11") == "0b6f3c1e-1c0a-4f7e-9d55-2d1f1c1e0a11"
+    assert "/" not in _dir_name("../../etc") and len(_dir_name("../../etc")) == 32
 
 
 def test_tar_of_names_members_by_their_relative_names(tmp_path):

@@ -86,7 +86,29 @@
     });
   }
 
+  // "running for 3 min 10 s" counts on between refreshes (the server rendered it at page time;
+  // the same wording as projections.dashboard.charts.duration).
+  function duration(seconds) {
+    var s = Math.max(0, Math.round(seconds));
+    if (s < 60) { return s + " s"; }
+    var m = Math.floor(s / 60); s = s % 60;
+    if (m < 60) { return s ? m + " min " + s + " s" : m + " min"; }
+    var h = Math.floor(m / 60); m = m % 60;
+    if (h < 24) { return m ? h + " h " + m + " min" : h + " h"; }
+    var d = Math.floor(h / 24); h = h % 24;
+    return h ? d + " d " + h + " h" : d + " d";
+  }
+
+  function tick() {
+    var clocks = document.querySelectorAll("time.running-for[data-since]");
+    for (var i = 0; i < clocks.length; i++) {
+      var since = Date.parse(clocks[i].dataset.since);
+      if (!isNaN(since)) { clocks[i].textContent = duration((Date.now() - since) / 1000); }
+    }
+  }
+
   if (window.EventSource && window.fetch && window.DOMParser) {
     connect();
   }
+  window.setInterval(tick, 1000);
 }());
