@@ -8,14 +8,12 @@ and only the messages asked for. Both act only after the broker confirmed the co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pika
 
-from bus.connection import connect_blocking
+from bus.connection import confirmed_channel
 from bus.publisher import broker_login
 from bus.topology import Topology
 
@@ -53,19 +51,9 @@ class ParkingQueues:
         self._url = url
         self._topology = topology or Topology()
 
-    @contextmanager
-    def _channel(self) -> Iterator[Any]:
-        connection = connect_blocking(self._url)
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            yield channel
-        finally:
-            if connection.is_open:
-                connection.close()  # unacked messages go back to their queue, in order
 
     def count(self, service: str) -> int:
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             ok = ch.queue_declare(self._topology.parking_queue(service), passive=True)
             return int(ok.method.message_count)
 
@@ -95,7 +83,7 @@ class ParkingQueues:
         return out
 
     def peek(self, service: str, limit: int = 1000) -> list[ParkedMessage]:
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             return [m for _, m in self._fetch(ch, service, limit)]
 
     def requeue(self, service: str, message_ids: set[str] | None, limit: int = 100_000) -> list[ParkedMessage]:
@@ -107,7 +95,7 @@ class ParkingQueues:
         """
         login = broker_login(self._url)
         done: list[ParkedMessage] = []
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             for tag, msg in self._fetch(ch, service, limit):
                 if message_ids is not None and msg.message_id not in message_ids:
                     continue
@@ -130,7 +118,7 @@ class ParkingQueues:
     def purge(self, service: str, message_ids: set[str] | None, limit: int = 100_000) -> list[ParkedMessage]:
         """Delete the chosen (or, with None, all) parked messages: the only way anything is deleted."""
         done: list[ParkedMessage] = []
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             for tag, msg in self._fetch(ch, service, limit):
                 if message_ids is None or msg.message_id in message_ids:
                     ch.basic_ack(tag)

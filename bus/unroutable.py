@@ -17,8 +17,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +24,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
-from bus.connection import connect_blocking
+from bus.connection import confirmed_channel
 from bus.publisher import broker_login
 from bus.topology import Topology
 
@@ -91,19 +89,9 @@ class UnroutableQueue:
         self._url = url
         self._topology = topology or Topology()
 
-    @contextmanager
-    def _channel(self) -> Iterator[Any]:
-        connection = connect_blocking(self._url)
-        try:
-            channel = connection.channel()
-            channel.confirm_delivery()
-            yield channel
-        finally:
-            if connection.is_open:
-                connection.close()  # unacked messages go back to the queue, in order
 
     def count(self) -> int:
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             ok = ch.queue_declare(self._topology.unroutable_queue, passive=True)
             return int(ok.method.message_count)
 
@@ -123,7 +111,7 @@ class UnroutableQueue:
         return out
 
     def peek(self, limit: int = 1000) -> list[UnroutableMessage]:
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             return [m for _, m in self._fetch(ch, limit)]
 
     def requeue(self, message_ids: set[str] | None, limit: int = 100_000) -> RequeueResult:
@@ -133,7 +121,7 @@ class UnroutableQueue:
         login = broker_login(self._url)
         routed: list[UnroutableMessage] = []
         sent: dict[str, UnroutableMessage] = {}
-        with self._channel() as ch:
+        with confirmed_channel(self._url) as ch:
             probe = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
             ch.queue_bind(probe, self._topology.unroutable_exchange)
             for tag, msg in self._fetch(ch, limit):
