@@ -580,6 +580,44 @@ class UpdateStalled(Event):
     stalled_after_seconds: float = Field(gt=0)
 
 
+# --- outside tools: what other teams' tools publish (producer "team": only the teams granted it) ---
+
+
+TEAM_PRODUCER = "team"
+"""The producer of events other teams' tools publish; ``broker.teams`` says which team may (bus/identity.py)."""
+
+
+class ReleaseFile(BaseModel):
+    """One file of an announced release, as the build pipeline made it."""
+
+    model_config = CONTRACT
+    file_name: RelativeFileName
+    file_md5: Md5Hex
+
+
+class ReleaseAnnounced(Event):
+    """A build or release pipeline says a version is ready for a project and area (the envelope's).
+
+    The CMDB records it as a pending release once per (project, area, ``update_type``, ``version``):
+    announcing it again does nothing. Where the project's ``auto_pull_on_release`` is set it starts
+    the pull at once, else an operator does (``POST /api/releases/{id}/pull``). The update it starts
+    takes the envelope's ``updateid`` (choose a fresh UUID per announcement, ``sequence`` 0), so the
+    release and its update are one chain on the dashboard.
+    """
+
+    event_name = "release.announced"
+    event_version = 1
+    producer = TEAM_PRODUCER
+    consumers = ("cmdb", "projection")
+
+    update_type: UpdateType
+    version: Version
+    files: list[ReleaseFile] = Field(min_length=1, description="what the pipeline built, with md5")
+    client_type: ClientType | None = Field(default=None, description=_CLIENT_TYPE)
+    announced_by: Operator = Field(description="the pipeline's name, shown to operators")
+    link: str = Field(default="", max_length=2000, description="the build's page, for humans")
+
+
 # Rules between two fields that JSON Schema cannot state (it compares no field with another): the
 # validator enforces them, the schemas say them in their description only. Keyed by type, the texts
 # are the validator's messages.
@@ -605,4 +643,5 @@ CATALOGUE: tuple[type[Event], ...] = (
     UpdateCompletedV1,
     UpdateCompleted,
     UpdateStalled,
+    ReleaseAnnounced,
 )

@@ -145,6 +145,10 @@ class ProjectConfig(_Model):
         return self
     # --- end of the block ---
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="notified by the notifier")
+    auto_pull_on_release: bool = Field(
+        default=False, description="a release announced by a team's pipeline (release.announced) starts its "
+        "pull at once; false: it waits as a pending release until an operator starts it",
+    )
 
     def area_codes(self, update_type: UpdateType, area_name: str) -> list[str]:
         return list(self.areas.get(update_type, {}).get(area_name, []))
