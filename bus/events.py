@@ -401,7 +401,7 @@ class IpFinished(Event):
     event_name = "ip.finished"
     event_version = 1
     producer = "ops_executor"
-    consumers = ("cmdb", "projection")
+    consumers = ("cmdb", "projection", "notifier")
 
     version: Version
     ip: IpAddress

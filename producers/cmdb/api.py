@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from bus.id_keys import id_key_from_url
 from domain.config import HotupdateConfig
-from producers.cmdb import releases, service
+from producers.cmdb import compat, releases, service
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.deps import CmdbContext, ConfigDep, DatabaseDep, OperatorDep
 from producers.cmdb.errors import (
@@ -141,6 +141,18 @@ def pull_release(release_id: str, operator: OperatorDep, db: DatabaseDep, cfg: C
     return releases.pull_release(db, cfg, release_id, operator)
 
 
+compat_router = APIRouter(prefix="/compat/v1", responses=_ERRORS)
+"""The seed's requests, field for field, for an old CMDB during a migration (docs/migration.md)."""
+
+
+@compat_router.post("/{project}/{area}/hot_update", status_code=status.HTTP_201_CREATED)
+def seed_hot_update(
+    project: str, area: str, body: compat.SeedRequest, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep
+) -> compat.SeedAccepted:
+    """The seed's hot_client / hot_server request: pulled, then pushed and run as given (area: name or code)."""
+    return compat.accept_seed_request(db, cfg, project, area, body, operator)
+
+
 def create_app(
     config: HotupdateConfig, database_url: str | None = None, *, database: CmdbDatabase | None = None
 ) -> FastAPI:
@@ -156,6 +168,7 @@ def create_app(
     app.add_exception_handler(CmdbError, _domain_error)
     app.include_router(router)
     app.include_router(releases_router)
+    app.include_router(compat_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
