@@ -252,6 +252,12 @@ class RolloutPlan(BaseModel):
         description="a batch with a failed target: stop (the rest is not run), continue, "
         "or confirm (wait for batch.confirmed before the next batch)",
     )
+    analysis_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=86400,
+        description="an analysis step after every batch but the last that would continue: the next batch "
+        "starts on an analysis.verdict 'pass' for it; 'fail', or none within this many seconds of the "
+        "batch's end, stops the rollout",
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> RolloutPlan:
@@ -418,7 +424,8 @@ class BatchFinished(Event):
     ``pause_seconds`` after this one finished), ``stop`` (no further batch starts: the batch
     failed under ``on_failure: stop``, or an abort was requested), ``await_confirm`` (the batch
     failed under ``on_failure: confirm``: batch ``batch + 1`` starts when *batch confirmed* for
-    it arrives), ``done`` (this was the last batch). A batch failed when any of its game
+    it arrives), ``await_analysis`` (the plan has an analysis step: batch ``batch + 1`` starts on
+    *analysis verdict* ``pass`` for this batch), ``done`` (this was the last batch). A batch failed when any of its game
     servers (or CDN dirs) failed. The counts are as in *update completed*, for this batch.
     """
 
@@ -433,7 +440,7 @@ class BatchFinished(Event):
     cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
     ok_count: Count
     failed_count: Count
-    next: Literal["continue", "stop", "await_confirm", "done"]
+    next: Literal["continue", "stop", "await_confirm", "await_analysis", "done"]
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchFinished:
@@ -618,6 +625,28 @@ class ReleaseAnnounced(Event):
     link: str = Field(default="", max_length=2000, description="the build's page, for humans")
 
 
+class AnalysisVerdict(Event):
+    """A monitoring or analysis tool's verdict on batch ``batch`` of a running update (Argo's analysis step).
+
+    Only meaningful for an update whose rollout plan has ``analysis_timeout_seconds``, after
+    *batch finished* with ``next: await_analysis`` for ``batch``: ``pass`` starts the next batch,
+    ``fail`` stops the rollout (``outcome: stopped``, the reason in ``final_data``). The first
+    verdict for a batch counts; one that comes after the timeout changes nothing. Join the
+    update's chain as docs/publishing.md says (causationid: the *batch finished*).
+    """
+
+    event_name = "analysis.verdict"
+    event_version = 1
+    producer = TEAM_PRODUCER
+    consumers = ("ops_executor", "cmdb", "projection")
+
+    batch: Ordinal = Field(description="the batch analysed (1-based)")
+    verdict: Literal["pass", "fail"]
+    reason: str = Field(default="", max_length=1000)
+    link: str = Field(default="", max_length=2000, description="the analysis's page, for humans")
+    analysed_by: Operator = Field(description="the tool's name")
+
+
 # Rules between two fields that JSON Schema cannot state (it compares no field with another): the
 # validator enforces them, the schemas say them in their description only. Keyed by type, the texts
 # are the validator's messages.
@@ -644,4 +673,5 @@ CATALOGUE: tuple[type[Event], ...] = (
     UpdateCompleted,
     UpdateStalled,
     ReleaseAnnounced,
+    AnalysisVerdict,
 )

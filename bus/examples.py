@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bus.events import (
+    AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,
     CdnDirFinished,
@@ -159,6 +160,10 @@ EXAMPLES: tuple[Event, ...] = (
         files=[ReleaseFile(file_name=f.file_name, file_md5=f.file_md5) for f in _FILES],
         announced_by="ssss-build",
         link="https://ci.example.com/ssss/builds/4200",
+    ),
+    AnalysisVerdict(
+        batch=1, verdict="fail", reason="error rate 4.2% > 1% on the batch's servers", analysed_by="ssss-monitor",
+        link="https://grafana.example.com/d/ssss?from=now-15m",
     ),
 )
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
 from bus.events import (
+    AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,
     CdnDirFinished,
@@ -610,6 +611,10 @@ def on_release_announced(session: Session, update: UpdateRow, env: Envelope, eve
     _wins(update, RELEASE_GROUP, env)
 
 
+def on_analysis_verdict(session: Session, update: UpdateRow, env: Envelope, event: AnalysisVerdict) -> None:
+    """Logged and counted with the update's events; the executor acts on it, the CMDB shows it."""
+
+
 def on_files_pulled(session: Session, update: UpdateRow, env: Envelope, event: FilesPulled) -> None:
     _identity(update, env, event.update_type, event.version, rank=1)
     update.pulled_at = _earliest(update.pulled_at, _when(env))
@@ -864,6 +869,7 @@ REDUCERS: Mapping[type[Event], Reducer] = {
     UpdateCompleted: on_update_completed,
     UpdateStalled: on_update_stalled,
     ReleaseAnnounced: on_release_announced,
+    AnalysisVerdict: on_analysis_verdict,
 }
 """Keyed by the newest model of each event: the registry upcasts older versions before they get here."""
 

@@ -12,7 +12,7 @@ from typing import cast
 from fastapi import FastAPI
 
 from bus.consumer import ConsumerService, HandlerTable
-from bus.events import Event, ReleaseAnnounced
+from bus.events import AnalysisVerdict, Event, ReleaseAnnounced
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
@@ -20,6 +20,7 @@ from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
+from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
@@ -47,7 +48,8 @@ class CmdbRuntime:
 def cmdb_queue() -> ServiceQueue:
     """The CMDB's queue, bound to every event its process manager reacts to, and to announced releases,
     of every project."""
-    return ServiceQueue(service=SERVICE, bindings=(*(binding(event) for event in HANDLERS), binding(ReleaseAnnounced)))
+    return ServiceQueue(service=SERVICE, bindings=(
+        *(binding(event) for event in HANDLERS), binding(ReleaseAnnounced), binding(AnalysisVerdict)))
 
 
 def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTable:
@@ -59,6 +61,7 @@ def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTab
     }
     # A team's announcement: who may send it is the identity table's (broker.teams), checked before.
     table[ReleaseAnnounced] = _release_handler(database, config)
+    table[AnalysisVerdict] = _verdict_handler(database)
     return table
 
 
@@ -102,6 +105,13 @@ def bootstrap(
 def _release_handler(database: CmdbDatabase, config: HotupdateConfig) -> Handler:
     async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
         await asyncio.to_thread(on_release_announced, cast(Incoming[ReleaseAnnounced], msg), database, config)
+
+    return handle
+
+
+def _verdict_handler(database: CmdbDatabase) -> Handler:
+    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
+        await asyncio.to_thread(on_analysis_verdict, cast(Incoming[AnalysisVerdict], msg), database)
 
     return handle
 

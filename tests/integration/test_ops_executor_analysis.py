@@ -1,0 +1,97 @@
+"""The analysis step (issue 17, Argo Rollouts' analysis): a rollout waits after each batch for a verdict.
+
+Ten "IPs" are directories on this machine (tests/fleet.py); what ran where is counted from real
+side effects. ``pass`` lets the next batch start, ``fail`` stops the rollout with the tool's
+reason and link in ``final_data``, and no verdict within the timeout stops it too. A verdict
+that comes after the deadline does not count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from bus.events import AnalysisVerdict, BatchFinished, Event, UpdateCompleted
+from bus.handling import Incoming
+from bus.registry import make_envelope
+from consumers.ops_executor.executor import Executor
+from consumers.ops_executor.handlers import handle_analysis_verdict
+from consumers.ops_executor.records import VerdictRecord
+from consumers.ops_executor.rollout_run import verdict_in_time
+from consumers.ops_executor.state import StateStore
+from tests.fleet import Fleet
+from tests.recording import RecordingEmitter
+
+IPS = [Fleet.ip(i) for i in range(1, 11)]
+
+
+def _batches(events: list[Event]) -> list[BatchFinished]:
+    return [e for e in events if isinstance(e, BatchFinished)]
+
+
+async def _until_batches(emitter: RecordingEmitter, count: int, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while len(_batches(emitter.events)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"batches: {_batches(emitter.events)}"
+        await asyncio.sleep(0.02)
+
+
+async def _verdict(executor: Executor, updateid: str, batch: int, verdict: str, reason: str = "") -> None:
+    """Through the executor's handler, as the consumer delivers it."""
+    event = AnalysisVerdict(batch=batch, verdict=verdict, reason=reason, analysed_by="ssss-monitor",  # type: ignore[arg-type]
+                            link="https://grafana.example.com/d/ssss")
+    env = make_envelope(event, source="monitoring", updateid=updateid, project="ssss", area="cn")
+    await handle_analysis_verdict(Incoming(envelope=env, event=event), RecordingEmitter(env), executor=executor)
+
+
+def _ran(fleet: Fleet) -> list[int]:
+    return [fleet.commands_run(ip, Fleet.server(i)) for i, ip in enumerate(IPS, 1)]
+
+
+async def test_a_pass_verdict_lets_each_next_batch_start(world):
+    fleet = Fleet(world)
+    env, event = fleet.request(10, rollout={"batch_size": 4, "analysis_timeout_seconds": 30})
+    emitter, executor = RecordingEmitter(env), fleet.executor()
+    run = asyncio.create_task(executor.handle(env, event, emitter))
+    await _until_batches(emitter, 1)
+    await asyncio.sleep(0.5)
+    assert _ran(fleet) == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # batch 2 waits for the analysis of batch 1
+    await _verdict(executor, env.updateid, 1, "pass")
+    await _until_batches(emitter, 2)
+    await _verdict(executor, env.updateid, 2, "pass")
+    await asyncio.wait_for(run, 30)
+    assert [b.next for b in _batches(emitter.events)] == ["await_analysis", "await_analysis", "done"]
+    done = emitter.events[-1]
+    assert isinstance(done, UpdateCompleted) and done.outcome == "succeeded" and _ran(fleet) == [1] * 10
+
+
+async def test_a_fail_verdict_stops_the_rollout_with_the_tools_reason(world):
+    fleet = Fleet(world)
+    env, event = fleet.request(10, rollout={"batch_size": 4, "analysis_timeout_seconds": 30})
+    emitter, executor = RecordingEmitter(env), fleet.executor()
+    run = asyncio.create_task(executor.handle(env, event, emitter))
+    await _until_batches(emitter, 1)
+    await _verdict(executor, env.updateid, 1, "fail", "error rate 4.2% > 1%")
+    await _verdict(executor, env.updateid, 1, "pass")  # the first verdict counts
+    await asyncio.wait_for(run, 30)
+    done = emitter.events[-1]
+    assert isinstance(done, UpdateCompleted)
+    assert (done.outcome, done.final_result, done.not_run) == ("stopped", False, IPS[4:])
+    assert "第1批分析未通过(ssss-monitor: error rate 4.2% > 1% https://grafana.example.com/d/ssss)" in done.final_data
+    assert _ran(fleet) == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+
+
+async def test_no_verdict_within_the_timeout_stops_and_a_late_one_does_not_count(world):
+    fleet = Fleet(world)
+    env, event = fleet.request(10, rollout={"batch_size": 5, "analysis_timeout_seconds": 0.5})
+    emitter, store = RecordingEmitter(env), StateStore(world.state_url)
+    await asyncio.wait_for(fleet.executor(store=store).handle(env, event, emitter), 30)
+    done = emitter.events[-1]
+    assert isinstance(done, UpdateCompleted)
+    assert (done.outcome, done.not_run) == ("stopped", IPS[5:])
+    assert "第1批分析超时(0.5s无结论), 已停止" in done.final_data
+    assert _ran(fleet) == [1] * 5 + [0] * 5
+    # a pass recorded now, after the deadline, would not change the decision of a resumed run
+    await store.record_verdict(env.updateid, VerdictRecord(1, "pass", "", "", "late", datetime.now(UTC)))
+    (first,) = [b for n, b in (await store.batches(env.updateid)).items() if n == 1]
+    assert await verdict_in_time(store, env.updateid, first, event.rollout) is None
