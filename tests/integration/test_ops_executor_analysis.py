@@ -11,15 +11,23 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
+from bus.envelope import Envelope
 from bus.events import AnalysisVerdict, BatchFinished, Event, UpdateCompleted
 from bus.handling import Incoming
-from bus.registry import make_envelope
+from bus.publisher import AsyncPublisher
+from bus.registry import DEFAULT_REGISTRY, make_envelope
+from bus.topology import binding
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.handlers import handle_analysis_verdict
 from consumers.ops_executor.records import VerdictRecord
 from consumers.ops_executor.rollout_run import verdict_in_time
+from consumers.ops_executor.service import build_service
 from consumers.ops_executor.state import StateStore
+from tests.busprobe import Probe
 from tests.fleet import Fleet
+from tests.ops_world import AREA, PROJECT, World
 from tests.recording import RecordingEmitter
 
 IPS = [Fleet.ip(i) for i in range(1, 11)]
@@ -95,3 +103,28 @@ async def test_no_verdict_within_the_timeout_stops_and_a_late_one_does_not_count
     await store.record_verdict(env.updateid, VerdictRecord(1, "pass", "", "", "late", datetime.now(UTC)))
     (first,) = [b for n, b in (await store.batches(env.updateid)).items() if n == 1]
     assert await verdict_in_time(store, env.updateid, first, event.rollout) is None
+
+
+@pytest.mark.rabbit
+async def test_a_verdict_on_the_bus_reaches_the_executor_service_and_stops_the_rollout(tmp_path, amqp_url):
+    fleet = Fleet(World(tmp_path))
+    env, _ = fleet.request(10, rollout={"batch_size": 5, "analysis_timeout_seconds": 60})
+    service = build_service(fleet.config(amqp_url), "om1")
+    await service.start()
+    try:
+        async with Probe(amqp_url) as results, AsyncPublisher(amqp_url) as pub:
+            await results.bind(*(binding(kind, project=PROJECT) for kind in (BatchFinished, UpdateCompleted)))
+            await pub.publish(env)
+            await results.wait_for(1, timeout=30)  # batch 1 finished: await_analysis
+            verdict = AnalysisVerdict(batch=1, verdict="fail", reason="p99 latency doubled", analysed_by="monitor")
+            await pub.publish(make_envelope(verdict, source="monitoring", updateid=env.updateid, project=PROJECT,
+                                            area=AREA, sequence=30))
+            first, last = await results.wait_for(2, timeout=30)
+    finally:
+        await service.stop()
+    batch = DEFAULT_REGISTRY.decode(Envelope.from_bytes(first.body))
+    done = DEFAULT_REGISTRY.decode(Envelope.from_bytes(last.body))
+    assert isinstance(batch, BatchFinished) and batch.next == "await_analysis"
+    assert isinstance(done, UpdateCompleted) and (done.outcome, done.not_run) == ("stopped", IPS[5:])
+    assert "第1批分析未通过(monitor: p99 latency doubled)" in done.final_data
+    assert _ran(fleet) == [1] * 5 + [0] * 5
