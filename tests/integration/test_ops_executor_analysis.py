@@ -9,7 +9,11 @@ that comes after the deadline does not count.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,7 @@ from tests.ops_world import AREA, PROJECT, World
 from tests.recording import RecordingEmitter
 
 IPS = [Fleet.ip(i) for i in range(1, 11)]
+VERDICT_EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "send_verdict_with_pika.py"
 
 
 def _batches(events: list[Event]) -> list[BatchFinished]:
@@ -116,9 +121,13 @@ async def test_a_verdict_on_the_bus_reaches_the_executor_service_and_stops_the_r
             await results.bind(*(binding(kind, project=PROJECT) for kind in (BatchFinished, UpdateCompleted)))
             await pub.publish(env)
             await results.wait_for(1, timeout=30)  # batch 1 finished: await_analysis
-            verdict = AnalysisVerdict(batch=1, verdict="fail", reason="p99 latency doubled", analysed_by="monitor")
-            await pub.publish(make_envelope(verdict, source="monitoring", updateid=env.updateid, project=PROJECT,
-                                            area=AREA, sequence=30))
+            # the documented example (docs/examples/send_verdict_with_pika.py), as its own process
+            sent = await asyncio.to_thread(subprocess.run, [sys.executable, str(VERDICT_EXAMPLE)],
+                                           capture_output=True, text=True, timeout=60, env={
+                                               **os.environ, "AMQP_URL": amqp_url, "PROJECT": PROJECT,
+                                               "AREA": AREA, "UPDATE_ID": env.updateid, "BATCH": "1",
+                                               "VERDICT": "fail", "REASON": "p99 latency doubled"})
+            assert sent.returncode == 0, sent.stderr
             first, last = await results.wait_for(2, timeout=30)
     finally:
         await service.stop()
@@ -126,5 +135,5 @@ async def test_a_verdict_on_the_bus_reaches_the_executor_service_and_stops_the_r
     done = DEFAULT_REGISTRY.decode(Envelope.from_bytes(last.body))
     assert isinstance(batch, BatchFinished) and batch.next == "await_analysis"
     assert isinstance(done, UpdateCompleted) and (done.outcome, done.not_run) == ("stopped", IPS[5:])
-    assert "第1批分析未通过(monitor: p99 latency doubled)" in done.final_data
+    assert "第1批分析未通过(ssss-monitor: p99 latency doubled)" in done.final_data
     assert _ran(fleet) == [1] * 5 + [0] * 5
