@@ -252,6 +252,12 @@ class RolloutPlan(BaseModel):
         description="a batch with a failed target: stop (the rest is not run), continue, "
         "or confirm (wait for batch.confirmed before the next batch)",
     )
+    analysis_timeout_seconds: float | None = Field(
+        default=None, gt=0, le=86400,
+        description="an analysis step after every batch but the last that would continue: the next batch "
+        "starts on an analysis.verdict 'pass' for it; 'fail', or none within this many seconds of the "
+        "batch's end, stops the rollout",
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> RolloutPlan:
@@ -401,7 +407,7 @@ class IpFinished(Event):
     event_name = "ip.finished"
     event_version = 1
     producer = "ops_executor"
-    consumers = ("cmdb", "projection")
+    consumers = ("cmdb", "projection", "notifier")
 
     version: Version
     ip: IpAddress
@@ -418,7 +424,8 @@ class BatchFinished(Event):
     ``pause_seconds`` after this one finished), ``stop`` (no further batch starts: the batch
     failed under ``on_failure: stop``, or an abort was requested), ``await_confirm`` (the batch
     failed under ``on_failure: confirm``: batch ``batch + 1`` starts when *batch confirmed* for
-    it arrives), ``done`` (this was the last batch). A batch failed when any of its game
+    it arrives), ``await_analysis`` (the plan has an analysis step: batch ``batch + 1`` starts on
+    *analysis verdict* ``pass`` for this batch), ``done`` (this was the last batch). A batch failed when any of its game
     servers (or CDN dirs) failed. The counts are as in *update completed*, for this batch.
     """
 
@@ -433,7 +440,7 @@ class BatchFinished(Event):
     cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
     ok_count: Count
     failed_count: Count
-    next: Literal["continue", "stop", "await_confirm", "done"]
+    next: Literal["continue", "stop", "await_confirm", "await_analysis", "done"]
 
     @model_validator(mode="after")
     def _consistent(self) -> BatchFinished:
@@ -580,6 +587,66 @@ class UpdateStalled(Event):
     stalled_after_seconds: float = Field(gt=0)
 
 
+# --- outside tools: what other teams' tools publish (producer "team": only the teams granted it) ---
+
+
+TEAM_PRODUCER = "team"
+"""The producer of events other teams' tools publish; ``broker.teams`` says which team may (bus/identity.py)."""
+
+
+class ReleaseFile(BaseModel):
+    """One file of an announced release, as the build pipeline made it."""
+
+    model_config = CONTRACT
+    file_name: RelativeFileName
+    file_md5: Md5Hex
+
+
+class ReleaseAnnounced(Event):
+    """A build or release pipeline says a version is ready for a project and area (the envelope's).
+
+    The CMDB records it as a pending release once per (project, area, ``update_type``, ``version``):
+    announcing it again does nothing. Where the project's ``auto_pull_on_release`` is set it starts
+    the pull at once, else an operator does (``POST /api/releases/{id}/pull``). The update it starts
+    takes the envelope's ``updateid`` (choose a fresh UUID per announcement, ``sequence`` 0), so the
+    release and its update are one chain on the dashboard.
+    """
+
+    event_name = "release.announced"
+    event_version = 1
+    producer = TEAM_PRODUCER
+    consumers = ("cmdb", "projection")
+
+    update_type: UpdateType
+    version: Version
+    files: list[ReleaseFile] = Field(min_length=1, description="what the pipeline built, with md5")
+    client_type: ClientType | None = Field(default=None, description=_CLIENT_TYPE)
+    announced_by: Operator = Field(description="the pipeline's name, shown to operators")
+    link: str = Field(default="", max_length=2000, description="the build's page, for humans")
+
+
+class AnalysisVerdict(Event):
+    """A monitoring or analysis tool's verdict on batch ``batch`` of a running update (Argo's analysis step).
+
+    Only meaningful for an update whose rollout plan has ``analysis_timeout_seconds``, after
+    *batch finished* with ``next: await_analysis`` for ``batch``: ``pass`` starts the next batch,
+    ``fail`` stops the rollout (``outcome: stopped``, the reason in ``final_data``). The first
+    verdict for a batch counts; one that comes after the timeout changes nothing. Join the
+    update's chain as docs/publishing.md says (causationid: the *batch finished*).
+    """
+
+    event_name = "analysis.verdict"
+    event_version = 1
+    producer = TEAM_PRODUCER
+    consumers = ("ops_executor", "cmdb", "projection")
+
+    batch: Ordinal = Field(description="the batch analysed (1-based)")
+    verdict: Literal["pass", "fail"]
+    reason: str = Field(default="", max_length=1000)
+    link: str = Field(default="", max_length=2000, description="the analysis's page, for humans")
+    analysed_by: Operator = Field(description="the tool's name")
+
+
 # Rules between two fields that JSON Schema cannot state (it compares no field with another): the
 # validator enforces them, the schemas say them in their description only. Keyed by type, the texts
 # are the validator's messages.
@@ -605,4 +672,6 @@ CATALOGUE: tuple[type[Event], ...] = (
     UpdateCompletedV1,
     UpdateCompleted,
     UpdateStalled,
+    ReleaseAnnounced,
+    AnalysisVerdict,
 )

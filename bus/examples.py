@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bus.events import (
+    AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,
     CdnDirFinished,
@@ -22,6 +23,8 @@ from bus.events import (
     PullRequested,
     PushFailed,
     PushRequested,
+    ReleaseAnnounced,
+    ReleaseFile,
     RolloutPlan,
     RsyncTargetRef,
     RsyncTargetResult,
@@ -150,6 +153,17 @@ EXAMPLES: tuple[Event, ...] = (
         silent_targets=["127.0.0.21"],
         last_event_at=datetime(2026, 11, 24, 6, 1, 30, tzinfo=UTC),
         stalled_after_seconds=600,
+    ),
+    ReleaseAnnounced(
+        update_type="hot_server",
+        version="004200000",
+        files=[ReleaseFile(file_name=f.file_name, file_md5=f.file_md5) for f in _FILES],
+        announced_by="ssss-build",
+        link="https://ci.example.com/ssss/builds/4200",
+    ),
+    AnalysisVerdict(
+        batch=1, verdict="fail", reason="error rate 4.2% > 1% on the batch's servers", analysed_by="ssss-monitor",
+        link="https://grafana.example.com/d/ssss?from=now-15m",
     ),
 )
 

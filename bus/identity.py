@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bus.envelope import Envelope
-from bus.events import CATALOGUE, Event
+from bus.events import CATALOGUE, TEAM_PRODUCER, Event
 from domain.config import HotupdateConfig
 
 USER_PREFIX = "hotupdate"
@@ -97,9 +97,14 @@ def instances_serving(config: HotupdateConfig, component: str, project: str) -> 
 
 
 def identity_from_config(config: HotupdateConfig, catalogue: Iterable[type[Event]] = CATALOGUE) -> Identity:
-    """The table for this configuration: catalogue producers per project, plus the teams' grants."""
+    """The table for this configuration: catalogue producers per project, plus the teams' grants.
+
+    An event whose producer is ``"team"`` (an outside tool's, such as *release announced*) has no
+    component producer: nobody may publish it unless a team is granted it in ``broker.teams``."""
     table: dict[tuple[str, str], set[str]] = {}
     for model in catalogue:
+        if model.producer == TEAM_PRODUCER:  # no component publishes it: only the teams granted it below
+            continue
         for project in config.projects:
             table.setdefault((model.event_name, project), set()).update(
                 instances_serving(config, model.producer, project)

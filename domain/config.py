@@ -69,7 +69,8 @@ class AreaInventory(_Model):
     cdn: list[CdnEntry] = Field(default_factory=list)
 
 
-NotificationKind = Literal["completed", "failed", "aborted", "stalled"]
+NotificationKind = Literal["completed", "failed", "aborted", "stalled", "progress"]
+# A webhook's default kinds; "progress" (each IP finished) is asked for by name (a seed-format webhook does).
 NOTIFICATION_KINDS: tuple[NotificationKind, ...] = ("completed", "failed", "aborted", "stalled")
 
 
@@ -84,6 +85,10 @@ class WebhookConfig(_Model):
     max_attempts: int = Field(default=8, ge=1, le=100)
     backoff_seconds: float = Field(default=2, gt=0, description="wait before the 2nd attempt; doubles after")
     max_backoff_seconds: float = Field(default=600, gt=0)
+    format: Literal["notification", "seed"] = Field(
+        default="notification", description="seed: the seed document's per-IP and final callback JSON instead of "
+        "a notification, for an old CMDB during a migration (docs/migration.md)",
+    )
 
     @field_validator("url")
     @classmethod
@@ -145,6 +150,10 @@ class ProjectConfig(_Model):
         return self
     # --- end of the block ---
     webhooks: list[WebhookConfig] = Field(default_factory=list, description="notified by the notifier")
+    auto_pull_on_release: bool = Field(
+        default=False, description="a release announced by a team's pipeline (release.announced) starts its "
+        "pull at once; false: it waits as a pending release until an operator starts it",
+    )
 
     def area_codes(self, update_type: UpdateType, area_name: str) -> list[str]:
         return list(self.areas.get(update_type, {}).get(area_name, []))

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
 from bus.events import (
+    AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,
     CdnDirFinished,
@@ -44,6 +45,7 @@ from bus.events import (
     PullRequested,
     PushFailed,
     PushRequested,
+    ReleaseAnnounced,
     RsyncTargetResult,
     UpdateAbortRequested,
     UpdateCompleted,
@@ -110,6 +112,8 @@ def derive_stage(update: UpdateRow, *, results_reported: bool) -> tuple[str, str
     if results_reported:
         present.add("started")
     stage = next((s for s in _PRECEDENCE if s in present), "unknown")
+    if stage == "unknown" and RELEASE_GROUP in (update.winners or {}):
+        stage = "release_announced"  # a team's release waiting for its pull (auto or an operator's)
     stalled_at, progress_at = as_utc(update.stalled_at), as_utc(update.last_progress_at)
     if stage == "completed":
         status = update.outcome or ("succeeded" if update.final_result else "failed")
@@ -598,6 +602,19 @@ def on_pull_requested(session: Session, update: UpdateRow, env: Envelope, event:
         update.pull_requested_source = _text(env.source)
 
 
+RELEASE_GROUP = "release.announced"
+
+
+def on_release_announced(session: Session, update: UpdateRow, env: Envelope, event: ReleaseAnnounced) -> None:
+    # The update its pull starts takes the announcement's update id: the release is its first stage.
+    _identity(update, env, event.update_type, event.version, rank=0)
+    _wins(update, RELEASE_GROUP, env)
+
+
+def on_analysis_verdict(session: Session, update: UpdateRow, env: Envelope, event: AnalysisVerdict) -> None:
+    """Logged and counted with the update's events; the executor acts on it, the CMDB shows it."""
+
+
 def on_files_pulled(session: Session, update: UpdateRow, env: Envelope, event: FilesPulled) -> None:
     _identity(update, env, event.update_type, event.version, rank=1)
     update.pulled_at = _earliest(update.pulled_at, _when(env))
@@ -851,6 +868,8 @@ REDUCERS: Mapping[type[Event], Reducer] = {
     UpdateAbortRequested: on_update_abort_requested,
     UpdateCompleted: on_update_completed,
     UpdateStalled: on_update_stalled,
+    ReleaseAnnounced: on_release_announced,
+    AnalysisVerdict: on_analysis_verdict,
 }
 """Keyed by the newest model of each event: the registry upcasts older versions before they get here."""
 

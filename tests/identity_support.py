@@ -7,7 +7,7 @@ prefix of its own (``bus.identity.USER_PREFIX`` patched for the test), and all a
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,17 +81,21 @@ class Provisioned:
 
 
 @contextmanager
-def provisioned(root: Path, broker: Broker, *, pairs: int = 1) -> Iterator[Provisioned]:
+def provisioned(
+    root: Path, broker: Broker, *, pairs: int = 1, adjust: Callable[[dict[str, Any], str], None] | None = None
+) -> Iterator[Provisioned]:
     """A fresh vhost, and `hotupdate rabbitmq provision` run on it; its users and the vhost are deleted afterwards.
 
     User names get a prefix of their own (``hotupdate`` in production): broker users are global, and
-    other tests share the broker.
+    other tests share the broker. ``adjust(config_dict, team)`` changes the configuration before it is provisioned.
     """
     vhost, amqp_url = broker.new_vhost()
     team = f"tools{uuid.uuid4().hex[:8]}"
     config_file = root / "config.yaml"
-    config_file.write_text(yaml.safe_dump(rig_config(root, amqp_url, team, pairs=pairs), allow_unicode=True),
-                           encoding="utf-8")
+    raw = rig_config(root, amqp_url, team, pairs=pairs)
+    if adjust is not None:
+        adjust(raw, team)
+    config_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     grants: list[Grant] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("bus.identity.USER_PREFIX", f"hu{uuid.uuid4().hex[:8]}")

@@ -18,6 +18,7 @@ from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming
 from consumers.notifier.dispatcher import Dispatcher
 from consumers.notifier.payload import notification_for
+from consumers.notifier.seed_shapes import seed_body
 from consumers.notifier.store import DeliveryStore, NewDelivery
 from consumers.notifier.triggers import TRIGGERS, Trigger
 from consumers.notifier.webhooks import WebhookBook, webhook_key
@@ -42,11 +43,13 @@ async def handle_notifying_event(
         log.info("%s id=%s update=%s: no webhook of project %s wants %s", env.type, env.id, env.updateid,
                  env.project, notification.kind)
         return
-    body = notification.body().decode("utf-8")
+    bodies = {"notification": notification.body(), "seed": seed_body(env, msg.event)}
     records = await store.aenqueue([
         NewDelivery(event_id=env.id, event_type=env.type, webhook_key=webhook_key(e.url), webhook_url=e.url,
-                    kind=notification.kind, project=env.project, area=env.area, update_id=env.updateid, body=body)
+                    kind=notification.kind, project=env.project, area=env.area, update_id=env.updateid,
+                    body=body.decode("utf-8"))
         for e in endpoints
+        if (body := bodies[e.config.format]) is not None  # the seed had no callback for every event
     ])
     pending = [r for r in records if r.status == "pending"]
     for record in pending:

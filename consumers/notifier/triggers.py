@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from bus.events import Event, Outcome, PullFailed, PushFailed, UpdateCompleted, UpdateStalled
+from bus.events import Event, IpFinished, Outcome, PullFailed, PushFailed, UpdateCompleted, UpdateStalled
 from domain.config import NotificationKind
 
 E = TypeVar("E", bound=Event)
@@ -75,9 +75,17 @@ def _push_failed_summary(event: PushFailed) -> str:
     return f"push of {event.update_type} {event.version} failed to {targets}: {event.reason}"
 
 
+def _ip_finished_summary(event: IpFinished) -> str:
+    failed = sorted(name for name, r in event.update_data.items() if not r.status)
+    failed += sorted(name for name, r in event.erl_data.items() if not r.status and name not in failed)
+    return (f"{event.ip} ({event.group}) finished: {len(event.update_data)} servers"
+            + (f", failed: {', '.join(failed)}" if failed else ", all ok"))
+
+
 TRIGGERS: Mapping[type[Event], Trigger[Any]] = {
     UpdateCompleted: Trigger(frozenset({"completed", "failed", "aborted"}), _completed_kind, _completed_summary),
     PullFailed: Trigger.always("failed", _pull_failed_summary),
     PushFailed: Trigger.always("failed", _push_failed_summary),
     UpdateStalled: Trigger.always("stalled", _stalled_summary),
+    IpFinished: Trigger.always("progress", _ip_finished_summary),
 }

@@ -53,6 +53,7 @@ from consumers.ops_executor.answer import answer_from_record, completed_event, s
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater
 from consumers.ops_executor.hot_server import ServerJob, ServerUpdater
 from consumers.ops_executor.incoming import verify_incoming
+from consumers.ops_executor.records import VerdictRecord
 from consumers.ops_executor.rollout import summary
 from consumers.ops_executor.rollout_run import roll_out
 from consumers.ops_executor.runner import HostRunner, LocalRunner
@@ -139,6 +140,14 @@ class Executor:
         else:
             log.info("update %s: go-ahead for batch %d by %s recorded (update is %s)", uid, batch, confirmed_by,
                      record.status if record else "unknown")
+
+    async def record_verdict(self, uid: str, verdict: VerdictRecord) -> None:
+        """An analysis tool's verdict on a batch: recorded; the rollout waiting for it reads it (rollout_run)."""
+        if not await self._store.record_verdict(uid, verdict):
+            log.debug("update %s: analysis verdict for an update this executor does not run; ignored", uid)
+            return
+        log.info("update %s: analysis verdict on batch %d: %s by %s", uid, verdict.batch, verdict.verdict,
+                 verdict.analysed_by)
 
     async def abort(self, uid: str, requested_by: str, reason: str, emitter_for: EmitterFor) -> None:
         """Abort ``uid``: recorded first (it may not have started yet), then its run is told."""

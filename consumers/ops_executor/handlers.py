@@ -3,6 +3,7 @@
 - *update requested* → *update started*, per-target results, *batch finished*, *update completed*.
 - *batch confirmed* → a waiting update's next batch (and the rest) runs.
 - *update abort requested* → the running update starts nothing more and completes "aborted".
+- *analysis verdict* → recorded; a rollout awaiting analysis of that batch goes on or stops.
 
 The queue is bound by project only: each handler acts on updates of this ops manager alone.
 A request for anything the project's configuration does not allow (a server, IP or CDN dir
@@ -15,11 +16,13 @@ Events after a go-ahead or an abort are children of the update's request, publis
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from bus.consumer import Reject
-from bus.events import BatchConfirmed, UpdateAbortRequested, UpdateRequested
+from bus.events import AnalysisVerdict, BatchConfirmed, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Incoming
 from consumers.ops_executor.executor import EmitterFor, Executor
+from consumers.ops_executor.records import VerdictRecord
 from domain.allowed import describe
 
 log = logging.getLogger(__name__)
@@ -57,3 +60,12 @@ async def handle_update_abort_requested(msg: Incoming[UpdateAbortRequested], emi
     log.info("abort requested id=%s update=%s by=%s reason=%r", env.id, env.updateid, event.requested_by,
              event.reason)
     await executor.abort(env.updateid, event.requested_by, event.reason, emitter_for)
+
+
+async def handle_analysis_verdict(msg: Incoming[AnalysisVerdict], emit: Emitter, *, executor: Executor) -> None:
+    """Record an analysis tool's verdict on a batch of an update this executor runs (the first one counts)."""
+    env, event = msg.envelope, msg.event
+    log.info("analysis verdict id=%s update=%s batch=%d verdict=%s by=%s", env.id, env.updateid, event.batch,
+             event.verdict, event.analysed_by)
+    await executor.record_verdict(env.updateid, VerdictRecord(event.batch, event.verdict, event.reason, event.link,
+                                                              event.analysed_by, datetime.now(UTC)))

@@ -13,7 +13,7 @@ from typing import Literal
 from bus.events import ServerResult
 
 UpdateStatus = Literal["running", "waiting", "finished", "failed", "interrupted"]
-BatchNext = Literal["continue", "stop", "await_confirm", "done"]
+BatchNext = Literal["continue", "stop", "await_confirm", "await_analysis", "done"]
 ServerKey = tuple[str, str, str]  # (group, ip, server)
 CdnKey = tuple[str, str]  # (cdn_root_url, cdn_dir)
 
@@ -46,6 +46,18 @@ class BatchRecord:
     failed_count: int
     next: BatchNext
     finished_at: datetime
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """An analysis tool's verdict on a batch (*analysis verdict*)."""
+
+    batch: int
+    verdict: str  # "pass" or "fail"
+    reason: str
+    link: str
+    analysed_by: str
+    received_at: datetime
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from bus.events import Outcome, RolloutPlan
-from consumers.ops_executor.records import AbortRecord, BatchNext
+from consumers.ops_executor.records import AbortRecord, BatchNext, VerdictRecord
 
 T = TypeVar("T")
 
@@ -42,8 +42,27 @@ def next_step(number: int, total: int, *, failed: bool, halted: bool, plan: Roll
     if halted:
         return "stop"
     if not failed or plan is None or plan.on_failure == "continue":
-        return "continue"
+        # the analysis step gates only a rollout that would go on by itself
+        return "await_analysis" if plan is not None and plan.analysis_timeout_seconds else "continue"
     return "stop" if plan.on_failure == "stop" else "await_confirm"
+
+
+def analysis_gate(verdict: str | None, *, seconds_left: float) -> Literal["go", "stop", "wait"]:
+    """After a batch that awaits analysis: ``pass`` goes on; ``fail``, or no verdict in time, stops."""
+    if verdict == "pass":
+        return "go"
+    if verdict == "fail" or seconds_left <= 0:
+        return "stop"
+    return "wait"
+
+
+def analysis_stop_text(batch: int, verdict: VerdictRecord | None, timeout: float) -> str:
+    """Why the rollout stopped after ``batch``'s analysis, for ``final_data``."""
+    if verdict is None:
+        return f"第{batch}批分析超时({timeout:g}s无结论), 已停止"
+    reason = f": {verdict.reason}" if verdict.reason else ""
+    link = f" {verdict.link}" if verdict.link else ""
+    return f"第{batch}批分析未通过({verdict.analysed_by}{reason}{link}), 已停止"
 
 
 def outcome_of(*, aborted: bool, stopped: bool, failed: int) -> Outcome:
@@ -69,13 +88,13 @@ def summary(failed: Sequence[str], total: int) -> str:
 
 
 def completion_text(outcome: Outcome, *, failed: Sequence[str], total: int, not_run: Sequence[str],
-                    stopped_after: int | None, abort: AbortRecord | None) -> str:
+                    stopped_after: int | None, abort: AbortRecord | None, stop_why: str | None = None) -> str:
     """``final_data`` for an update: the seed's text, then why and what did not run, if anything."""
     if outcome in ("succeeded", "failed"):
         return summary(failed, total)
     head = summary(failed, total) if failed else f"{total}个完成"
     if outcome == "stopped":
-        why = f"第{stopped_after}批失败, 已停止"
+        why = stop_why or f"第{stopped_after}批失败, 已停止"
     else:
         who = abort.requested_by if abort is not None else "?"
         reason = f": {abort.reason}" if abort is not None and abort.reason else ""

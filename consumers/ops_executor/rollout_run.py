@@ -15,8 +15,8 @@ from typing import Literal
 
 from bus.events import RolloutPlan, UpdateRequested
 from consumers.ops_executor.answer import completed_event
-from consumers.ops_executor.records import BatchRecord
-from consumers.ops_executor.rollout import completion_text, next_step, outcome_of
+from consumers.ops_executor.records import BatchRecord, VerdictRecord
+from consumers.ops_executor.rollout import analysis_gate, analysis_stop_text, completion_text, next_step, outcome_of
 from consumers.ops_executor.state import StateStore
 from consumers.ops_executor.targets import Ran, Serialized, Targets
 
@@ -32,6 +32,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
     recorded = await store.batches(uid)
     ran, not_run = Ran(), list[str]()
     stopped_after: int | None = None
+    stop_why: str | None = None
     aborted = False
     for number in range(1, total + 1):
         out.muted = number < quiet_before
@@ -46,6 +47,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
                 not_run += [key for rest in range(number, total + 1) for key in targets.keys(rest)]
                 if gate == "stopped":
                     stopped_after = number - 1
+                    stop_why = await _analysis_stop_why(store, uid, recorded.get(number - 1), plan)
                 aborted = aborted or gate == "aborted"
                 log.info("update %s: batches %d-%d not run (%s)", uid, number, total, gate)
                 break
@@ -69,7 +71,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
     record = await store.finish(
         uid, status="finished", final_result=outcome == "succeeded",
         final_data=completion_text(outcome, failed=ran.failed, total=ran.total, not_run=not_run,
-                                   stopped_after=stopped_after, abort=abort),
+                                   stopped_after=stopped_after, abort=abort, stop_why=stop_why),
         ok_count=ran.total - len(ran.failed), failed_count=len(ran.failed), outcome=outcome, not_run=not_run)
     log.info("update %s: %s finished (%s), %d ok, %d failed, %d not run", uid, event.update_type, outcome,
              record.ok_count, record.failed_count, len(not_run))
@@ -80,6 +82,10 @@ async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRe
                halt: asyncio.Event) -> Gate:
     """Whether batch ``number`` may start: go, wait for a go-ahead, or not at all (stopped, aborted)."""
     if previous is not None:
+        if previous.next == "await_analysis":
+            decided = await analysis_wait(store, uid, previous, plan, halt)
+            if decided != "go":
+                return decided
         if previous.next == "stop":
             failed_stop = previous.failed_count > 0 and plan is not None and plan.on_failure == "stop"
             return "stopped" if failed_stop else "aborted"
@@ -93,6 +99,50 @@ async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRe
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(halt.wait(), remaining)
     return "aborted" if halt.is_set() else "go"
+
+
+ANALYSIS_POLL_SECONDS = 0.25  # how often a batch awaiting analysis looks for its verdict
+
+
+async def analysis_wait(store: StateStore, uid: str, previous: BatchRecord, plan: RolloutPlan | None,
+                        halt: asyncio.Event) -> Gate:
+    """Wait for the verdict on ``previous`` (until its deadline, from the batch's end): go, stopped or aborted.
+
+    A verdict received after the deadline does not count, so a restart decides as the first run did.
+    """
+    deadline = _analysis_deadline(previous, plan)
+    while True:
+        verdict = await verdict_in_time(store, uid, previous, plan)
+        left = (deadline - datetime.now(UTC)).total_seconds()
+        decided = analysis_gate(verdict.verdict if verdict else None, seconds_left=left)
+        if decided != "wait":
+            log.info("update %s: analysis of batch %d: %s (%s)", uid, previous.batch, decided,
+                     f"{verdict.verdict} by {verdict.analysed_by}" if verdict else "no verdict in time")
+            return "go" if decided == "go" else "stopped"
+        if halt.is_set():
+            return "aborted"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(halt.wait(), min(left, ANALYSIS_POLL_SECONDS))
+
+
+def _analysis_deadline(previous: BatchRecord, plan: RolloutPlan | None) -> datetime:
+    timeout = plan.analysis_timeout_seconds if plan is not None and plan.analysis_timeout_seconds else 0.0
+    return previous.finished_at + timedelta(seconds=timeout)
+
+
+async def verdict_in_time(store: StateStore, uid: str, previous: BatchRecord,
+                           plan: RolloutPlan | None) -> VerdictRecord | None:
+    verdict = await store.verdict(uid, previous.batch)
+    return verdict if verdict is not None and verdict.received_at <= _analysis_deadline(previous, plan) else None
+
+
+async def _analysis_stop_why(store: StateStore, uid: str, previous: BatchRecord | None,
+                             plan: RolloutPlan | None) -> str | None:
+    if previous is None or previous.next != "await_analysis" or plan is None:
+        return None
+    verdict = await verdict_in_time(store, uid, previous, plan)
+    return analysis_stop_text(previous.batch, verdict if verdict and verdict.verdict == "fail" else None,
+                              plan.analysis_timeout_seconds or 0)
 
 
 async def park(store: StateStore, uid: str, number: int, out: Serialized, halt: asyncio.Event) -> bool:

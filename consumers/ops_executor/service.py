@@ -9,7 +9,7 @@ from typing import cast
 
 from bus.consumer import ConsumerService, HandlerTable
 from bus.envelope import Envelope
-from bus.events import BatchConfirmed, Event, UpdateAbortRequested, UpdateRequested
+from bus.events import AnalysisVerdict, BatchConfirmed, Event, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Handler, child_envelope
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
@@ -18,6 +18,7 @@ from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.ops_executor.executor import EmitterFor, Executor
 from consumers.ops_executor.handlers import (
+    handle_analysis_verdict,
     handle_batch_confirmed,
     handle_update_abort_requested,
     handle_update_requested,
@@ -127,6 +128,7 @@ def build_service(
         UpdateAbortRequested: cast(
             Handler, partial(handle_update_abort_requested, executor=executor, emitter_for=emitter_for)
         ),
+        AnalysisVerdict: cast(Handler, partial(handle_analysis_verdict, executor=executor)),
     }
     return OpsExecutorService(
         executor=executor,

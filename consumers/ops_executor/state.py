@@ -33,6 +33,7 @@ from consumers.ops_executor.records import (
     ServerOutcome,
     UpdateRecord,
     UpdateStatus,
+    VerdictRecord,
 )
 from domain.db import Base, make_engine, upgrade
 
@@ -89,6 +90,22 @@ class ExecutorConfirm(Base):
     batch: Mapped[int] = mapped_column(Integer, primary_key=True)
     confirmed_by: Mapped[str] = mapped_column(String(64))
     confirmed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ExecutorVerdict(Base):
+    """An analysis tool's verdict on one batch (the first one counts)."""
+
+    __tablename__ = "executor_verdicts"
+
+    update_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("executor_updates.update_id", ondelete="CASCADE"), primary_key=True
+    )
+    batch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text)
+    link: Mapped[str] = mapped_column(Text)
+    analysed_by: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ExecutorAbort(Base):
@@ -306,6 +323,28 @@ class StateTables:
         with Session(self._engine) as session:
             return session.get(ExecutorConfirm, (update_id, batch)) is not None
 
+    def record_verdict(self, update_id: str, verdict: VerdictRecord) -> bool:
+        """Record a verdict on ``verdict.batch``; False if the update is unknown here (the first record wins)."""
+        with Session(self._engine) as session:
+            if session.get(ExecutorUpdate, update_id) is None:
+                return False
+            session.add(ExecutorVerdict(update_id=update_id, batch=verdict.batch, verdict=verdict.verdict,
+                                        reason=verdict.reason, link=verdict.link, analysed_by=verdict.analysed_by,
+                                        received_at=verdict.received_at))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+            return True
+
+    def verdict(self, update_id: str, batch: int) -> VerdictRecord | None:
+        with Session(self._engine) as session:
+            row = session.get(ExecutorVerdict, (update_id, batch))
+            return None if row is None else VerdictRecord(row.batch, row.verdict, row.reason, row.link,
+                                                          row.analysed_by,
+                                                          row.received_at if row.received_at.tzinfo
+                                                          else row.received_at.replace(tzinfo=UTC))
+
     def record_abort(self, update_id: str, requested_by: str, reason: str) -> None:
         """Record an abort request (the first one wins), known or not yet known update alike."""
         with Session(self._engine) as session:
@@ -445,6 +484,12 @@ class StateStore:
 
     async def confirmed(self, update_id: str, batch: int) -> bool:
         return await asyncio.to_thread(self.tables.confirmed, update_id, batch)
+
+    async def record_verdict(self, update_id: str, verdict: VerdictRecord) -> bool:
+        return await asyncio.to_thread(self.tables.record_verdict, update_id, verdict)
+
+    async def verdict(self, update_id: str, batch: int) -> VerdictRecord | None:
+        return await asyncio.to_thread(self.tables.verdict, update_id, batch)
 
     async def record_abort(self, update_id: str, requested_by: str, reason: str) -> None:
         await asyncio.to_thread(self.tables.record_abort, update_id, requested_by, reason)

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from bus.id_keys import id_key_from_url
 from domain.config import HotupdateConfig
-from producers.cmdb import service
+from producers.cmdb import compat, releases, service
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.deps import CmdbContext, ConfigDep, DatabaseDep, OperatorDep
 from producers.cmdb.errors import (
@@ -31,6 +31,7 @@ from producers.cmdb.schemas import (
     FilesResponse,
     LinkedUpdateRequest,
     PushRequest,
+    ReleaseResponse,
     StartUpdateRequest,
     UpdateResponse,
 )
@@ -124,6 +125,34 @@ def roll_back(
     return service.roll_back(db, cfg, update_id, operator, rollout)
 
 
+releases_router = APIRouter(prefix="/api/releases", responses=_ERRORS)
+"""Versions teams' pipelines announced (*release announced*): pending until pulled."""
+
+
+@releases_router.get("")
+def list_releases(_operator: OperatorDep, db: DatabaseDep, project: str | None = None) -> list[ReleaseResponse]:
+    """Every announced release, newest first; ``update_id`` null: waiting for an operator."""
+    return releases.list_releases(db, project)
+
+
+@releases_router.post("/{release_id}/pull", status_code=status.HTTP_201_CREATED)
+def pull_release(release_id: str, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep) -> ReleaseResponse:
+    """Start the pull of a pending release (409 if it was pulled already): a new update, as ``POST /api/updates``."""
+    return releases.pull_release(db, cfg, release_id, operator)
+
+
+compat_router = APIRouter(prefix="/compat/v1", responses=_ERRORS)
+"""The seed's requests, field for field, for an old CMDB during a migration (docs/migration.md)."""
+
+
+@compat_router.post("/{project}/{area}/hot_update", status_code=status.HTTP_201_CREATED)
+def seed_hot_update(
+    project: str, area: str, body: compat.SeedRequest, operator: OperatorDep, db: DatabaseDep, cfg: ConfigDep
+) -> compat.SeedAccepted:
+    """The seed's hot_client / hot_server request: pulled, then pushed and run as given (area: name or code)."""
+    return compat.accept_seed_request(db, cfg, project, area, body, operator)
+
+
 def create_app(
     config: HotupdateConfig, database_url: str | None = None, *, database: CmdbDatabase | None = None
 ) -> FastAPI:
@@ -138,6 +167,8 @@ def create_app(
     app.state.cmdb = CmdbContext(config=config, database=database)
     app.add_exception_handler(CmdbError, _domain_error)
     app.include_router(router)
+    app.include_router(releases_router)
+    app.include_router(compat_router)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

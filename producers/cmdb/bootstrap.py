@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import cast
 
 from fastapi import FastAPI
 
 from bus.consumer import ConsumerService, HandlerTable
-from bus.events import Event
+from bus.events import AnalysisVerdict, Event, ReleaseAnnounced
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
@@ -19,10 +20,12 @@ from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
+from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
 from producers.cmdb.process_manager import HANDLERS, PmHandler
+from producers.cmdb.releases import on_release_announced
 from producers.cmdb.senders import Senders
 from producers.cmdb.service import SOURCE
 
@@ -43,15 +46,23 @@ class CmdbRuntime:
 
 
 def cmdb_queue() -> ServiceQueue:
-    """The CMDB's queue, bound to every event its process manager reacts to, of every project."""
-    return ServiceQueue(service=SERVICE, bindings=tuple(binding(event) for event in HANDLERS))
+    """The CMDB's queue, bound to every event its process manager reacts to, and to announced releases,
+    of every project."""
+    return ServiceQueue(service=SERVICE, bindings=(
+        *(binding(event) for event in HANDLERS), binding(ReleaseAnnounced), binding(AnalysisVerdict)))
 
 
 def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTable:
     """The process manager's handlers, bound to the database and run off the event loop, each after
     the check that the update's receiver or ops manager sent the event (:mod:`producers.cmdb.senders`)."""
     senders = Senders(config, database)
-    return {event: _in_thread(handler, database, senders) for event, handler in HANDLERS.items()}
+    table: dict[type[Event], Handler] = {
+        event: _in_thread(handler, database, senders) for event, handler in HANDLERS.items()
+    }
+    # A team's announcement: who may send it is the identity table's (broker.teams), checked before.
+    table[ReleaseAnnounced] = _release_handler(database, config)
+    table[AnalysisVerdict] = _verdict_handler(database)
+    return table
 
 
 def bootstrap(
@@ -89,6 +100,20 @@ def bootstrap(
         relay=relay,
         consumer=consumer,
     )
+
+
+def _release_handler(database: CmdbDatabase, config: HotupdateConfig) -> Handler:
+    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
+        await asyncio.to_thread(on_release_announced, cast(Incoming[ReleaseAnnounced], msg), database, config)
+
+    return handle
+
+
+def _verdict_handler(database: CmdbDatabase) -> Handler:
+    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
+        await asyncio.to_thread(on_analysis_verdict, cast(Incoming[AnalysisVerdict], msg), database)
+
+    return handle
 
 
 def _in_thread(handler: PmHandler, database: CmdbDatabase, senders: Senders) -> Handler:

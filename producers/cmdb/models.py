@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain.db import Base
@@ -129,3 +129,30 @@ class OutboxMessage(Base):
     published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Release(Base):
+    """A version a team's pipeline announced (*release announced*), once per project, area, type and version.
+
+    ``update_id`` is set when its pull started (by the project's ``auto_pull_on_release`` or an operator).
+    """
+
+    __tablename__ = "cmdb_releases"
+    __table_args__ = (
+        UniqueConstraint("project", "area_code", "update_type", "version", name="uq_cmdb_releases_version"),
+    )
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)  # the announcement's event id
+    announced_updateid: Mapped[str] = mapped_column(String(64))  # the update id its pull takes
+    project: Mapped[str] = mapped_column(String(64))
+    area_code: Mapped[str] = mapped_column(String(64))
+    update_type: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String(32))
+    client_type: Mapped[int | None] = mapped_column(Integer)
+    files: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    announced_by: Mapped[str] = mapped_column(String(64))  # the pipeline's label
+    publisher: Mapped[str] = mapped_column(String(128))  # the broker user that published it (verified)
+    link: Mapped[str] = mapped_column(Text, default="")
+    announced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    update_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("cmdb_hot_updates.id"))
+    pull_started_by: Mapped[str | None] = mapped_column(String(64))  # an operator, or "auto_pull_on_release"

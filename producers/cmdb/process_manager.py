@@ -179,6 +179,9 @@ def on_batch_finished(msg: Incoming[BatchFinished], database: CmdbDatabase) -> N
             "ok_count": event.ok_count, "failed_count": event.failed_count, "event_id": msg.envelope.id,
         }
         _mark_running(row)
+        if event.next == "await_analysis":
+            row.reason = (f"batch {event.batch} of {event.batches} finished: waiting for an analysis verdict "
+                          f"before batch {event.batch + 1}")
         if event.next == "await_confirm" and row.state == State.RUNNING:
             row.state = State.AWAITING_CONFIRM
             row.reason = (f"batch {event.batch} of {event.batches} failed ({event.failed_count} failed, "

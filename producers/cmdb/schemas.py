@@ -125,3 +125,22 @@ class UpdateResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class ReleaseResponse(BaseModel):
+    """A release a team's pipeline announced; ``update_id`` is null while it waits for an operator."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    project: str
+    area_code: str
+    update_type: str
+    version: str
+    client_type: int | None
+    files: list[dict[str, Any]]
+    announced_by: str
+    publisher: str
+    link: str
+    announced_at: datetime
+    update_id: str | None
+    pull_started_by: str | None

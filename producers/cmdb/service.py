@@ -91,6 +91,18 @@ class PushUpdate:
 
 def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpdate, requested_by: str) -> str:
     """Record a new update and queue *pull requested*; returns the update id."""
+    with database.transaction() as session:
+        return add_update(session, config, cmd, requested_by)
+
+
+def add_update(
+    session: Session, config: HotupdateConfig, cmd: StartUpdate, requested_by: str, *,
+    update_id: str | None = None, causationid: str | None = None, correlationid: str | None = None,
+) -> str:
+    """In the caller's transaction: a new update and its *pull requested* in the outbox; returns its id.
+
+    A released version's update (:mod:`producers.cmdb.releases`) takes the announcement's update id
+    and chains to it (``causationid``, ``correlationid``)."""
     area = resolve_area(config, cmd.project, cmd.update_type, cmd.area, cmd.area_code)
     proj = project_config(config, cmd.project)
     if cmd.update_type == "hot_client":
@@ -105,7 +117,7 @@ def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpda
         erlang_cmds = list(cmd.erlang_cmd_list) if cmd.erlang_cmd_list is not None else list(proj.erlang_cmd_list)
         if refused := command_refusals(erlang_cmds, proj.erlang_cmd_allowed):
             raise NotAllowed(f"{describe(refused)} (project {cmd.project!r})")
-    update_id = str(uuid.uuid4())
+    update_id = update_id or str(uuid.uuid4())
     event = _event(
         PullRequested,
         update_type=cmd.update_type,
@@ -114,31 +126,32 @@ def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpda
         client_type=cmd.client_type,
         requested_by=requested_by,
     )
+    sequence = 1 if causationid else 0  # after the announcement (sequence 0) when it has one
     envelope = make_envelope(
-        event, source=SOURCE, updateid=update_id, project=cmd.project, area=area.code, sequence=0
+        event, source=SOURCE, updateid=update_id, project=cmd.project, area=area.code, sequence=sequence,
+        causationid=causationid, correlationid=correlationid,
     )
     now = utcnow()
-    with database.transaction() as session:
-        session.add(
-            HotUpdate(
-                id=update_id,
-                project=cmd.project,
-                area_name=area.name,
-                area_code=area.code,
-                update_type=cmd.update_type,
-                client_type=cmd.client_type,
-                version=cmd.version,
-                requested_by=requested_by,
-                state=State.PULL_REQUESTED,
-                erlang_cmd_list=erlang_cmds,
-                narrowed=False,
-                last_sequence=0,
-                pull_event_id=envelope.id,
-                created_at=now,
-                updated_at=now,
-            )
+    session.add(
+        HotUpdate(
+            id=update_id,
+            project=cmd.project,
+            area_name=area.name,
+            area_code=area.code,
+            update_type=cmd.update_type,
+            client_type=cmd.client_type,
+            version=cmd.version,
+            requested_by=requested_by,
+            state=State.PULL_REQUESTED,
+            erlang_cmd_list=erlang_cmds,
+            narrowed=False,
+            last_sequence=sequence,
+            pull_event_id=envelope.id,
+            created_at=now,
+            updated_at=now,
         )
-        enqueue(session, envelope)
+    )
+    enqueue(session, envelope)
     return update_id
 
 

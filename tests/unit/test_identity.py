@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bus.envelope import Envelope, EnvelopeError
-from bus.events import CATALOGUE
+from bus.events import CATALOGUE, TEAM_PRODUCER
 from bus.examples import EXAMPLES
 from bus.identity import identity_from_config
 from bus.permissions import provision_grants, routing_keys_pattern
@@ -40,7 +40,8 @@ def test_each_event_may_come_only_from_the_instances_of_its_producer_serving_the
     assert identity.allowed[("ip.finished", "ssss")] == {"hotupdate.ops_executor.ops1"}
     assert identity.allowed[("update.completed", "snqxz")] == {"hotupdate.ops_executor.ops2"}
     assert identity.allowed[("update.stalled", "snqxz")] == {"hotupdate.cmdb"}
-    names = {model.event_name for model in CATALOGUE}
+    # every component's event is in the table; a team tool's event only where a team is granted it
+    names = {model.event_name for model in CATALOGUE if model.producer != TEAM_PRODUCER}
     assert {name for name, _ in identity.allowed} == names
     # projection and notifier publish nothing
     assert identity.grants_of("hotupdate.projection") == {} and identity.grants_of("hotupdate.notifier") == {}
@@ -127,3 +128,16 @@ def test_vhost_of_a_broker_url():
 def test_deeply_nested_json_is_an_envelope_error_not_a_recursion_error(body):
     with pytest.raises(EnvelopeError, match="nesting too deep"):
         Envelope.from_bytes(body)
+
+
+def test_a_team_tools_event_may_come_only_from_the_teams_granted_it(tmp_path):
+    nobody = identity_from_config(_config(tmp_path))
+    release = _envelope("release.announced")
+    assert nobody.problem(release, "hotupdate.cmdb") == (
+        "identity: broker user 'hotupdate.cmdb' may not publish hotupdate.release.announced.v1 for project "
+        "'ssss' (allowed: nobody)")
+    granted = identity_from_config(_config(tmp_path, teams={
+        "ci": {"projects": ["ssss"], "events": ["release.announced"]}}))
+    assert granted.problem(release, "team.ci") is None
+    assert granted.problem(_envelope("release.announced", "snqxz"), "team.ci") is not None
+    assert granted.grants_of("team.ci") == {"release.announced": {"ssss"}}

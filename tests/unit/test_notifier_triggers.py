@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -14,7 +15,7 @@ from consumers.notifier.payload import notification_for
 from consumers.notifier.sending import backoff_seconds, classify
 from consumers.notifier.service import notifier_bindings, service_name
 from consumers.notifier.triggers import SUMMARY_LIMIT, TRIGGERS, Trigger
-from domain.config import NOTIFICATION_KINDS, parse_config
+from domain.config import NotificationKind, parse_config
 
 
 def completed(final_result: bool, final_data: str = "全部完成") -> UpdateCompleted:
@@ -80,7 +81,7 @@ def test_failed_pulls_and_pushes_notify_failed_with_the_reason():
 def test_every_trigger_is_a_catalogue_event_with_known_kinds():
     assert set(TRIGGERS) <= set(CATALOGUE)
     for trigger in TRIGGERS.values():
-        assert trigger.kinds and trigger.kinds <= set(NOTIFICATION_KINDS)
+        assert trigger.kinds and trigger.kinds <= set(get_args(NotificationKind))
 
 
 def test_a_new_row_is_one_line_for_an_event_that_always_means_one_kind():

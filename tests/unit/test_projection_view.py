@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from bus.events import CATALOGUE, IpFinished, UpdateCompleted
+from bus.events import CATALOGUE, IpFinished, ReleaseAnnounced, ReleaseFile, UpdateCompleted
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY
+from bus.registry import DEFAULT_REGISTRY, make_envelope
 from projections import view
 from projections.ingest import ConflictingDuplicate, ingest_batch
 from projections.models import AppliedEvent, CdnDirRow, FileRow, IpRow, LoggedEvent, ServerRow, UpdateRow
@@ -368,3 +368,18 @@ def test_a_re_emitted_event_with_a_new_time_and_sequence_is_a_duplicate(engine):
     (outcome,) = ingest_batch(engine, [item(again)])
     assert outcome.status == "duplicate"
     assert _update(engine, env.updateid).event_count == 1
+
+
+def test_an_announced_release_is_the_first_stage_of_the_update_its_pull_starts(engine):
+    flow = hot_server_flow(complete=False)
+    release = at(make_envelope(
+        ReleaseAnnounced(update_type="hot_server", version="004200000", announced_by="ssss-build",
+                         files=[ReleaseFile(file_name="ebin/role_server.beam",
+                                            file_md5="abe347d3fdff45f1078102c4637852a5")]),
+        source="ci/ssss-build", updateid=flow[0][0].updateid, project="ssss", area="cn", sequence=0), -1)
+    ingest_batch(engine, [item(release)])
+    u = _update(engine, release.updateid)
+    assert (u.stage, u.status, u.update_type, u.version) == ("release_announced", "in_progress", "hot_server",
+                                                             "004200000")
+    ingest_batch(engine, flow[:1])
+    assert _update(engine, release.updateid).stage == "pull_requested"

@@ -8,13 +8,15 @@ import pytest
 
 from bus.consumer import Reject
 from bus.envelope import Envelope, derived_event_id
-from bus.events import PushRequested, UpdateRequested, UpdateStarted
+from bus.events import AnalysisVerdict, PushRequested, UpdateRequested, UpdateStarted
 from bus.registry import make_envelope
 from domain.config import HotupdateConfig
 from producers.cmdb import service
+from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.process_manager import (
     HANDLERS,
+    on_batch_finished,
     on_cdn_dir_finished,
     on_files_pulled,
     on_files_pushed,
@@ -28,6 +30,7 @@ from producers.cmdb.service import PushUpdate, StartUpdate
 from producers.cmdb.states import State
 from tests.cmdb_support import (
     FILES,
+    batch_finished,
     cdn_dir_finished,
     files_pulled,
     files_pushed,
@@ -299,3 +302,22 @@ def test_an_event_that_answers_no_request_of_the_cmdb_is_refused_and_changes_not
         on_files_pushed(incoming(fake_push), database)
     assert row(database, update_id).state == State.PULL_REQUESTED
     assert len(outbox(database)) == 1
+
+
+def test_an_update_awaiting_analysis_says_so_and_shows_the_verdict_on_its_batch(database, config):
+    update_id, request = _requested(database, config)
+    on_batch_finished(incoming(batch_finished(request, 1, 2, "await_analysis", ["127.0.0.11"])), database)
+    assert "waiting for an analysis verdict before batch 2" in (row(database, update_id).reason or "")
+    verdict = make_envelope(
+        AnalysisVerdict(batch=1, verdict="fail", reason="error rate 4.2%", link="https://grafana.example.com/d/x",
+                        analysed_by="ssss-monitor"),
+        source="monitoring", updateid=update_id, project="ssss", area="cn")
+    on_analysis_verdict(incoming(verdict), database)
+    on_analysis_verdict(incoming(make_envelope(
+        AnalysisVerdict(batch=1, verdict="pass", analysed_by="other"), source="monitoring", updateid=update_id,
+        project="ssss", area="cn")), database)  # the first verdict counts
+    stored = row(database, update_id)
+    assert stored.last_batch is not None
+    assert stored.last_batch["analysis"]["verdict"] == "fail"
+    assert stored.last_batch["analysis"]["link"] == "https://grafana.example.com/d/x"
+    assert stored.reason == "analysis of batch 1 failed (ssss-monitor): error rate 4.2%"
