@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from bus.identity import Identity, identity_from_config
 from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
-from domain.db import VERSION_LOCATIONS, upgrade
+from domain.db import migration_branches, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = db_sub.add_parser("upgrade", help="migrate a database to the newest schema of the named branches")
     up.add_argument("--url", default=os.environ.get("HOTUPDATE_DB_URL"), help="database URL (env HOTUPDATE_DB_URL)")
     up.add_argument(
-        "--branch", action="append", choices=sorted(VERSION_LOCATIONS), default=None,
+        "--branch", action="append", choices=sorted(migration_branches()), default=None,
         help="a component's branch (repeatable); default: every branch",
     )
     up.set_defaults(func=_upgrade)

@@ -1,7 +1,8 @@
 """Database engines and Alembic migrations, shared by every component that keeps state.
 
 Each component owns an Alembic *branch* (``bus``, ``cmdb``, ``projection``,
-``ops_executor``, ``notifier``) with its migrations beside its code; ``upgrade(url, branch)``
+``ops_executor``, ``notifier``) with its migrations beside its code, registered by its package
+as a ``hotupdate.migrations`` entry point; ``upgrade(url, branch)``
 brings one database to the head of the branches that component needs.
 SQLite files are the embedded default; PostgreSQL is the production choice.
 """
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +24,23 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase
 
-_ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_GROUP = "hotupdate.migrations"
 
-# Each branch's migrations live with the code that owns the tables.
-VERSION_LOCATIONS: dict[str, Path] = {
-    "bus": _ROOT / "bus" / "migrations",
-    "cmdb": _ROOT / "producers" / "cmdb" / "migrations",
-    "projection": _ROOT / "projections" / "migrations",
-    "ops_executor": _ROOT / "consumers" / "ops_executor" / "migrations",
-    "notifier": _ROOT / "consumers" / "notifier" / "migrations",
-}
+
+@functools.cache
+def migration_branches() -> dict[str, Path]:
+    """Every registered Alembic branch and its folder, whichever component asks.
+
+    Each package that owns tables registers its folder as an entry point of this group, so this
+    module names no package above it. All of them are always known, not just the caller's: one
+    database may hold several components' tables (one PostgreSQL database for every service is
+    common), and Alembic refuses to upgrade a database holding a revision it cannot locate.
+    """
+    branches = {ep.name: Path(ep.load()) for ep in entry_points(group=MIGRATIONS_GROUP)}
+    if not branches:
+        raise RuntimeError(f"no package registers {MIGRATIONS_GROUP!r} entry points: is hotupdate installed "
+                           "(pip install -e .)?")
+    return branches
 
 
 class Base(DeclarativeBase):
@@ -60,9 +70,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def alembic_config(url: str) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(_ROOT / "domain" / "alembic"))
+    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent / "alembic"))
     cfg.set_main_option(
-        "version_locations", " ".join(str(p) for p in VERSION_LOCATIONS.values() if p.is_dir())
+        "version_locations", " ".join(str(p) for p in migration_branches().values() if p.is_dir())
     )
     cfg.set_main_option("path_separator", "space")
     cfg.attributes["url"] = url

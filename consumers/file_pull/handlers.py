@@ -7,6 +7,7 @@ import logging
 
 from bus.events import FileEntry, FilesPulled, PullFailed, PullRequested
 from bus.handling import Emitter, Incoming
+from bus.wiring import Handlers
 from consumers.file_pull.paths import pull_paths
 from consumers.file_pull.problems import PullProblem
 from consumers.file_pull.pull import pull_version
@@ -51,3 +52,7 @@ async def handle_pull_requested(msg: Incoming[PullRequested], emit: Emitter, *, 
         "pulled id=%s update=%s files=%d bytes=%d reused=%s backup=%s",
         env.id, env.updateid, len(pulled.files), pulled.total_bytes, pulled.reused, paths.backup,
     )
+
+
+HANDLERS: Handlers = {PullRequested: handle_pull_requested}
+"""What file_pull handles; its service binds them (bus/wiring.py)."""

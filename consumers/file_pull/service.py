@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import cast
-
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.handling import Handler
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
 from bus.topology import ServiceQueue, Topology, binding
-from consumers.file_pull.handlers import handle_pull_requested
+from bus.wiring import bind_handlers
+from consumers.file_pull.handlers import HANDLERS
 from domain.config import HotupdateConfig
 
 ROLE = "file_pull"
@@ -28,15 +24,13 @@ def build_service(
     """The file_pull consumer of ``receiver_name``, bound only to the projects that receiver serves."""
     receiver = config.receiver(receiver_name)
     service = f"{ROLE}.{receiver_name}"
-    # The handler is typed for its own event; the table's Handler type is the common denominator.
-    handler = cast(Handler, partial(handle_pull_requested, receiver=receiver))
     return ConsumerService(
         amqp_url=config.amqp_url,
         topology=topology,
         queue=ServiceQueue(
-            service=service, bindings=tuple(binding(PullRequested, project=p) for p in receiver.projects)
+            service=service, bindings=tuple(binding(kind, project=p) for p in receiver.projects for kind in HANDLERS)
         ),
-        handlers={PullRequested: handler},
+        handlers=bind_handlers(HANDLERS, {"receiver": receiver}),
         source=f"hotupdate/{ROLE}/{receiver_name}",
         processed=ProcessedStore(processed_url, service) if processed_url else None,
         prefetch=prefetch,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bus.events import FilesPushed, PushFailed, PushRequested, RsyncTargetRef, RsyncTargetResult
 from bus.handling import Emitter, Incoming
+from bus.wiring import Handlers
 from consumers.file_push.files import FileCheckError, check_files
 from consumers.file_push.rsync import RsyncResult, push_files
 from consumers.file_push.targets import ResolvedTarget, resolve_targets
@@ -107,3 +108,7 @@ def _result(target: ResolvedTarget, outcome: RsyncResult) -> RsyncTargetResult:
     return RsyncTargetResult(
         **target.ref.model_dump(), ok=outcome.ok, bytes=outcome.bytes, seconds=outcome.seconds, error=outcome.error
     )
+
+
+HANDLERS: Handlers = {PushRequested: handle_push_requested}
+"""What file_push handles; its service binds them (bus/wiring.py)."""

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from functools import partial
-from typing import cast
-
 from bus.consumer import ConsumerService
-from bus.events import PushRequested
-from bus.handling import Handler
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
 from bus.topology import ServiceQueue, Topology, binding
-from consumers.file_push.handlers import PushSettings, handle_push_requested
+from bus.wiring import bind_handlers
+from consumers.file_push.handlers import HANDLERS, PushSettings
 from domain.config import HotupdateConfig
 
 ROLE = "file_push"
@@ -36,15 +32,14 @@ def build_service(
     """The file_push consumer of ``receiver_name``, bound only to the projects that receiver serves."""
     settings = push_settings(config, receiver_name)
     service = f"{ROLE}.{receiver_name}"
-    # The handler is typed for its own event; the table's Handler type is the common denominator.
-    handler = cast(Handler, partial(handle_push_requested, settings=settings))
     return ConsumerService(
         amqp_url=config.amqp_url,
         topology=topology,
         queue=ServiceQueue(
-            service=service, bindings=tuple(binding(PushRequested, project=p) for p in settings.receiver.projects)
+            service=service,
+            bindings=tuple(binding(kind, project=p) for p in settings.receiver.projects for kind in HANDLERS),
         ),
-        handlers={PushRequested: handler},
+        handlers=bind_handlers(HANDLERS, {"settings": settings}),
         source=f"hotupdate/{ROLE}/{receiver_name}",
         processed=ProcessedStore(processed_url, service) if processed_url else None,
         prefetch=prefetch,

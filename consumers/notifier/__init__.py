@@ -2,3 +2,8 @@
 
 See docs/notifications.md for the configuration, the payload and how to check a signature.
 """
+
+from pathlib import Path
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""This package's Alembic branch ("notifier"), registered in pyproject's ``hotupdate.migrations`` entry points."""

@@ -1,8 +1,8 @@
-"""The notifier's handlers: one per triggering event type, all made from the trigger table.
+"""The notifier's handlers: one per triggering event type, all the same function.
 
 Every triggering event is handled the same way (its row of :data:`TRIGGERS` says what it
-means), so a handler is this module's one function bound to its event's row; adding a row
-there adds a handler here. Handling records the deliveries as pending, hands them to the
+means), so the table maps each row's event type to this module's one function, which reads
+its event's row; adding a row there adds a handler here. Handling records the deliveries as pending, hands them to the
 dispatcher and returns: the event is acked once its notifications are safely written down,
 not once the webhooks have answered.
 """
@@ -10,17 +10,15 @@ not once the webhooks have answered.
 from __future__ import annotations
 
 import logging
-from functools import partial
-from typing import Any, cast
 
-from bus.consumer import HandlerTable
 from bus.events import Event
-from bus.handling import Emitter, Handler, Incoming
+from bus.handling import Emitter, Incoming
+from bus.wiring import Handlers
 from consumers.notifier.dispatcher import Dispatcher
 from consumers.notifier.payload import notification_for
 from consumers.notifier.seed_shapes import seed_body
 from consumers.notifier.store import DeliveryStore, NewDelivery
-from consumers.notifier.triggers import TRIGGERS, Trigger
+from consumers.notifier.triggers import TRIGGERS
 from consumers.notifier.webhooks import WebhookBook, webhook_key
 
 log = logging.getLogger(__name__)
@@ -30,14 +28,13 @@ async def handle_notifying_event(
     msg: Incoming[Event],
     emit: Emitter,
     *,
-    trigger: Trigger[Any],
     book: WebhookBook,
     store: DeliveryStore,
     dispatcher: Dispatcher,
 ) -> None:
     """Record one pending delivery per webhook of the project that wants this kind, then start them."""
     env = msg.envelope
-    notification = notification_for(env, msg.event, trigger)
+    notification = notification_for(env, msg.event, TRIGGERS[type(msg.event)])
     endpoints = [e for e in book.for_project(env.project) if e.wants(notification.kind)]
     if not endpoints:
         log.info("%s id=%s update=%s: no webhook of project %s wants %s", env.type, env.id, env.updateid,
@@ -58,11 +55,5 @@ async def handle_notifying_event(
              env.type, env.id, env.updateid, notification.kind, len(pending), len(records) - len(pending))
 
 
-def handler_table(*, book: WebhookBook, store: DeliveryStore, dispatcher: Dispatcher) -> HandlerTable:
-    """One handler per event type of the trigger table."""
-    # Each handler is typed for the common Event; the table's Handler type is the common denominator.
-    return {
-        event_type: cast(Handler, partial(handle_notifying_event, trigger=trigger, book=book, store=store,
-                                          dispatcher=dispatcher))
-        for event_type, trigger in TRIGGERS.items()
-    }
+HANDLERS: Handlers = {event_type: handle_notifying_event for event_type in TRIGGERS}
+"""What the notifier handles; its service binds them (bus/wiring.py)."""

@@ -8,8 +8,9 @@ from bus.consumer import ConsumerService, HandlerTable
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity, identity_from_config
 from bus.topology import ServiceQueue, Topology, binding
+from bus.wiring import bind_handlers
 from consumers.notifier.dispatcher import Dispatcher
-from consumers.notifier.handlers import handler_table
+from consumers.notifier.handlers import HANDLERS
 from consumers.notifier.store import DeliveryStore
 from consumers.notifier.triggers import TRIGGERS
 from consumers.notifier.webhooks import WebhookBook
@@ -88,7 +89,7 @@ def build_service(
         amqp_url=config.amqp_url,
         topology=topology,
         queue=ServiceQueue(service=service, bindings=bindings),
-        handlers=handler_table(book=book, store=store, dispatcher=dispatcher),
+        handlers=bind_handlers(HANDLERS, {"book": book, "store": store, "dispatcher": dispatcher}),
         source=f"hotupdate/{service}",
         processed=ProcessedStore(processed_url, service) if processed_url else None,
         prefetch=prefetch,

@@ -5,3 +5,8 @@ events; reports *update started*, one *IP finished* or *CDN dir finished* per ta
 finished* per batch of a rolled-out update, and *update completed*, with the seed's semantics
 (docs/rollout.md: batches, go-aheads, aborts).
 """
+
+from pathlib import Path
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+"""This package's Alembic branch ("ops_executor"), registered in pyproject's ``hotupdate.migrations`` entry points."""

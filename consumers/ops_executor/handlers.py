@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from bus.consumer import Reject
 from bus.events import AnalysisVerdict, BatchConfirmed, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Incoming
+from bus.wiring import Handlers
 from consumers.ops_executor.executor import EmitterFor, Executor
 from consumers.ops_executor.records import VerdictRecord
 from domain.allowed import describe
@@ -69,3 +70,12 @@ async def handle_analysis_verdict(msg: Incoming[AnalysisVerdict], emit: Emitter,
              event.verdict, event.analysed_by)
     await executor.record_verdict(env.updateid, VerdictRecord(event.batch, event.verdict, event.reason, event.link,
                                                               event.analysed_by, datetime.now(UTC)))
+
+
+HANDLERS: Handlers = {
+    UpdateRequested: handle_update_requested,
+    BatchConfirmed: handle_batch_confirmed,
+    UpdateAbortRequested: handle_update_abort_requested,
+    AnalysisVerdict: handle_analysis_verdict,
+}
+"""What the executor handles; its service binds them (bus/wiring.py) and binds its queue to each."""

@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from functools import partial
-from typing import cast
 
 from bus.consumer import ConsumerService, HandlerTable
 from bus.envelope import Envelope
-from bus.events import AnalysisVerdict, BatchConfirmed, Event, UpdateAbortRequested, UpdateRequested
-from bus.handling import Emitter, Handler, child_envelope
+from bus.events import Event
+from bus.handling import Emitter, child_envelope
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity, identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
+from bus.wiring import bind_handlers
 from consumers.ops_executor.executor import EmitterFor, Executor
-from consumers.ops_executor.handlers import (
-    handle_analysis_verdict,
-    handle_batch_confirmed,
-    handle_update_abort_requested,
-    handle_update_requested,
-)
+from consumers.ops_executor.handlers import HANDLERS
 from consumers.ops_executor.runner import HostRunner
 from consumers.ops_executor.state import StateStore
 from domain.config import HotupdateConfig
@@ -121,15 +115,7 @@ def build_service(
     source = f"hotupdate/{ROLE}/{ops_manager}"
     publisher = AsyncPublisher(config.amqp_url, topology or Topology())
     emitter_for = request_emitters(source, publisher, id_key_from_url(config.amqp_url))
-    # Each handler is typed for its own event; the table's Handler type is the common denominator.
-    handlers: dict[type[Event], Handler] = {
-        UpdateRequested: cast(Handler, partial(handle_update_requested, executor=executor)),
-        BatchConfirmed: cast(Handler, partial(handle_batch_confirmed, executor=executor, emitter_for=emitter_for)),
-        UpdateAbortRequested: cast(
-            Handler, partial(handle_update_abort_requested, executor=executor, emitter_for=emitter_for)
-        ),
-        AnalysisVerdict: cast(Handler, partial(handle_analysis_verdict, executor=executor)),
-    }
+    handlers = bind_handlers(HANDLERS, {"executor": executor, "emitter_for": emitter_for})
     return OpsExecutorService(
         executor=executor,
         store=store,

@@ -6,26 +6,25 @@ Nothing here runs anything; :mod:`producers.cmdb.app` runs what this builds, in 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
 
 from fastapi import FastAPI
 
 from bus.consumer import ConsumerService, HandlerTable
-from bus.events import AnalysisVerdict, Event, ReleaseAnnounced
+from bus.events import TEAM_PRODUCER, Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
+from bus.wiring import inject
 from domain.config import HotupdateConfig
-from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
-from producers.cmdb.process_manager import HANDLERS, PmHandler
-from producers.cmdb.releases import on_release_announced
+from producers.cmdb.process_manager import HANDLERS
 from producers.cmdb.senders import Senders
 from producers.cmdb.service import SOURCE
 
@@ -46,23 +45,21 @@ class CmdbRuntime:
 
 
 def cmdb_queue() -> ServiceQueue:
-    """The CMDB's queue, bound to every event its process manager reacts to, and to announced releases,
-    of every project."""
-    return ServiceQueue(service=SERVICE, bindings=(
-        *(binding(event) for event in HANDLERS), binding(ReleaseAnnounced), binding(AnalysisVerdict)))
+    """The CMDB's queue, bound to every event it reacts to, of every project."""
+    return ServiceQueue(service=SERVICE, bindings=tuple(binding(event) for event in HANDLERS))
 
 
 def handler_table(database: CmdbDatabase, config: HotupdateConfig) -> HandlerTable:
-    """The process manager's handlers, bound to the database and run off the event loop, each after
-    the check that the update's receiver or ops manager sent the event (:mod:`producers.cmdb.senders`)."""
+    """The CMDB's handlers bound to their dependencies and run off the event loop. A component's
+    event is first checked to come from the update's own receiver or ops manager
+    (:mod:`producers.cmdb.senders`); a team's event (an announcement, a verdict) answers to no
+    update's sender, and who may send it at all is the identity table's (``broker.teams``), checked before."""
     senders = Senders(config, database)
-    table: dict[type[Event], Handler] = {
-        event: _in_thread(handler, database, senders) for event, handler in HANDLERS.items()
+    dependencies = {"database": database, "config": config}
+    return {
+        event: _in_thread(inject(handler, dependencies), None if event.producer == TEAM_PRODUCER else senders)
+        for event, handler in HANDLERS.items()
     }
-    # A team's announcement: who may send it is the identity table's (broker.teams), checked before.
-    table[ReleaseAnnounced] = _release_handler(database, config)
-    table[AnalysisVerdict] = _verdict_handler(database)
-    return table
 
 
 def bootstrap(
@@ -102,25 +99,12 @@ def bootstrap(
     )
 
 
-def _release_handler(database: CmdbDatabase, config: HotupdateConfig) -> Handler:
-    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
-        await asyncio.to_thread(on_release_announced, cast(Incoming[ReleaseAnnounced], msg), database, config)
-
-    return handle
-
-
-def _verdict_handler(database: CmdbDatabase) -> Handler:
-    async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
-        await asyncio.to_thread(on_analysis_verdict, cast(Incoming[AnalysisVerdict], msg), database)
-
-    return handle
-
-
-def _in_thread(handler: PmHandler, database: CmdbDatabase, senders: Senders) -> Handler:
+def _in_thread(handler: Callable[[Incoming[Event]], None], senders: Senders | None) -> Handler:
     # The handlers use the synchronous database API; a thread keeps the consumer's loop free.
     def checked(msg: Incoming[Event]) -> None:
-        senders.check(msg.envelope, msg.publisher)
-        handler(msg, database)
+        if senders is not None:
+            senders.check(msg.envelope, msg.publisher)
+        handler(msg)
 
     async def handle(msg: Incoming[Event], _emit: Emitter) -> None:
         await asyncio.to_thread(checked, msg)

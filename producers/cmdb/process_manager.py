@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from bus.consumer import Reject
 from bus.envelope import Envelope
 from bus.events import (
+    AnalysisVerdict,
     BatchFinished,
     CdnDirFinished,
     Event,
@@ -49,6 +50,7 @@ from bus.events import (
     PullRequested,
     PushFailed,
     PushRequested,
+    ReleaseAnnounced,
     RolloutPlan,
     RsyncTargetRef,
     UpdateCompleted,
@@ -56,10 +58,12 @@ from bus.events import (
     UpdateStarted,
 )
 from bus.handling import Incoming, child_envelope
+from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.expected import cdn_target_name, ip_target_name, missing_targets
 from producers.cmdb.models import HotUpdate, OutboxMessage, TargetResult, utcnow
 from producers.cmdb.outbox import enqueue
+from producers.cmdb.releases import on_release_announced
 from producers.cmdb.service import SOURCE
 from producers.cmdb.states import AWAITING_EXECUTION, AWAITING_PULL, AWAITING_PUSH, ENDED, State
 
@@ -383,9 +387,7 @@ def _chain_problem(session: Session, row: HotUpdate, env: Envelope, cause: str |
             f"(causationid {env.causationid!r})")
 
 
-PmHandler = Callable[[Incoming[Any], CmdbDatabase], None]
-
-HANDLERS: dict[type[Event], PmHandler] = {
+HANDLERS: dict[type[Event], Callable[..., None]] = {
     FilesPulled: on_files_pulled,
     PullFailed: on_pull_failed,
     FilesPushed: on_files_pushed,
@@ -395,5 +397,8 @@ HANDLERS: dict[type[Event], PmHandler] = {
     CdnDirFinished: on_cdn_dir_finished,
     BatchFinished: on_batch_finished,
     UpdateCompleted: on_update_completed,
+    ReleaseAnnounced: on_release_announced,
+    AnalysisVerdict: on_analysis_verdict,
 }
-"""What the CMDB reacts to: the consumer's bindings and handler table are built from this."""
+"""What the CMDB reacts to: its queue's bindings come from this table, and its composition root
+binds each handler's dependencies by name (bus/wiring.py) and runs it off the event loop."""

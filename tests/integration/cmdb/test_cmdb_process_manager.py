@@ -68,10 +68,11 @@ def _requested(database: CmdbDatabase, config: HotupdateConfig, **overrides: Any
     return update_id, outbox(database)[-1]
 
 
-def test_the_process_manager_has_one_handler_per_event_it_reacts_to():
+def test_the_cmdb_has_one_handler_per_event_it_reacts_to():
     assert sorted(e.event_name for e in HANDLERS) == sorted([
         "files.pulled", "pull.failed", "files.pushed", "push.failed",
         "update.started", "ip.finished", "cdn_dir.finished", "batch.finished", "update.completed",
+        "release.announced", "analysis.verdict",
     ])
 
 
