@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import pika
+import pika.exceptions
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 from aio_pika.connection import Connection
 from aio_pika.robust_connection import RobustConnection
@@ -123,7 +124,6 @@ def _log_refused(node: BrokerUrl, exc: BaseException, *, more: bool) -> None:
                 "; trying the next" if more else "")
 
 
-__all__ = ["FailoverConnection", "connect", "connect_blocking", "connect_robust", "pika_parameters", "tls_context"]
 
 
 @contextmanager
@@ -141,3 +141,25 @@ def confirmed_channel(address: str) -> Iterator[Any]:
     finally:
         if connection.is_open:
             connection.close()
+
+
+def queues_with_consumers(address: str, names: Iterable[str]) -> set[str]:
+    """Which of the queues ``names`` exist and have a consumer now (a readiness probe: the demo waits on it)."""
+    ready: set[str] = set()
+    connection = connect_blocking(address)
+    try:
+        for name in names:
+            channel = connection.channel()
+            try:
+                if channel.queue_declare(name, passive=True).method.consumer_count > 0:
+                    ready.add(name)
+            except pika.exceptions.ChannelClosedByBroker:
+                pass  # not declared yet; the broker closed this channel, the next one is new
+    finally:
+        if connection.is_open:
+            connection.close()
+    return ready
+
+
+__all__ = ["FailoverConnection", "confirmed_channel", "connect", "connect_blocking", "connect_robust",
+           "pika_parameters", "queues_with_consumers", "tls_context"]

@@ -100,27 +100,15 @@ def _wait_http(url: str, children: Children, timeout: float = 60) -> None:
 
 
 def wait_consumers(amqp_url: str, queues: list[str], children: Children, timeout: float = 60) -> None:
-    import pika.exceptions  # only for this readiness probe
-
-    from bus.connection import connect_blocking
+    from bus.connection import queues_with_consumers
 
     deadline = time.monotonic() + timeout
     pending = list(queues)
     while pending and time.monotonic() < deadline:
         if dead := children.dead():
             raise ScenarioError(f"{dead[0].name} exited early; see {dead[0].log_path}")
-        connection = connect_blocking(amqp_url)
-        try:
-            for name in list(pending):
-                channel = connection.channel()
-                try:
-                    ok = channel.queue_declare(name, passive=True)
-                    if ok.method.consumer_count > 0:
-                        pending.remove(name)
-                except pika.exceptions.ChannelClosedByBroker:
-                    pass  # not declared yet
-        finally:
-            connection.close()
+        ready = queues_with_consumers(amqp_url, pending)
+        pending = [name for name in pending if name not in ready]
         time.sleep(0.3)
     if pending:
         raise ScenarioError(f"no consumer on {', '.join(pending)} after {timeout:.0f}s")
