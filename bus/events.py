@@ -254,7 +254,9 @@ class _RolloutPlanBody(BaseModel):
 
 
 # Frozen: the plan of update.requested v2, published as ``RolloutPlan`` (its name, docstring and fields are
-# that schema's; change nothing here). update.requested v3 carries RolloutPlanV2.
+# that schema's; change nothing here). update.requested v3 carries RolloutPlanV2. The newer plan takes the
+# suffix, unlike the events: a class's name is its ``$defs`` name in the schemas, which the published one
+# keeps, and asyncapi.yaml gathers every event's ``$defs`` in one namespace, so the two need distinct names.
 class RolloutPlan(_RolloutPlanBody):
     """How an update's targets are split into batches, and what a failed batch does.
 
