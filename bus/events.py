@@ -8,7 +8,7 @@ generated from here (``hotupdate events docs``).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from annotated_types import Interval
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
@@ -229,15 +229,8 @@ _ONE_SIZE_SCHEMA: dict[str, Any] = {
 }
 
 
-class RolloutPlan(BaseModel):
-    """How an update's targets are split into batches, and what a failed batch does.
-
-    A batch is a count (``batch_size``) or a percentage (``batch_percent``, rounded up, at
-    least one) of the update's IPs (hot_server) or CDN dirs (hot_client), taken in the order
-    *update started* lists them: IPs by group (game, cross, cross_center), then by address
-    within a group (an IP in several groups goes with its first, all its servers in one batch);
-    CDN dirs in the request's order. Neither given: one batch, as without a plan.
-    """
+class _RolloutPlanBody(BaseModel):
+    """The fields every version of the rollout plan has."""
 
     model_config = ConfigDict(**CONTRACT, json_schema_extra=_ONE_SIZE_SCHEMA)
     batch_size: Ordinal | None = Field(default=None, description="targets per batch")
@@ -252,18 +245,46 @@ class RolloutPlan(BaseModel):
         description="a batch with a failed target: stop (the rest is not run), continue, "
         "or confirm (wait for batch.confirmed before the next batch)",
     )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> Self:
+        if self.batch_size is not None and self.batch_percent is not None:
+            raise ValueError("give batch_size or batch_percent, not both")
+        return self
+
+
+# Frozen: the plan of update.requested v2, published as ``RolloutPlan`` (its name, docstring and fields are
+# that schema's; change nothing here). update.requested v3 carries RolloutPlanV2. The newer plan takes the
+# suffix, unlike the events: a class's name is its ``$defs`` name in the schemas, which the published one
+# keeps, and asyncapi.yaml gathers every event's ``$defs`` in one namespace, so the two need distinct names.
+class RolloutPlan(_RolloutPlanBody):
+    """How an update's targets are split into batches, and what a failed batch does.
+
+    A batch is a count (``batch_size``) or a percentage (``batch_percent``, rounded up, at
+    least one) of the update's IPs (hot_server) or CDN dirs (hot_client), taken in the order
+    *update started* lists them: IPs by group (game, cross, cross_center), then by address
+    within a group (an IP in several groups goes with its first, all its servers in one batch);
+    CDN dirs in the request's order. Neither given: one batch, as without a plan.
+    """
+
+
+class RolloutPlanV2(_RolloutPlanBody):
+    """How an update's targets are split into batches, what a failed batch does, and what gates the next.
+
+    A batch is a count (``batch_size``) or a percentage (``batch_percent``, rounded up, at
+    least one) of the update's IPs (hot_server) or CDN dirs (hot_client), taken in the order
+    *update started* lists them: IPs by group (game, cross, cross_center), then by address
+    within a group (an IP in several groups goes with its first, all its servers in one batch);
+    CDN dirs in the request's order. Neither given: one batch, as without a plan. v2 of the
+    plan (in *update requested* v3) adds ``analysis_timeout_seconds``.
+    """
+
     analysis_timeout_seconds: float | None = Field(
         default=None, gt=0, le=86400,
         description="an analysis step after every batch but the last that would continue: the next batch "
         "starts on an analysis.verdict 'pass' for it; 'fail', or none within this many seconds of the "
         "batch's end, stops the rollout",
     )
-
-    @model_validator(mode="after")
-    def _one_size(self) -> RolloutPlan:
-        if self.batch_size is not None and self.batch_percent is not None:
-            raise ValueError("give batch_size or batch_percent, not both")
-        return self
 
 
 _FITS_UPDATE_TYPE_SCHEMA: dict[str, Any] = {
@@ -335,7 +356,31 @@ class UpdateRequestedV1(_UpdateRequestBody):
     consumers = ("ops_executor", "projection")
 
 
-class UpdateRequested(_UpdateRequestBody):
+class _LinkedUpdateRequestBody(_UpdateRequestBody):
+    """The fields of *update requested* from v2 on: a link to another update (the rollout plan differs)."""
+
+    model_config = ConfigDict(
+        **CONTRACT, json_schema_extra={"allOf": [_FITS_UPDATE_TYPE_SCHEMA, _LINK_IS_WHOLE_SCHEMA]}
+    )
+
+    parent_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
+        description="the update this one was made from",
+    )
+    relation: Literal["retry_failed", "rollback"] | None = Field(
+        default=None, description="how it relates to parent_id"
+    )
+
+    @model_validator(mode="after")
+    def _link_is_whole(self) -> Self:
+        if (self.parent_id is None) != (self.relation is None):
+            raise ValueError("parent_id and relation go together")
+        return self
+
+
+# Frozen: update.requested v2 as it was published (title, docstring, fields: its schema must not change).
+# Upcast to v3 on receipt. Older tools still send it.
+class UpdateRequestedV2(_LinkedUpdateRequestBody):
     """Run the hot update (the seed's CMDB → ops manager request, both kinds), optionally in batches.
 
     ``rollout`` absent: every target in one batch, as the seed does. ``parent_id`` and
@@ -346,29 +391,35 @@ class UpdateRequested(_UpdateRequestBody):
     event_version = 2
     producer = "cmdb"
     consumers = ("ops_executor", "projection")
-    model_config = ConfigDict(
-        **CONTRACT, json_schema_extra={"allOf": [_FITS_UPDATE_TYPE_SCHEMA, _LINK_IS_WHOLE_SCHEMA]}
-    )
+    model_config = ConfigDict(title="UpdateRequested")  # the name v2 was published under
 
     rollout: RolloutPlan | None = Field(default=None, description="absent: one batch")
-    parent_id: str | None = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$",
-        description="the update this one was made from",
-    )
-    relation: Literal["retry_failed", "rollback"] | None = Field(
-        default=None, description="how it relates to parent_id"
-    )
-
-    @model_validator(mode="after")
-    def _link_is_whole(self) -> UpdateRequested:
-        if (self.parent_id is None) != (self.relation is None):
-            raise ValueError("parent_id and relation go together")
-        return self
 
     @classmethod
     def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
         """v1 → v2: no rollout plan (one batch), no parent."""
         return {**data, "rollout": None, "parent_id": None, "relation": None}
+
+
+class UpdateRequested(_LinkedUpdateRequestBody):
+    """Run the hot update (the seed's CMDB → ops manager request, both kinds), optionally in batches.
+
+    ``rollout`` absent: every target in one batch, as the seed does. ``parent_id`` and
+    ``relation`` link an update made from another one (retry of its failed targets, rollback).
+    v3 adds the rollout plan's analysis step (``analysis_timeout_seconds``).
+    """
+
+    event_name = "update.requested"
+    event_version = 3
+    producer = "cmdb"
+    consumers = ("ops_executor", "projection")
+
+    rollout: RolloutPlanV2 | None = Field(default=None, description="absent: one batch")
+
+    @classmethod
+    def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """v2 → v3: a v2 plan has no analysis step; every v2 payload is a v3 payload as it is."""
+        return data
 
 
 class UpdateStarted(Event):
@@ -416,7 +467,50 @@ class IpFinished(Event):
     erl_data: dict[ServerName, ServerResult]
 
 
-class BatchFinished(Event):
+class _BatchFinishedBody(Event):
+    """The fields every version of *batch finished* has (``next`` gains values from version to version)."""
+
+    batch: Ordinal = Field(description="1-based")
+    batches: Ordinal = Field( description="how many batches the update has")
+    ips: list[IpAddress] = Field(default_factory=list, description="hot_server: the batch's IPs")
+    cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
+    ok_count: Count
+    failed_count: Count
+    next: str  # each version narrows it to its Literal
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.batch > self.batches:
+            raise ValueError("batch is beyond batches")
+        if (self.next == "done") != (self.batch == self.batches):
+            raise ValueError("next is 'done' exactly for the last batch")
+        return self
+
+
+# Frozen: batch.finished v1 as it was published (title, docstring, fields: its schema must not change).
+# Upcast to v2 on receipt; every v1 ``next`` is a v2 one.
+class BatchFinishedV1(_BatchFinishedBody):
+    """One batch of an update with a rollout plan is done; ``next`` says what the executor does now.
+
+    Sent only for updates whose request carries a rollout plan, after the batch's last
+    *IP finished* / *CDN dir finished*. ``next``: ``continue`` (the next batch starts
+    ``pause_seconds`` after this one finished), ``stop`` (no further batch starts: the batch
+    failed under ``on_failure: stop``, or an abort was requested), ``await_confirm`` (the batch
+    failed under ``on_failure: confirm``: batch ``batch + 1`` starts when *batch confirmed* for
+    it arrives), ``done`` (this was the last batch). A batch failed when any of its game
+    servers (or CDN dirs) failed. The counts are as in *update completed*, for this batch.
+    """
+
+    event_name = "batch.finished"
+    event_version = 1
+    producer = "ops_executor"
+    consumers = ("cmdb", "projection")
+    model_config = ConfigDict(title="BatchFinished")  # the name v1 was published under
+
+    next: Literal["continue", "stop", "await_confirm", "done"]
+
+
+class BatchFinished(_BatchFinishedBody):
     """One batch of an update with a rollout plan is done; ``next`` says what the executor does now.
 
     Sent only for updates whose request carries a rollout plan, after the batch's last
@@ -425,30 +519,22 @@ class BatchFinished(Event):
     failed under ``on_failure: stop``, or an abort was requested), ``await_confirm`` (the batch
     failed under ``on_failure: confirm``: batch ``batch + 1`` starts when *batch confirmed* for
     it arrives), ``await_analysis`` (the plan has an analysis step: batch ``batch + 1`` starts on
-    *analysis verdict* ``pass`` for this batch), ``done`` (this was the last batch). A batch failed when any of its game
-    servers (or CDN dirs) failed. The counts are as in *update completed*, for this batch.
+    *analysis verdict* ``pass`` for this batch), ``done`` (this was the last batch). A batch failed
+    when any of its game servers (or CDN dirs) failed. The counts are as in *update completed*, for
+    this batch. v2 adds ``await_analysis``.
     """
 
     event_name = "batch.finished"
-    event_version = 1
+    event_version = 2
     producer = "ops_executor"
     consumers = ("cmdb", "projection")
 
-    batch: Ordinal = Field(description="1-based")
-    batches: Ordinal = Field( description="how many batches the update has")
-    ips: list[IpAddress] = Field(default_factory=list, description="hot_server: the batch's IPs")
-    cdn_dirs: list[CdnTarget] = Field(default_factory=list, description="hot_client: the batch's CDN dirs")
-    ok_count: Count
-    failed_count: Count
     next: Literal["continue", "stop", "await_confirm", "await_analysis", "done"]
 
-    @model_validator(mode="after")
-    def _consistent(self) -> BatchFinished:
-        if self.batch > self.batches:
-            raise ValueError("batch is beyond batches")
-        if (self.next == "done") != (self.batch == self.batches):
-            raise ValueError("next is 'done' exactly for the last batch")
-        return self
+    @classmethod
+    def upcast(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """v1 → v2: nothing to change; ``await_analysis`` is only new."""
+        return data
 
 
 class BatchConfirmed(Event):
@@ -652,6 +738,7 @@ class AnalysisVerdict(Event):
 # are the validator's messages.
 RULES_BEYOND_JSON_SCHEMA: dict[str, tuple[str, ...]] = {
     "hotupdate.batch.finished.v1": ("batch is beyond batches", "next is 'done' exactly for the last batch"),
+    "hotupdate.batch.finished.v2": ("batch is beyond batches", "next is 'done' exactly for the last batch"),
 }
 
 CATALOGUE: tuple[type[Event], ...] = (
@@ -662,10 +749,12 @@ CATALOGUE: tuple[type[Event], ...] = (
     FilesPushed,
     PushFailed,
     UpdateRequestedV1,
+    UpdateRequestedV2,
     UpdateRequested,
     UpdateStarted,
     CdnDirFinished,
     IpFinished,
+    BatchFinishedV1,
     BatchFinished,
     BatchConfirmed,
     UpdateAbortRequested,

@@ -12,6 +12,7 @@ from bus.events import (
     AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,
+    BatchFinishedV1,
     CdnDirFinished,
     CdnTarget,
     Event,
@@ -26,6 +27,7 @@ from bus.events import (
     ReleaseAnnounced,
     ReleaseFile,
     RolloutPlan,
+    RolloutPlanV2,
     RsyncTargetRef,
     RsyncTargetResult,
     ServerResult,
@@ -34,6 +36,7 @@ from bus.events import (
     UpdateCompletedV1,
     UpdateRequested,
     UpdateRequestedV1,
+    UpdateRequestedV2,
     UpdateStalled,
     UpdateStarted,
 )
@@ -97,7 +100,7 @@ EXAMPLES: tuple[Event, ...] = (
         },
         erlang_cmd_list=["c:l(role_server)."],
     ),
-    UpdateRequested(
+    UpdateRequestedV2(
         update_type="hot_server",
         version="004200000",
         ops_manager="ops1",
@@ -110,6 +113,20 @@ EXAMPLES: tuple[Event, ...] = (
         },
         erlang_cmd_list=["c:l(role_server)."],
         rollout=RolloutPlan(batch_size=2, pause_seconds=30, on_failure="confirm"),
+    ),
+    UpdateRequested(
+        update_type="hot_server",
+        version="004200000",
+        ops_manager="ops1",
+        update_file_list=_FILES,
+        requested_by="alice",
+        update_server_list={
+            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
+            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
+            "cross_center": {"127.0.0.31": ["center_1"]},
+        },
+        erlang_cmd_list=["c:l(role_server)."],
+        rollout=RolloutPlanV2(batch_size=2, pause_seconds=30, on_failure="confirm", analysis_timeout_seconds=900),
     ),
     UpdateStarted(
         update_type="hot_server",
@@ -125,8 +142,11 @@ EXAMPLES: tuple[Event, ...] = (
         update_data={"qq_1": _NOT_APPLIED, "qq_2": ServerResult(data="2 files applied", status=True)},
         erl_data={"qq_1": _FAILED, "qq_2": ServerResult(data="c:l(role_server). -> {module,role_server}", status=True)},
     ),
-    BatchFinished(
+    BatchFinishedV1(
         batch=1, batches=2, ips=["127.0.0.11", "127.0.0.12"], ok_count=3, failed_count=1, next="await_confirm"
+    ),
+    BatchFinished(
+        batch=1, batches=2, ips=["127.0.0.11", "127.0.0.12"], ok_count=4, failed_count=0, next="await_analysis"
     ),
     BatchConfirmed(batch=2, confirmed_by="alice"),
     UpdateAbortRequested(requested_by="alice", reason="qq_1 crashes after the update"),

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from bus.envelope import Envelope
 from bus.events import (
     BatchFinished,
+    BatchFinishedV1,
     CdnDirFinished,
     Event,
     FileEntry,
@@ -209,9 +210,10 @@ def ip_finished_servers(request: Envelope, ip: str, ok: dict[str, bool], offset:
 
 
 def batch_finished(
-    request: Envelope, batch: int, batches: int, next_: str, ips: list[str], failed: int = 0, offset: int = 20
+    request: Envelope, batch: int, batches: int, next_: str, ips: list[str], failed: int = 0, offset: int = 20,
+    model: type[BatchFinished | BatchFinishedV1] = BatchFinished,
 ) -> Envelope:
-    event = BatchFinished.model_validate({
+    event = model.model_validate({
         "batch": batch, "batches": batches, "ips": ips, "ok_count": len(ips) - failed, "failed_count": failed,
         "next": next_,
     })

@@ -25,7 +25,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.events import IpFinished, RolloutPlan, ServerResult, UpdateServerList
+from bus.events import IpFinished, RolloutPlanV2, ServerResult, UpdateServerList
 from consumers.ops_executor.records import ServerKey, ServerOutcome
 from consumers.ops_executor.rollout import plan_batches
 from consumers.ops_executor.runner import (
@@ -88,7 +88,7 @@ def ips_of(units: Sequence[IpUnit]) -> list[str]:
     return list(dict.fromkeys(u.ip for u in units))
 
 
-def unit_batches(units: Sequence[IpUnit], plan: RolloutPlan | None) -> list[list[IpUnit]]:
+def unit_batches(units: Sequence[IpUnit], plan: RolloutPlanV2 | None) -> list[list[IpUnit]]:
     """The units of each batch: batches are of IPs, and every unit of an IP goes with it."""
     batches = []
     for ips in plan_batches(ips_of(units), plan):

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal, TypeVar
 
-from bus.events import Outcome, RolloutPlan
+from bus.events import Outcome, RolloutPlanV2
 from consumers.ops_executor.records import AbortRecord, BatchNext, VerdictRecord
 
 T = TypeVar("T")
@@ -19,7 +19,7 @@ ALL_DONE = "全部完成"  # the seed's final_data on success
 SHOWN = 20  # targets named in a final_data text; the rest are counted
 
 
-def batch_size(count: int, plan: RolloutPlan | None) -> int:
+def batch_size(count: int, plan: RolloutPlanV2 | None) -> int:
     """Targets per batch: the plan's count, or its percentage of ``count`` rounded up (at least 1)."""
     if plan is None or (plan.batch_size is None and plan.batch_percent is None):
         return max(count, 1)
@@ -29,13 +29,13 @@ def batch_size(count: int, plan: RolloutPlan | None) -> int:
     return max(1, math.ceil(count * plan.batch_percent / 100))
 
 
-def plan_batches(targets: Sequence[T], plan: RolloutPlan | None) -> list[list[T]]:
+def plan_batches(targets: Sequence[T], plan: RolloutPlanV2 | None) -> list[list[T]]:
     """``targets`` cut into consecutive batches, in order; no plan (or no size): one batch."""
     size = batch_size(len(targets), plan)
     return [list(targets[i:i + size]) for i in range(0, len(targets), size)] or [[]]
 
 
-def next_step(number: int, total: int, *, failed: bool, halted: bool, plan: RolloutPlan | None) -> BatchNext:
+def next_step(number: int, total: int, *, failed: bool, halted: bool, plan: RolloutPlanV2 | None) -> BatchNext:
     """What follows batch ``number`` of ``total``: the last is "done"; an abort stops; a failure obeys the plan."""
     if number >= total:
         return "done"

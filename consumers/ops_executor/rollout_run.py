@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from bus.events import RolloutPlan, UpdateRequested
+from bus.events import RolloutPlanV2, UpdateRequested
 from consumers.ops_executor.answer import completed_event
 from consumers.ops_executor.records import BatchRecord, VerdictRecord
 from consumers.ops_executor.rollout import analysis_gate, analysis_stop_text, completion_text, next_step, outcome_of
@@ -78,7 +78,7 @@ async def roll_out(store: StateStore, uid: str, event: UpdateRequested, targets:
     await out.emit(completed_event(record, event, ran.data))
 
 
-async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRecord | None, plan: RolloutPlan | None,
+async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRecord | None, plan: RolloutPlanV2 | None,
                halt: asyncio.Event) -> Gate:
     """Whether batch ``number`` may start: go, wait for a go-ahead, or not at all (stopped, aborted)."""
     if previous is not None:
@@ -104,7 +104,7 @@ async def batch_gate(store: StateStore, uid: str, number: int, previous: BatchRe
 ANALYSIS_POLL_SECONDS = 0.25  # how often a batch awaiting analysis looks for its verdict
 
 
-async def analysis_wait(store: StateStore, uid: str, previous: BatchRecord, plan: RolloutPlan | None,
+async def analysis_wait(store: StateStore, uid: str, previous: BatchRecord, plan: RolloutPlanV2 | None,
                         halt: asyncio.Event) -> Gate:
     """Wait for the verdict on ``previous`` (until its deadline, from the batch's end): go, stopped or aborted.
 
@@ -125,19 +125,19 @@ async def analysis_wait(store: StateStore, uid: str, previous: BatchRecord, plan
             await asyncio.wait_for(halt.wait(), min(left, ANALYSIS_POLL_SECONDS))
 
 
-def _analysis_deadline(previous: BatchRecord, plan: RolloutPlan | None) -> datetime:
+def _analysis_deadline(previous: BatchRecord, plan: RolloutPlanV2 | None) -> datetime:
     timeout = plan.analysis_timeout_seconds if plan is not None and plan.analysis_timeout_seconds else 0.0
     return previous.finished_at + timedelta(seconds=timeout)
 
 
 async def verdict_in_time(store: StateStore, uid: str, previous: BatchRecord,
-                           plan: RolloutPlan | None) -> VerdictRecord | None:
+                           plan: RolloutPlanV2 | None) -> VerdictRecord | None:
     verdict = await store.verdict(uid, previous.batch)
     return verdict if verdict is not None and verdict.received_at <= _analysis_deadline(previous, plan) else None
 
 
 async def _analysis_stop_why(store: StateStore, uid: str, previous: BatchRecord | None,
-                             plan: RolloutPlan | None) -> str | None:
+                             plan: RolloutPlanV2 | None) -> str | None:
     if previous is None or previous.next != "await_analysis" or plan is None:
         return None
     verdict = await verdict_in_time(store, uid, previous, plan)

@@ -2,7 +2,8 @@
 
 Usage: AMQP_URL=amqp://team.monitoring:secret@broker:5672/ PROJECT=ssss AREA=cn UPDATE_ID=<id> BATCH=1 \
        VERDICT=fail REASON="error rate 4.2%" python send_verdict_with_pika.py
-Send it after *batch finished* with next "await_analysis" for BATCH (docs/rollout.md); the team's
+Send it after *batch finished* (hotupdate.batch.finished.v2) with next "await_analysis" for BATCH
+(docs/rollout.md): the update's *update requested* (v3) plan has analysis_timeout_seconds. The team's
 broker user must be granted analysis.verdict for the project (docs/publishing.md).
 """
 

@@ -51,7 +51,7 @@ from bus.events import (
     PushFailed,
     PushRequested,
     ReleaseAnnounced,
-    RolloutPlan,
+    RolloutPlanV2,
     RsyncTargetRef,
     UpdateCompleted,
     UpdateRequested,
@@ -275,7 +275,7 @@ def update_request(row: HotUpdate) -> UpdateRequested:
         "ops_manager": row.ops_manager or "",
         "update_file_list": [FileEntry.model_validate(f) for f in row.chosen_files or []],
         "requested_by": row.push_requested_by or row.requested_by,
-        "rollout": RolloutPlan.model_validate(row.rollout) if row.rollout else None,
+        "rollout": RolloutPlanV2.model_validate(row.rollout) if row.rollout else None,
         "parent_id": row.parent_id if row.relation else None,
         "relation": row.relation,
     }

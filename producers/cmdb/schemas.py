@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from bus.events import FileEntry, RolloutPlan
+from bus.events import FileEntry, RolloutPlanV2
 from domain.types import RelativeFileName, ServerName, UpdateType, Version
 
 
@@ -39,7 +39,7 @@ class PushRequest(_Body):
     cdn_dirs: list[str] | None = Field(
         default=None, description="hot_client: only these CDN dirs (<cdn_dir> or <cdn_root_url>/<cdn_dir>)"
     )
-    rollout: RolloutPlan | None = Field(default=None, description="batches; absent: every target in one batch")
+    rollout: RolloutPlanV2 | None = Field(default=None, description="batches; absent: every target in one batch")
     update_server_list: dict[str, dict[str, list[str]]] | None = Field(
         default=None, description="hot_server: only these servers, in the seed's shape group → IP → servers; "
         "each must be in the inventory, on that IP, in that group (instead of servers)",
@@ -53,7 +53,7 @@ class AbortRequest(_Body):
 class LinkedUpdateRequest(_Body):
     """Retry failed or rollback: the new update's rollout plan (absent: one batch)."""
 
-    rollout: RolloutPlan | None = None
+    rollout: RolloutPlanV2 | None = None
 
 
 class CreatedResponse(BaseModel):

@@ -35,7 +35,7 @@ from bus.events import (
     FileEntry,
     PullRequested,
     PushRequested,
-    RolloutPlan,
+    RolloutPlanV2,
     UpdateAbortRequested,
 )
 from bus.registry import make_envelope
@@ -85,7 +85,7 @@ class PushUpdate:
     files: Sequence[str] | None = None
     servers: Sequence[str] | None = None
     cdn_dirs: Sequence[str] | None = None
-    rollout: RolloutPlan | None = None  # None: one batch
+    rollout: RolloutPlanV2 | None = None  # None: one batch
     update_server_list: Mapping[str, Mapping[str, Sequence[str]]] | None = None  # instead of servers
 
 
@@ -234,7 +234,7 @@ def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> 
 
 def retry_failed(
     database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
-    rollout: RolloutPlan | None = None,
+    rollout: RolloutPlanV2 | None = None,
 ) -> UpdateResponse:
     """A new update of the same version and files on exactly the failed or not-run servers (CDN dirs)."""
     with database.transaction() as session:
@@ -255,7 +255,7 @@ def retry_failed(
 
 def roll_back(
     database: CmdbDatabase, config: HotupdateConfig, update_id: str, requested_by: str,
-    rollout: RolloutPlan | None = None,
+    rollout: RolloutPlanV2 | None = None,
 ) -> UpdateResponse:
     """A new update applying the previous completed version of the same project/area/type to the same targets."""
     with database.transaction() as session:
@@ -307,7 +307,7 @@ def _start_linked(
     erlang_cmd_list: list[str],
     targets: dict[str, Any],
     requested_by: str,
-    rollout: RolloutPlan | None,
+    rollout: RolloutPlanV2 | None,
 ) -> HotUpdate:
     """Record the linked update and queue its *pull requested*; the process manager pushes it once pulled."""
     if not files:

@@ -17,10 +17,11 @@ from bus.events import (
     UpdateAbortRequested,
     UpdateCompleted,
     UpdateRequestedV1,
+    UpdateRequestedV2,
     UpdateStarted,
 )
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
+from bus.registry import DEFAULT_REGISTRY, event_data, make_envelope
 from bus.topology import binding
 from consumers.ops_executor.service import build_service
 from consumers.ops_executor.state import StateStore
@@ -173,9 +174,9 @@ async def test_abort_on_the_bus_finishes_running_commands_and_starts_nothing_mor
 
 
 async def test_v1_update_requested_on_the_bus_runs_as_one_batch(fleet, amqp_url):
-    v2_env, event = fleet.request(4)
+    newest_env, event = fleet.request(4)
     v1 = UpdateRequestedV1.model_validate(event.model_dump(exclude={"rollout", "parent_id", "relation"}))
-    env = envelope_of(v1, v2_env.updateid)  # what a producer still speaking v1 sends
+    env = envelope_of(v1, newest_env.updateid)  # what a producer still speaking v1 sends
     assert env.type == "hotupdate.update.requested.v1"
     service = build_service(fleet.config(amqp_url), "om1")
     await service.start()
@@ -194,3 +195,28 @@ async def test_v1_update_requested_on_the_bus_runs_as_one_batch(fleet, amqp_url)
     (done,) = completions(events)
     assert (done.outcome, done.final_result, done.not_run) == ("succeeded", True, [])
     assert all(Envelope.from_bytes(m.body).type != "hotupdate.update.completed.v1" for m in results.messages)
+
+
+async def test_v2_update_requested_from_an_old_cmdb_rolls_out_as_before_and_is_answered_in_batch_finished_v2(
+        fleet, amqp_url):
+    fleet.fail(IPS[4], Fleet.server(5))
+    newest_env, event = fleet.request(10, rollout={"batch_size": 3, "on_failure": "stop"})
+    env = envelope_of(UpdateRequestedV2.model_validate(event_data(event), strict=True), newest_env.updateid)
+    assert env.type == "hotupdate.update.requested.v2" and "analysis_timeout_seconds" not in env.data["rollout"]
+    service = build_service(fleet.config(amqp_url), "om1")
+    await service.start()
+    try:
+        async with Probe(amqp_url) as results, AsyncPublisher(amqp_url) as pub:
+            await results.bind(*RESULTS)
+            await pub.publish(env)
+            events = await wait_for(results, completions, "completion")
+    finally:
+        await service.stop()
+
+    assert commands_run(fleet) == [1, 1, 1, 1, 0, 1, 0, 0, 0, 0]  # as the v3 request in test_failed_second_batch
+    assert [(b.batch, b.next, b.ips) for b in events if isinstance(b, BatchFinished)] == [
+        (1, "continue", IPS[0:3]), (2, "stop", IPS[3:6])]
+    (done,) = completions(events)
+    assert (done.outcome, done.not_run, done.final_result) == ("stopped", IPS[6:], False)
+    sent = [Envelope.from_bytes(m.body).type for m in results.messages]
+    assert sent.count("hotupdate.batch.finished.v2") == 2 and "hotupdate.batch.finished.v1" not in sent

@@ -6,21 +6,33 @@ import asyncio
 import json
 import random
 import time
+from typing import Any
 
 import aio_pika
 import httpx
 import pytest
 from sqlalchemy.orm import Session
 
+from bus.envelope import Envelope
+from bus.events import BatchFinishedV1, Event, UpdateRequested, UpdateRequestedV2
 from bus.publisher import AsyncPublisher
+from bus.registry import event_data, schema_uri
 from bus.topology import ServiceQueue, Topology, declare_all
 from projections import log as event_log
 from projections.dashboard import create_app
 from projections.service import SERVICE, build_service, run
-from tests.projection_support import DASHBOARD_AUTH, dashboard_access, hot_client_flow, hot_server_flow, ip_finished
+from tests.projection_support import (
+    DASHBOARD_AUTH,
+    control_events,
+    dashboard_access,
+    hot_client_flow,
+    hot_server_flow,
+    ip_finished,
+)
 
 pytestmark = [pytest.mark.rabbit]
 DELAYS = (100, 200)
+NEWEST_ID, OLD_ID = "350cf0ef-c12e-4bcc-d0df-369a09a4a357", "0a1d0000-0000-4000-8000-000000000017"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -139,3 +151,46 @@ async def test_malformed_invalid_and_unappliable_events_are_parked_and_listed_wi
         stop.set()
         await task
     assert consumer.parked == 3
+
+
+def _sent_as(env: Envelope, model: type[Event], **data: Any) -> Envelope:
+    """``env`` as a producer still speaking ``model``'s version sends it (its data must fit that version)."""
+    fitted = event_data(model.model_validate({**env.data, **data}, strict=True))
+    return env.model_copy(update={"type": model.type_name(), "dataschema": schema_uri(model.type_name()),
+                                  "data": fitted})
+
+
+def _rolled_out(updateid: str, old: bool) -> list[Envelope]:
+    """A hot_server update in two batches; ``old``: its request and batches in the versions before issue 17's."""
+    flow = [env for env, _ in hot_server_flow(updateid=updateid)]
+    plan = {"batch_size": 2, "pause_seconds": 5, "on_failure": "confirm"}
+    flow[4] = _sent_as(flow[4], UpdateRequestedV2 if old else UpdateRequested, rollout=plan)
+    batches = [env for name, env in control_events(flow[4]).items() if name.startswith("batch")]
+    if old:
+        batches = [_sent_as(env, BatchFinishedV1) for env in batches]
+    return flow + batches
+
+
+async def test_a_request_and_batches_in_the_old_versions_show_as_the_newest_do(amqp_url, database_url):
+    newest, old = _rolled_out(NEWEST_ID, old=False), _rolled_out(OLD_ID, old=True)
+    assert {e.type for e in old} >= {"hotupdate.update.requested.v2", "hotupdate.batch.finished.v1"}
+    _consumer, _projection, stop, task = await _started(amqp_url, database_url)
+    app = create_app(database_url, access=dashboard_access())
+    try:
+        async with AsyncPublisher(amqp_url) as pub:
+            for env in newest + old:
+                await pub.publish(env)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                     headers=DASHBOARD_AUTH) as client:
+            async def view(flow: list[Envelope]) -> dict[str, Any]:
+                done = await _wait_for(lambda: client.get(f"/api/updates/{flow[0].updateid}"),
+                                       lambda r: r.status_code == 200 and r.json()["event_count"] == len(flow))
+                return dict(done.json())
+
+            views = [await view(newest), await view(old)]
+    finally:
+        stop.set()
+        await task
+    shown = [{k: v for k, v in view.items() if k not in ("updateid", "events")} for view in views]
+    assert shown[0]["rollout"]["on_failure"] == "confirm" and len(shown[0]["batch_list"]) == 2
+    assert json.dumps(shown[1], sort_keys=True).replace(OLD_ID, NEWEST_ID) == json.dumps(shown[0], sort_keys=True)

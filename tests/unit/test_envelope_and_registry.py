@@ -72,16 +72,17 @@ def test_every_example_decodes_to_itself_or_its_newest_version(event):
     decoded = DEFAULT_REGISTRY.decode(_env(event))
     if DEFAULT_REGISTRY.latest(event.event_name) is type(event):
         assert decoded == event
-    else:  # an older version arrives upcast, with every field it had
+    else:  # an older version arrives upcast, with every field it had (a newer nested field comes as null)
         assert type(decoded) is DEFAULT_REGISTRY.latest(event.event_name)
-        assert decoded.model_dump(include=set(type(event).model_fields)) == event.model_dump()
+        assert decoded.model_dump(include=set(type(event).model_fields), exclude_none=True) == event.model_dump(
+            exclude_none=True)
 
 
 def test_every_catalogue_entry_has_one_example():
     assert sorted(e.type_name() for e in EXAMPLES) == sorted(m.type_name() for m in CATALOGUE)
 
 
-def test_v1_update_requested_decodes_as_v2_with_one_batch_and_no_parent():
+def test_v1_update_requested_decodes_as_the_newest_with_one_batch_and_no_parent():
     v1 = UpdateRequestedV1.model_validate(HOT_CLIENT_REQUEST.model_dump(exclude={"rollout", "parent_id", "relation"}))
     env = _env(v1)
     assert env.type == "hotupdate.update.requested.v1" and env.routing_key == "ssss.cn.update.requested.v1"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.events import RolloutPlan
+from bus.events import RolloutPlanV2
 from consumers.ops_executor.hot_server import ip_units, unit_batches
 from consumers.ops_executor.records import AbortRecord
 from consumers.ops_executor.rollout import completion_text, next_step, outcome_of, plan_batches
@@ -14,31 +14,31 @@ IPS = [f"10.0.0.{i}" for i in range(1, 11)]
 
 def test_no_plan_or_no_size_is_one_batch():
     assert plan_batches(IPS, None) == [IPS]
-    assert plan_batches(IPS, RolloutPlan(on_failure="confirm")) == [IPS]
+    assert plan_batches(IPS, RolloutPlanV2(on_failure="confirm")) == [IPS]
 
 
 def test_batches_by_count_keep_the_order_and_the_last_takes_the_rest():
-    assert [len(b) for b in plan_batches(IPS, RolloutPlan(batch_size=3))] == [3, 3, 3, 1]
-    assert [ip for batch in plan_batches(IPS, RolloutPlan(batch_size=3)) for ip in batch] == IPS
-    assert plan_batches(IPS, RolloutPlan(batch_size=50)) == [IPS]
+    assert [len(b) for b in plan_batches(IPS, RolloutPlanV2(batch_size=3))] == [3, 3, 3, 1]
+    assert [ip for batch in plan_batches(IPS, RolloutPlanV2(batch_size=3)) for ip in batch] == IPS
+    assert plan_batches(IPS, RolloutPlanV2(batch_size=50)) == [IPS]
 
 
 @pytest.mark.parametrize("percent,sizes", [(30, [3, 3, 3, 1]), (25, [3, 3, 3, 1]), (50, [5, 5]), (1, [1] * 10),
                                            (100, [10]), (15, [2, 2, 2, 2, 2])])
 def test_batches_by_percentage_round_up_to_at_least_one(percent, sizes):
-    assert [len(b) for b in plan_batches(IPS, RolloutPlan(batch_percent=percent))] == sizes
+    assert [len(b) for b in plan_batches(IPS, RolloutPlanV2(batch_percent=percent))] == sizes
 
 
 def test_an_ip_serving_several_groups_goes_in_one_batch_with_all_its_units():
     units = ip_units({"game": {"10.0.0.1": ["a"], "10.0.0.2": ["b"]}, "cross": {"10.0.0.1": ["c"], "10.0.0.3": ["d"]}})
-    batches = unit_batches(units, RolloutPlan(batch_size=2))
+    batches = unit_batches(units, RolloutPlanV2(batch_size=2))
     assert [[u.key for u in b] for b in batches] == [["10.0.0.1/game", "10.0.0.2", "10.0.0.1/cross"], ["10.0.0.3"]]
 
 
 @pytest.mark.parametrize("on_failure,after_failure", [("stop", "stop"), ("continue", "continue"),
                                                       ("confirm", "await_confirm")])
 def test_what_follows_a_batch(on_failure, after_failure):
-    plan = RolloutPlan(batch_size=3, on_failure=on_failure)
+    plan = RolloutPlanV2(batch_size=3, on_failure=on_failure)
     assert next_step(1, 4, failed=False, halted=False, plan=plan) == "continue"
     assert next_step(2, 4, failed=True, halted=False, plan=plan) == after_failure
     assert next_step(4, 4, failed=True, halted=False, plan=plan) == "done"  # nothing left to stop or confirm
@@ -68,5 +68,5 @@ def test_ips_are_batched_in_address_order_whatever_the_order_of_the_request_keys
     as_text = dict(sorted({ip: [f"qq_{i}"] for i, ip in enumerate(IPS, 1)}.items()))
     units = ip_units({"game": as_text})
     assert [u.ip for u in units] == IPS
-    assert [[u.ip for u in b] for b in unit_batches(units, RolloutPlan(batch_size=3))] == [
+    assert [[u.ip for u in b] for b in unit_batches(units, RolloutPlanV2(batch_size=3))] == [
         IPS[0:3], IPS[3:6], IPS[6:9], IPS[9:]]

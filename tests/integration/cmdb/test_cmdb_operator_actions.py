@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bus.envelope import Envelope
-from bus.events import FileEntry, RolloutPlan, UpdateRequested
+from bus.events import FileEntry, RolloutPlanV2, UpdateRequested
 from domain.config import HotupdateConfig
 from producers.cmdb import service
 from producers.cmdb.api import create_app
@@ -91,9 +91,9 @@ def _refused(database: CmdbDatabase, call: Any, *words: str) -> None:
 
 
 def test_the_rollout_plan_of_the_push_is_carried_into_update_requested(database, config):
-    plan = RolloutPlan(batch_size=2, pause_seconds=1.5, on_failure="confirm")
+    plan = RolloutPlanV2(batch_size=2, pause_seconds=1.5, on_failure="confirm")
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
-    assert RolloutPlan.model_validate(request.data["rollout"]) == plan
+    assert RolloutPlanV2.model_validate(request.data["rollout"]) == plan
     assert request.data.get("parent_id") is None and request.data.get("relation") is None
     assert service.get_update(database, update_id).rollout == plan.model_dump(mode="json")
 
@@ -143,7 +143,7 @@ def test_abort_twice_is_refused_the_second_time(database, config):
 
 
 def test_confirm_after_a_batch_awaiting_it_queues_the_next_batch_number(database, config):
-    plan = RolloutPlan(batch_size=1, on_failure="confirm")
+    plan = RolloutPlanV2(batch_size=1, on_failure="confirm")
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     on_ip_finished(incoming(ip_finished(request, "127.0.0.11", ok=False)), database)
     on_batch_finished(incoming(batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1)), database)
@@ -167,7 +167,7 @@ def test_confirm_after_a_batch_awaiting_it_queues_the_next_batch_number(database
 
 
 def test_confirm_is_refused_unless_the_latest_batch_awaits_it(database, config):
-    plan = RolloutPlan(batch_size=1, on_failure="confirm")
+    plan = RolloutPlanV2(batch_size=1, on_failure="confirm")
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     _refused(database, lambda: service.confirm_batch(database, update_id, "bob"),
              "cannot confirm", "update_requested", "awaiting_confirm")
@@ -177,7 +177,7 @@ def test_confirm_is_refused_unless_the_latest_batch_awaits_it(database, config):
 
 
 def test_a_redelivered_older_batch_does_not_reopen_the_wait(database, config):
-    plan = RolloutPlan(batch_size=1, on_failure="confirm")
+    plan = RolloutPlanV2(batch_size=1, on_failure="confirm")
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     first = batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1)
     on_batch_finished(incoming(first), database)
@@ -187,7 +187,7 @@ def test_a_redelivered_older_batch_does_not_reopen_the_wait(database, config):
 
 
 def test_abort_while_awaiting_confirm_is_allowed(database, config):
-    plan = RolloutPlan(batch_size=1, on_failure="confirm")
+    plan = RolloutPlanV2(batch_size=1, on_failure="confirm")
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     on_batch_finished(incoming(batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1)), database)
     assert service.abort_update(database, update_id, "bob").state == State.ABORTING
@@ -334,7 +334,7 @@ def test_a_silent_running_update_gets_one_stall_naming_the_silent_ips(database, 
 
 
 def test_no_stall_before_the_silence_lasts_long_enough_nor_while_awaiting_confirm(database, config):
-    update_id, request = _requested(database, config, push=PushUpdate(rollout=RolloutPlan(batch_size=1,
+    update_id, request = _requested(database, config, push=PushUpdate(rollout=RolloutPlanV2(batch_size=1,
                                                                                           on_failure="confirm")))
     last = as_utc(row(database, update_id).last_event_at)
     assert last is not None

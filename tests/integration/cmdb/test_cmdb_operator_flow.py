@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bus.envelope import Envelope
-from bus.events import UpdateRequested
+from bus.events import BatchFinished, BatchFinishedV1, UpdateRequested
 from bus.publisher import AsyncPublisher
 from cli.cmdb_cmd import register
 from consumers.notifier.service import build_service
@@ -81,8 +81,9 @@ class Flow:
         return update_id, await self.next_from_cmdb(UpdateRequested.type_name(), update_id)
 
 
+@pytest.mark.parametrize("batch_model", [BatchFinished, BatchFinishedV1], ids=["batch-v2", "batch-v1-old-executor"])
 async def test_confirm_and_abort_reach_the_bus_and_the_completion_ends_the_update_aborted(
-    amqp_url, sqlite_url, tmp_path
+    amqp_url, sqlite_url, tmp_path, batch_model
 ):
     config = _config(tmp_path, amqp_url)
     async with Probe(amqp_url) as probe, AsyncPublisher(amqp_url) as others:
@@ -91,6 +92,7 @@ async def test_confirm_and_abort_reach_the_bus_and_the_completion_ends_the_updat
             flow = Flow(client, probe, others)
             rollout = {"batch_size": 1, "on_failure": "confirm"}
             update_id, request = await flow.requested({"rollout": rollout})
+            assert request.type == "hotupdate.update.requested.v3"  # producers send the newest version
             assert request.data["rollout"]["on_failure"] == "confirm"
 
             early = await client.post(f"/api/updates/{update_id}/confirm", headers=auth())
@@ -98,7 +100,9 @@ async def test_confirm_and_abort_reach_the_bus_and_the_completion_ends_the_updat
 
             await others.publish(update_started(request))
             await others.publish(ip_finished(request, "127.0.0.11", ok=False, offset=2))
-            await others.publish(batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1))
+            batch = batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1, model=batch_model)
+            assert batch.type == batch_model.type_name()
+            await others.publish(batch)
             await _wait_state(client, update_id, "awaiting_confirm")
             response = await client.post(f"/api/updates/{update_id}/confirm", headers=auth("bob"))
             assert response.status_code == 200, response.text
