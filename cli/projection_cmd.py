@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
+    run.add_argument("--single-active-consumer", action="store_true",
+                     help="for two or more instances: one consumes, the others take over when it goes (also "
+                          "projection.single_active_consumer in the config; fixed when the queue is first declared)")
     run.set_defaults(func=_run)
 
     dashboard = sub.add_parser("dashboard", help="the read-only status dashboard")
@@ -83,16 +86,21 @@ def _from_config(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bus.topology import Topology
+    from bus.topology import Topology, topology_for
     from projections.service import build_service, run
 
+    config_file = args.config or os.environ.get("HOTUPDATE_CONFIG")
     try:
         database_url, amqp_url = _from_config(args)
+        config = load_config(config_file) if config_file else None
     except ValueError as exc:  # ConfigError, or a broker address that cannot be read
         print(exc, file=sys.stderr)
         return 2
+    topology = topology_for(config, args.namespace) if config is not None else Topology(args.namespace)
+    single = args.single_active_consumer or (config is not None and config.projection.single_active_consumer)
     consumer, projection = build_service(
-        amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch
+        amqp_url=amqp_url, database_url=database_url, topology=topology, prefetch=args.prefetch,
+        single_active_consumer=single,
     )
 
     async def main() -> None:
@@ -103,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.history_stream:
             from bus.history import ensure_history
 
-            await ensure_history(amqp_url, Topology(args.namespace))
+            await ensure_history(amqp_url, topology)
         await run(consumer, projection, stop)
 
     log.info("projection: consuming every event into %s", _redact(database_url))

@@ -14,7 +14,7 @@ from bus.handling import Emitter, Handler, child_envelope
 from bus.idempotency import ProcessedStore
 from bus.provenance import Provenance
 from bus.publisher import AsyncPublisher
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from consumers.ops_executor.executor import EmitterFor, Executor
 from consumers.ops_executor.handlers import (
     handle_batch_confirmed,
@@ -113,7 +113,8 @@ def build_service(
     )
     service = f"{ROLE}.{ops_manager}"
     source = f"hotupdate/{ROLE}/{ops_manager}"
-    publisher = AsyncPublisher(config.amqp_url, topology or Topology())
+    topology = topology or topology_for(config)
+    publisher = AsyncPublisher(config.amqp_url, topology)
     emitter_for = request_emitters(source, publisher)
     # Each handler is typed for its own event; the table's Handler type is the common denominator.
     handlers: dict[type[Event], Handler] = {
