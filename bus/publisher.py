@@ -1,9 +1,9 @@
 """Publishing envelopes: async (aio-pika) for services, sync (pika) for CLIs and other teams' tools.
 
-Both publish persistent messages with publisher confirms and ``mandatory``; a nack or a
-return is raised as :class:`PublishError`, so a caller never believes an unconfirmed
-event was published. Both reconnect after the broker drops the connection, retrying a
-publish until ``retry_seconds`` have passed.
+Both publish persistent messages with publisher confirms and ``mandatory``; a return is
+raised as :class:`PublishError`, so a caller never believes an unconfirmed event was
+published. Both reconnect after the broker drops the connection, and retry a nacked
+publish (a cluster's queue electing a new leader), until ``retry_seconds`` have passed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import aio_pika
+import pamqp.commands
 import pika
 import pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -43,6 +44,11 @@ def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None
         "correlation_id": envelope.correlationid,
         "headers": {"ce-type": envelope.type, "ce-source": envelope.source, **(headers or {})},
     }
+
+
+def _nacked(exc: DeliveryError) -> bool:
+    """A basic.nack (retried), not a basic.return (unroutable: final)."""
+    return isinstance(exc.frame, pamqp.commands.Basic.Nack)
 
 
 class AsyncPublisher:
@@ -95,7 +101,13 @@ class AsyncPublisher:
                 await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=30)
                 return
             except DeliveryError as exc:
-                raise PublishError(f"broker refused {what}: {exc}") from exc
+                if not _nacked(exc) or time.monotonic() >= deadline:
+                    raise PublishError(f"broker refused {what}: {exc}") from exc
+                # A nack is the broker's "not taken, try again": in a cluster, a quorum queue whose
+                # leader's node was just lost nacks until a new leader is elected (seconds).
+                log.warning("broker nacked %s; retrying in %.1fs", what, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except AMQPChannelError as exc:
                 # e.g. ACCESS_REFUSED for a routing key this user may not publish: final;
                 # the robust channel reopens by itself for the next publish
@@ -180,7 +192,11 @@ class SyncPublisher:
             except pika.exceptions.UnroutableError as exc:
                 raise PublishError(f"{envelope.id} was returned as unroutable") from exc
             except pika.exceptions.NackError as exc:
-                raise PublishError(f"broker nacked {envelope.id}") from exc
+                if time.monotonic() >= deadline:  # else retried, as AsyncPublisher does
+                    raise PublishError(f"broker nacked {envelope.id}") from exc
+                log.warning("broker nacked %s; retrying in %.1fs", envelope.id, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 # e.g. ACCESS_REFUSED for a routing key the user may not publish: final
                 self._channel = None
