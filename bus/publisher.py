@@ -64,16 +64,24 @@ class AsyncPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        # Handlers publish concurrently and a nack reconnects: one of them connects, the others wait.
+        self._connecting = asyncio.Lock()
 
     async def connect(self) -> None:
-        if self._connection is not None:
-            return
-        self._connection = await connect_robust(self._url)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        if self._declare:
-            self._exchange = await declare_exchanges(self._channel, self._topology)
-        else:  # a team's user may only write: the exchanges must already exist
-            self._exchange = await self._channel.get_exchange(self._topology.events_exchange, ensure=False)
+        async with self._connecting:
+            if self._connection is not None:
+                return
+            connection = await connect_robust(self._url)
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                if self._declare:
+                    exchange = await declare_exchanges(channel, self._topology)
+                else:  # a team's user may only write: the exchanges must already exist
+                    exchange = await channel.get_exchange(self._topology.events_exchange, ensure=False)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._channel, self._exchange = connection, channel, exchange
 
     async def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
         """Publish to the events exchange and wait for the broker's confirm, retrying through reconnects."""
@@ -94,18 +102,22 @@ class AsyncPublisher:
         delay = 0.2
         while True:
             try:
-                if self._connection is None:
-                    await self.connect()
-                assert self._exchange is not None and self._channel is not None
-                exchange = self._channel.default_exchange if to_queue else self._exchange
+                await self.connect()
+                channel, events = self._channel, self._exchange
+                if channel is None or events is None:  # closed by a concurrent nack meanwhile
+                    raise ConnectionError("the publisher's connection is being replaced")
+                exchange = channel.default_exchange if to_queue else events
                 await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=30)
                 return
             except DeliveryError as exc:
                 if not _nacked(exc) or time.monotonic() >= deadline:
                     raise PublishError(f"broker refused {what}: {exc}") from exc
                 # A nack is the broker's "not taken, try again": in a cluster, a quorum queue whose
-                # leader's node was just lost nacks until a new leader is elected (seconds).
-                log.warning("broker nacked %s; retrying in %.1fs", what, delay)
+                # leader's node was lost nacks until a new leader is elected, and (RabbitMQ 3.10) a
+                # channel that published to the old leader keeps nacking after that: a new connection
+                # and channel publish to the new leader.
+                log.warning("broker nacked %s; reconnecting and retrying in %.1fs", what, delay)
+                await self.close()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except AMQPChannelError as exc:
@@ -120,11 +132,9 @@ class AsyncPublisher:
                 delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-        self._connection = None
-        self._channel = None
-        self._exchange = None
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
+        if connection is not None:
+            await connection.close()
 
     async def __aenter__(self) -> AsyncPublisher:
         await self.connect()
@@ -192,9 +202,10 @@ class SyncPublisher:
             except pika.exceptions.UnroutableError as exc:
                 raise PublishError(f"{envelope.id} was returned as unroutable") from exc
             except pika.exceptions.NackError as exc:
-                if time.monotonic() >= deadline:  # else retried, as AsyncPublisher does
+                if time.monotonic() >= deadline:  # else retried on a new channel, as AsyncPublisher does
                     raise PublishError(f"broker nacked {envelope.id}") from exc
-                log.warning("broker nacked %s; retrying in %.1fs", envelope.id, delay)
+                log.warning("broker nacked %s; reconnecting and retrying in %.1fs", envelope.id, delay)
+                self.close()
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except pika.exceptions.ChannelClosedByBroker as exc:
