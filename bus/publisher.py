@@ -168,7 +168,7 @@ class SyncPublisher:
         # the right exchange instead of failing with NOT_FOUND.
         channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)
         channel.queue_declare(
-            self._topology.unroutable_queue, durable=True, arguments=dict(self._topology.quorum_arguments())
+            self._topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
         )
         channel.queue_bind(self._topology.unroutable_queue, self._topology.unroutable_exchange)
         channel.exchange_declare(self._topology.dead_letter_exchange, "direct", durable=True)

@@ -29,16 +29,17 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Topology:
     namespace: str = "hotupdate"
-    # For a cluster (docs/deploy.md, "A RabbitMQ cluster"): how many nodes hold a replica of each quorum
-    # queue declared from now on, and how often a message may be delivered before it is parked (overrides
-    # each ServiceQueue's own). None leaves the broker's default / the ServiceQueue's. The broker fixes both
-    # when a queue is first declared: declaring an existing queue with other values fails with
-    # PRECONDITION_FAILED, so an existing deployment changes them by policy, not here.
+    # For a cluster (docs/deploy.md, "Past one of everything"): how many nodes hold a replica of each
+    # service's quorum queues (its queue, delay tiers, parking) declared from now on, and how often a
+    # message may be delivered before it is parked (overrides each ServiceQueue's own). None leaves the
+    # broker's default / the ServiceQueue's. The broker fixes both when a queue is first declared:
+    # declaring an existing queue with other values fails with PRECONDITION_FAILED, so an existing
+    # deployment changes them with the broker's tools (rabbitmq-queues grow, a policy), not here.
     quorum_group_size: int | None = None
     delivery_limit: int | None = None
 
     def quorum_arguments(self) -> dict[str, Any]:
-        """The arguments of every quorum queue of this topology."""
+        """The arguments of a service's quorum queues (its queue, delay tiers, parking queue)."""
         arguments: dict[str, Any] = {"x-queue-type": "quorum"}
         if self.quorum_group_size is not None:
             arguments["x-quorum-initial-group-size"] = self.quorum_group_size
@@ -108,8 +109,11 @@ async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> Abs
     unroutable = await channel.declare_exchange(
         topology.unroutable_exchange, ExchangeType.FANOUT, durable=True
     )
+    # Every publisher declares this queue, the CLI's without a configuration too: its arguments
+    # never vary, or one of them would be refused (PRECONDITION_FAILED). Its replicas are the
+    # broker's default (docs/deploy.md).
     queue = await channel.declare_queue(
-        topology.unroutable_queue, durable=True, arguments=topology.quorum_arguments()
+        topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
     )
     await queue.bind(unroutable)
     await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True)
