@@ -41,14 +41,21 @@ from demo.run import start_components
 from demo.world import World
 from tests.rabbit_cluster import RabbitCluster, start_cluster
 
+# One line per rsync run: its arguments and the checksum of the file list it was given on stdin
+# (--files-from=-), which names the update: the same line twice is the same push made twice.
 RSYNC_WRAPPER = """#!/bin/sh
-echo "$*" >> "{calls}"
-exec {rsync} "$@"
+list=$(mktemp)
+cat > "$list"
+echo "$* $(md5sum < "$list")" >> "{calls}"
+{rsync} "$@" < "$list"
+status=$?
+rm -f "$list"
+exit $status
 """
 
 
 def _rsync_counting(root: Path) -> tuple[str, Path]:
-    """A PATH whose ``rsync`` records its arguments, one line a call, then runs the real one."""
+    """A PATH whose ``rsync`` records each run (arguments and file list), then runs the real one."""
     real = shutil.which("rsync")
     if real is None:
         raise SystemExit("rsync is not installed")
