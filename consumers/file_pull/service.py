@@ -10,7 +10,7 @@ from bus.events import PullRequested
 from bus.handling import Handler
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from consumers.file_pull.handlers import handle_pull_requested
 from domain.config import HotupdateConfig
 
@@ -32,7 +32,7 @@ def build_service(
     handler = cast(Handler, partial(handle_pull_requested, receiver=receiver))
     return ConsumerService(
         amqp_url=config.amqp_url,
-        topology=topology,
+        topology=topology or topology_for(config),
         queue=ServiceQueue(
             service=service, bindings=tuple(binding(PullRequested, project=p) for p in receiver.projects)
         ),

@@ -10,7 +10,7 @@ from bus.events import PushRequested
 from bus.handling import Handler
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from consumers.file_push.handlers import PushSettings, handle_push_requested
 from domain.config import HotupdateConfig
 
@@ -40,7 +40,7 @@ def build_service(
     handler = cast(Handler, partial(handle_push_requested, settings=settings))
     return ConsumerService(
         amqp_url=config.amqp_url,
-        topology=topology,
+        topology=topology or topology_for(config),
         queue=ServiceQueue(
             service=service, bindings=tuple(binding(PushRequested, project=p) for p in settings.receiver.projects)
         ),

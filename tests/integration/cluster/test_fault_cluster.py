@@ -1,0 +1,158 @@
+"""The issue-20 fault test: a hot_server update on the three-node cluster, with two projection instances
+(single active consumer, one SQLite log) and two CMDBs (one PostgreSQL), survives, in its middle, the
+writing projection killed -9, the node holding the queues' leaders killed -9 and one CMDB killed -9.
+
+The update completes; every IP and server has exactly one result; no game server ran its Erlang commands
+twice (``runs``); the log holds each event once and verifies as an unbroken, gapless chain; the view the
+dashboard reads equals a rebuild of it from the log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.orm import Session
+
+from demo.rsyncd import free_port
+from demo.run import wait_consumers
+from demo.world import SERVERS
+from domain.db import make_engine
+from projections import log as event_log
+from projections.queries import update_detail_json
+from projections.replay import replay
+from tests.rabbit_cluster import RabbitCluster
+from tests.system import (
+    BUMP,
+    FINAL,
+    HOT_SERVER_EVENTS,
+    System,
+    erlang_commands,
+    expected_runs,
+    running_system,
+    view_diff,
+    view_snapshot,
+)
+
+pytestmark = [pytest.mark.rabbit, pytest.mark.postgres, pytest.mark.erlang, pytest.mark.rsync, pytest.mark.slow,
+              pytest.mark.cluster]
+
+IPS = sum(len(ips) for ips in SERVERS.values())
+SERVER_COUNT = sum(len(names) for ips in SERVERS.values() for names in ips.values())
+
+
+def _for_the_cluster(postgres_url: str) -> Any:
+    slow_commands = erlang_commands("c:l(role_server).", BUMP, "timer:sleep(1500).")
+
+    def tweak(config: dict[str, Any]) -> None:
+        slow_commands(config)  # each server's commands take a while: the faults land mid-update
+        config.setdefault("broker", {})["quorum_group_size"] = 3
+        config["projection"]["single_active_consumer"] = True
+        config["cmdb"]["database_url"] = postgres_url
+
+    return tweak
+
+
+@pytest.fixture
+def system(tmp_path, cluster: RabbitCluster, cluster_vhost: str, postgres_url: str) -> Iterator[System]:
+    with running_system(tmp_path / "world", cluster.address(cluster_vhost), _for_the_cluster(postgres_url)) as system:
+        yield system
+
+
+def _consumers(cluster: RabbitCluster, vhost: str, queue: str) -> list[str]:
+    out = cluster.ctl("list_consumers", "-p", vhost, "--no-table-headers", "--quiet", "queue_name", "active")
+    return [line.split("\t")[1] for line in out.splitlines() if line.split("\t")[0] == queue]
+
+
+def _dashboard_view(db_path: Path, update_id: str) -> Any:
+    """The update's page as the dashboard's API serves it."""
+    engine = make_engine(f"sqlite:///{db_path}")
+    try:
+        with Session(engine) as session:
+            text = update_detail_json(session, update_id)
+    finally:
+        engine.dispose()
+    assert text is not None
+    return json.loads(text)
+
+
+def _nulls(snapshot: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    return {t: [{k: (None if v == "null" else v) for k, v in row.items()} for row in rows]
+            for t, rows in snapshot.items()}
+
+
+def _leaders_node(cluster: RabbitCluster, vhost: str) -> int:
+    """The node holding the most queue leaders of the vhost (all of them, when every client started there)."""
+    counts = Counter(cluster.leaders(vhost).values())
+    return cluster.index_of(counts.most_common(1)[0][0])
+
+
+def test_an_update_survives_a_killed_broker_node_projection_and_cmdb(system, cluster, cluster_vhost, tmp_path):
+    children, argv = system.components.children, system.components.argv
+    # The second projection instance: it waits, the first (already consuming) is the single active one.
+    children.start("projection2", *argv["projection"])
+    second_port = free_port()
+    cmdb2_argv = [*argv["cmdb"][:-1], str(second_port)]
+    children.start("cmdb2", *cmdb2_argv)
+    system.wait_until(lambda: len(_consumers(cluster, cluster_vhost, "hotupdate.projection")) == 2,
+                      "the second projection instance to wait on the queue")
+    assert sorted(_consumers(cluster, cluster_vhost, "hotupdate.projection")) == ["false", "true"]
+    wait_consumers(system.amqp_url, ["hotupdate.cmdb"], children)
+
+    update_id = system.post_update()  # through the first CMDB
+    system.wait_state(update_id, {"pulled"}, timeout=120)
+    system.push(update_id)
+    system.wait_until(lambda: any(system.runs().values()), "a game server to run its commands", timeout=120)
+
+    # The middle of the update: three faults, one after the other.
+    children.kill("projection")  # the writing instance
+    leader = _leaders_node(cluster, cluster_vhost)
+    cluster.kill(leader)  # kill -9 the node holding the queues' leaders
+    children.kill("cmdb")  # one CMDB; the other serves the API and consumes its events
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{second_port}", timeout=30,
+                      headers=dict(system.http.headers)) as http:
+        survivor = dataclasses.replace(system, http=http)
+        final = survivor.wait_state(update_id, FINAL, timeout=240)
+        assert final["state"] == "failed", final  # qq_4 fails on purpose; everything else updated
+        results = final.get("results") or []
+        assert sorted(r["target"] for r in results) == sorted(ip for ips in SERVERS.values() for ip in ips)
+        assert sorted(r["ok"] for r in results) == [False] + [True] * (IPS - 1), results
+        servers = [s for r in results for s in (r["detail"].get("erl_data") or {})]
+        assert sorted(servers) == sorted(s for ips in SERVERS.values() for names in ips.values() for s in names)
+        survivor.wait_logged(update_id, "hotupdate.update.completed.v2", timeout=120)
+
+    assert system.runs() == expected_runs(system.world)  # no game server ran its commands twice
+    log = system.event_log()
+    ids = [event_id for event_id, _type, _update in log]
+    assert len(ids) == len(set(ids)), "an event id appears twice in the projection's log"
+    assert system.event_counts(update_id) == HOT_SERVER_EVENTS
+
+    projection_db = system.world.root / "db" / "projection.db"
+    engine = make_engine(f"sqlite:///{projection_db}")
+    try:
+        with Session(engine) as session:
+            verified = event_log.verify(session)
+    finally:
+        engine.dispose()
+    assert verified.ok, verified.describe()
+    assert verified.count == len(log)
+
+    rebuilt = tmp_path / "rebuilt.db"
+    replay(f"sqlite:///{projection_db}", f"sqlite:///{rebuilt}")
+    assert _dashboard_view(rebuilt, update_id) == _dashboard_view(projection_db, update_id)
+    # The stored rows too; a JSON column that is empty is SQL NULL in the live view and JSON null in a
+    # rebuild (projection_updates.rollout, .silent_targets): the same to every reader, so compared as such.
+    diff = view_diff(_nulls(view_snapshot(rebuilt, update_id)), _nulls(view_snapshot(projection_db, update_id)))
+    assert not diff, "\n".join(diff)
+    with closing(sqlite3.connect(projection_db)) as db:
+        positions = [p for (p,) in db.execute("SELECT position FROM projection_event_log ORDER BY position")]
+    assert positions == list(range(1, len(positions) + 1))  # gapless
