@@ -29,7 +29,7 @@ from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInva
 
 from bus.connection import connect_blocking, connect_robust
 from bus.envelope import Envelope
-from bus.topology import Topology, declare_exchanges
+from bus.topology import UNROUTABLE_ARGUMENTS, Topology, declare_exchanges
 from domain.broker_address import split_broker_urls
 
 log = logging.getLogger(__name__)
@@ -200,9 +200,7 @@ class SyncPublisher:
         # Declaring is idempotent and makes a first publish on a fresh broker land in
         # the right exchange instead of failing with NOT_FOUND.
         channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)
-        channel.queue_declare(
-            self._topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        channel.queue_declare(self._topology.unroutable_queue, durable=True, arguments=UNROUTABLE_ARGUMENTS)
         channel.queue_bind(self._topology.unroutable_queue, self._topology.unroutable_exchange)
         channel.exchange_declare(self._topology.dead_letter_exchange, "direct", durable=True)
         channel.exchange_declare(

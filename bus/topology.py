@@ -78,6 +78,12 @@ def topology_for(config: HotupdateConfig, namespace: str = "hotupdate") -> Topol
                     delivery_limit=config.broker.delivery_limit)
 
 
+# Every publisher declares this queue, the CLI's without a configuration too (bus/publisher.py): its
+# arguments never vary with the quorum settings, or one declarer would be refused (PRECONDITION_FAILED).
+# Its replicas are the broker's default (docs/deploy.md).
+UNROUTABLE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+"""The arguments of the unroutable queue, whoever declares it."""
+
 SINGLE_ACTIVE_CONSUMER: dict[str, int | str] = {"x-single-active-consumer": True}
 """A queue whose consumers take turns: one receives everything, the next takes over when it goes."""
 
@@ -121,12 +127,7 @@ async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> Abs
     unroutable = await channel.declare_exchange(
         topology.unroutable_exchange, ExchangeType.FANOUT, durable=True
     )
-    # Every publisher declares this queue, the CLI's without a configuration too: its arguments
-    # never vary, or one of them would be refused (PRECONDITION_FAILED). Its replicas are the
-    # broker's default (docs/deploy.md).
-    queue = await channel.declare_queue(
-        topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    queue = await channel.declare_queue(topology.unroutable_queue, durable=True, arguments=UNROUTABLE_ARGUMENTS)
     await queue.bind(unroutable)
     await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True)
     return await channel.declare_exchange(
