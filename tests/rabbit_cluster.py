@@ -13,6 +13,7 @@ import json
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,13 @@ class RabbitCluster:
             node.stop()
             self.nodes[index] = None
         return self.start(index)
+
+    def heal(self) -> None:
+        """Start every node that is not running (a test killed it) and wait until all are members again."""
+        for index, node in enumerate(self.nodes):
+            if node is None or node.process.poll() is not None:
+                self.start(index)
+        self.wait_members(len(self.slots))
 
     def stop(self) -> None:
         for index in reversed(range(len(self.nodes))):
@@ -138,9 +146,13 @@ def start_cluster(base: Path, size: int = 3) -> RabbitCluster:
              for i in range(size)]
     cluster = RabbitCluster(slots, cookie=f"hotupdate-cluster-{uuid.uuid4().hex}")
     try:
-        first = cluster.start(0)
+        # The nodes boot side by side (most of the wait), then join the first one at a time.
+        with ThreadPoolExecutor(size) as pool:
+            for started in [pool.submit(cluster.start, index) for index in range(size)]:
+                started.result()
+        first = cluster.node(0)
         for index in range(1, size):
-            node = cluster.start(index)
+            node = cluster.node(index)
             node.ctl("stop_app")
             node.ctl("join_cluster", first.name)
             node.ctl("start_app")

@@ -45,6 +45,8 @@ from tests.system import (
 pytestmark = [pytest.mark.rabbit, pytest.mark.postgres, pytest.mark.erlang, pytest.mark.rsync, pytest.mark.slow,
               pytest.mark.cluster]
 
+SECONDS_BOUND = 300  # conftest.py: the update itself is bounded by its waits below
+
 IPS = sum(len(ips) for ips in SERVERS.values())
 SERVER_COUNT = sum(len(names) for ips in SERVERS.values() for names in ips.values())
 
