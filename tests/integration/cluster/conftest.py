@@ -19,7 +19,7 @@ import pytest
 from tests.rabbit_cluster import RabbitCluster, start_cluster
 
 SECONDS_BOUND = 150
-TIER_SECONDS = 15 * 60  # typically 5-7 minutes on the shared 2-CPU machine
+TIER_SECONDS = 15 * 60  # it takes 3.5-4 minutes on the shared, loaded 2-CPU machine
 
 
 class _Budget:
