@@ -10,7 +10,6 @@ first node that answers and, when its node is lost, reconnects to the next one o
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,12 +42,18 @@ def _context(node: BrokerUrl) -> ssl.SSLContext | None:
 
 
 class FailoverConnection(RobustConnection):
-    """aio-pika's robust connection over the nodes of a broker address: a lost node is replaced by the next."""
+    """aio-pika's robust connection over the nodes of a broker address, taken round: a lost node is
+    replaced by the next, and a failed reconnect attempt moves on to the one after."""
+
+    # A node lost should be replaced within seconds, not aio-pika's default five.
+    RECONNECT_INTERVAL_SECONDS = 1.0
 
     def __init__(self, nodes: Sequence[BrokerUrl], start: int = 0, **kwargs: Any) -> None:
         self._nodes = tuple(nodes)
         self._current = start
+        self._attempted = False
         node = self._nodes[start]
+        kwargs.setdefault("reconnect_interval", self.RECONNECT_INTERVAL_SECONDS)
         super().__init__(URL(node.url), ssl_context=_context(node), **kwargs)
 
     @property
@@ -56,17 +61,33 @@ class FailoverConnection(RobustConnection):
         """The node this connection goes to (or will reconnect to)."""
         return self._nodes[self._current]
 
-    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
-        if len(self._nodes) > 1 and not self._close_called and not self.is_closed:
-            # The robust connection reconnects to self.url with self.kwargs: point both at the next node
-            # before it tries, so losing a node moves this connection to another one.
-            lost = self.node
-            self._current = (self._current + 1) % len(self._nodes)
-            self.url = URL(self.node.url)
-            self.kwargs["context"] = _context(self.node)
-            log.warning("lost broker node %s:%s; reconnecting to %s:%s", lost.host, lost.port,
-                        self.node.host, self.node.port)
-        await super()._on_connection_close(closing)
+    # aio-pika's reconnect loop begins every connection attempt by clearing the transport and then
+    # connects to self.url with self.kwargs; that is the one point where each attempt can be given a
+    # node. The first attempt keeps the node it was made for; each later one (after a loss, or after
+    # the previous attempt failed because that node is down too) takes the next node of the list.
+    @property
+    def transport(self) -> Any:
+        return self.__dict__.get("_transport")
+
+    @transport.setter
+    def transport(self, value: Any) -> None:
+        if value is None and not self._close_called_safe():
+            if self._attempted and len(self._nodes) > 1:
+                self._advance()
+            self._attempted = True
+        self.__dict__["_transport"] = value
+
+    def _close_called_safe(self) -> bool:
+        # Connection.__init__ clears the transport before it sets _close_called.
+        return bool(self.__dict__.get("_close_called", True))
+
+    def _advance(self) -> None:
+        lost = self.node
+        self._current = (self._current + 1) % len(self._nodes)
+        self.url = URL(self.node.url)
+        self.kwargs["context"] = _context(self.node)
+        log.warning("broker node %s:%s lost or unreachable; connecting to %s:%s", lost.host, lost.port,
+                    self.node.host, self.node.port)
 
 
 async def connect_robust(address: str, *, timeout: float | None = None) -> AbstractRobustConnection:

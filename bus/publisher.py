@@ -1,15 +1,15 @@
 """Publishing envelopes: async (aio-pika) for services, sync (pika) for CLIs and other teams' tools.
 
-Both publish persistent messages with publisher confirms and ``mandatory``; a nack or a
-return is raised as :class:`PublishError`, so a caller never believes an unconfirmed
-event was published. What ``mandatory`` can tell here: the events exchange has an alternate
+Both publish persistent messages with publisher confirms and ``mandatory``; a return is
+raised as :class:`PublishError`, so a caller never believes an unconfirmed event was
+published. What ``mandatory`` can tell here: the events exchange has an alternate
 exchange, which takes every event no binding matches, so such an event is confirmed, not
 returned, and waits in the unroutable queue (``hotupdate unroutable``, bus/unroutable.py). A
 return on the events exchange means the alternate exchange routes nowhere either (its queue
 is gone); on a send straight to a queue (retry tiers, parking) it means that queue is missing.
 
-Both reconnect after the broker drops the connection, retrying a
-publish until ``retry_seconds`` have passed.
+Both reconnect after the broker drops the connection, and retry a nacked publish (a
+cluster's queue electing a new leader), until ``retry_seconds`` have passed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import pamqp.commands
 import pika
 import pika.exceptions
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
@@ -28,7 +29,7 @@ from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInva
 
 from bus.connection import connect_blocking, connect_robust
 from bus.envelope import Envelope
-from bus.topology import Topology, declare_exchanges
+from bus.topology import UNROUTABLE_ARGUMENTS, Topology, declare_exchanges
 from domain.broker_address import split_broker_urls
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ def message_properties(envelope: Envelope, headers: dict[str, Any] | None = None
     }
 
 
+def _nacked(exc: DeliveryError) -> bool:
+    """A basic.nack (retried), not a basic.return (unroutable: final)."""
+    return isinstance(exc.frame, pamqp.commands.Basic.Nack)
+
+
 class AsyncPublisher:
     """Confirmed publishing from an asyncio service over a robust (self-reconnecting) connection."""
 
@@ -78,16 +84,24 @@ class AsyncPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        # Handlers publish concurrently and a nack reconnects: one of them connects, the others wait.
+        self._connecting = asyncio.Lock()
 
     async def connect(self) -> None:
-        if self._connection is not None:
-            return
-        self._connection = await connect_robust(self._url)
-        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        if self._declare:
-            self._exchange = await declare_exchanges(self._channel, self._topology)
-        else:  # a team's user may only write: the exchanges must already exist
-            self._exchange = await self._channel.get_exchange(self._topology.events_exchange, ensure=False)
+        async with self._connecting:
+            if self._connection is not None:
+                return
+            connection = await connect_robust(self._url)
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                if self._declare:
+                    exchange = await declare_exchanges(channel, self._topology)
+                else:  # a team's user may only write: the exchanges must already exist
+                    exchange = await channel.get_exchange(self._topology.events_exchange, ensure=False)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._channel, self._exchange = connection, channel, exchange
 
     async def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope:
         """Publish to the events exchange and wait for the broker's confirm, retrying through reconnects."""
@@ -109,14 +123,24 @@ class AsyncPublisher:
         delay = 0.2
         while True:
             try:
-                if self._connection is None:
-                    await self.connect()
-                assert self._exchange is not None and self._channel is not None
-                exchange = self._channel.default_exchange if to_queue else self._exchange
+                await self.connect()
+                channel, events = self._channel, self._exchange
+                if channel is None or events is None:  # closed by a concurrent nack meanwhile
+                    raise ConnectionError("the publisher's connection is being replaced")
+                exchange = channel.default_exchange if to_queue else events
                 await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=30)
                 return
             except DeliveryError as exc:
-                raise PublishError(f"broker refused {what}: {exc}") from exc
+                if not _nacked(exc) or time.monotonic() >= deadline:
+                    raise PublishError(f"broker refused {what}: {exc}") from exc
+                # A nack is the broker's "not taken, try again": in a cluster, a quorum queue whose
+                # leader's node was lost nacks until a new leader is elected, and (RabbitMQ 3.10) a
+                # channel that published to the old leader keeps nacking after that: a new connection
+                # and channel publish to the new leader.
+                log.warning("broker nacked %s; reconnecting and retrying in %.1fs", what, delay)
+                await self.close()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except AMQPChannelError as exc:
                 # e.g. ACCESS_REFUSED for a routing key this user may not publish: final;
                 # the robust channel reopens by itself for the next publish
@@ -129,11 +153,9 @@ class AsyncPublisher:
                 delay = min(delay * 2, 5.0)
 
     async def close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-        self._connection = None
-        self._channel = None
-        self._exchange = None
+        connection, self._connection, self._channel, self._exchange = self._connection, None, None, None
+        if connection is not None:
+            await connection.close()
 
     async def __aenter__(self) -> AsyncPublisher:
         await self.connect()
@@ -178,9 +200,7 @@ class SyncPublisher:
         # Declaring is idempotent and makes a first publish on a fresh broker land in
         # the right exchange instead of failing with NOT_FOUND.
         channel.exchange_declare(self._topology.unroutable_exchange, "fanout", durable=True)
-        channel.queue_declare(
-            self._topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
-        )
+        channel.queue_declare(self._topology.unroutable_queue, durable=True, arguments=UNROUTABLE_ARGUMENTS)
         channel.queue_bind(self._topology.unroutable_queue, self._topology.unroutable_exchange)
         channel.exchange_declare(self._topology.dead_letter_exchange, "direct", durable=True)
         channel.exchange_declare(
@@ -217,7 +237,12 @@ class SyncPublisher:
                     f"{self._topology.unroutable_exchange} routed it (run 'hotupdate topology declare')"
                 ) from exc
             except pika.exceptions.NackError as exc:
-                raise PublishError(f"broker nacked {envelope.id}") from exc
+                if time.monotonic() >= deadline:  # else retried on a new channel, as AsyncPublisher does
+                    raise PublishError(f"broker nacked {envelope.id}") from exc
+                log.warning("broker nacked %s; reconnecting and retrying in %.1fs", envelope.id, delay)
+                self.close()
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 # e.g. ACCESS_REFUSED for a routing key the user may not publish: final
                 self._channel = None

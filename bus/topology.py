@@ -14,6 +14,7 @@ queue's name says who consumes it (see events.md, "Topology"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity
@@ -22,10 +23,28 @@ from bus.connection import connect
 from bus.events import Event
 from domain.broker_address import redact, split_broker_urls
 
+if TYPE_CHECKING:
+    from domain.config import HotupdateConfig
+
 
 @dataclass(frozen=True)
 class Topology:
     namespace: str = "hotupdate"
+    # For a cluster (docs/deploy.md, "Past one of everything"): how many nodes hold a replica of each
+    # service's quorum queues (its queue, delay tiers, parking) declared from now on, and how often a
+    # message may be delivered before it is parked (overrides each ServiceQueue's own). None leaves the
+    # broker's default / the ServiceQueue's. The broker fixes both when a queue is first declared:
+    # declaring an existing queue with other values fails with PRECONDITION_FAILED, so an existing
+    # deployment changes them with the broker's tools (rabbitmq-queues grow, a policy), not here.
+    quorum_group_size: int | None = None
+    delivery_limit: int | None = None
+
+    def quorum_arguments(self) -> dict[str, Any]:
+        """The arguments of a service's quorum queues (its queue, delay tiers, parking queue)."""
+        arguments: dict[str, Any] = {"x-queue-type": "quorum"}
+        if self.quorum_group_size is not None:
+            arguments["x-quorum-initial-group-size"] = self.quorum_group_size
+        return arguments
 
     @property
     def events_exchange(self) -> str:
@@ -51,6 +70,22 @@ class Topology:
 
     def delay_queue(self, service: str, delay_ms: int) -> str:
         return f"{self.namespace}.{service}.retry.{delay_ms}ms"
+
+
+def topology_for(config: HotupdateConfig, namespace: str = "hotupdate") -> Topology:
+    """The topology with the configuration's quorum settings (broker.quorum_group_size, broker.delivery_limit)."""
+    return Topology(namespace, quorum_group_size=config.broker.quorum_group_size,
+                    delivery_limit=config.broker.delivery_limit)
+
+
+# Every publisher declares this queue, the CLI's without a configuration too (bus/publisher.py): its
+# arguments never vary with the quorum settings, or one declarer would be refused (PRECONDITION_FAILED).
+# Its replicas are the broker's default (docs/deploy.md).
+UNROUTABLE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+"""The arguments of the unroutable queue, whoever declares it."""
+
+SINGLE_ACTIVE_CONSUMER: dict[str, int | str] = {"x-single-active-consumer": True}
+"""A queue whose consumers take turns: one receives everything, the next takes over when it goes."""
 
 
 @dataclass(frozen=True)
@@ -92,9 +127,7 @@ async def declare_exchanges(channel: AbstractChannel, topology: Topology) -> Abs
     unroutable = await channel.declare_exchange(
         topology.unroutable_exchange, ExchangeType.FANOUT, durable=True
     )
-    queue = await channel.declare_queue(
-        topology.unroutable_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    queue = await channel.declare_queue(topology.unroutable_queue, durable=True, arguments=UNROUTABLE_ARGUMENTS)
     await queue.bind(unroutable)
     await channel.declare_exchange(topology.dead_letter_exchange, ExchangeType.DIRECT, durable=True)
     return await channel.declare_exchange(
@@ -113,17 +146,17 @@ async def declare_service(
     dlx = await channel.get_exchange(topology.dead_letter_exchange, ensure=False)
     name = topology.queue(spec.service)
     parking = await channel.declare_queue(
-        topology.parking_queue(spec.service), durable=True, arguments={"x-queue-type": "quorum"}
+        topology.parking_queue(spec.service), durable=True, arguments=topology.quorum_arguments()
     )
     await parking.bind(dlx, routing_key=parking.name)
     queue = await channel.declare_queue(
         name,
         durable=True,
         arguments={
-            "x-queue-type": "quorum",
+            **topology.quorum_arguments(),
             # Past the delivery limit (a message that keeps killing its consumer) the
             # broker dead-letters it to the parking queue instead of looping forever.
-            "x-delivery-limit": spec.delivery_limit,
+            "x-delivery-limit": topology.delivery_limit if topology.delivery_limit is not None else spec.delivery_limit,
             "x-dead-letter-exchange": topology.dead_letter_exchange,
             "x-dead-letter-routing-key": parking.name,
             # Quorum queues dead-letter at most once unless told otherwise: a parked
@@ -140,7 +173,7 @@ async def declare_service(
             topology.delay_queue(spec.service, delay),
             durable=True,
             arguments={
-                "x-queue-type": "quorum",
+                **topology.quorum_arguments(),
                 "x-message-ttl": delay,
                 "x-dead-letter-exchange": "",
                 "x-dead-letter-routing-key": name,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from bus.identity import Identity, identity_from_config
-from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
+from bus.identity import identity_from_config
+from domain.config import DEFAULT_AMQP_URL, ConfigError, HotupdateConfig, broker_address_from_env, load_config
 from domain.db import migration_branches, upgrade
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
+    run.add_argument("--single-active-consumer", action="store_true",
+                     help="for two or more instances: one consumes, the others take over when it goes (also "
+                          "projection.single_active_consumer in the config; fixed when the queue is first declared)")
     run.set_defaults(func=_run)
 
     dashboard = sub.add_parser("dashboard", help="the read-only status dashboard")
@@ -84,27 +87,30 @@ def _from_config(args: argparse.Namespace) -> tuple[str, str]:
     return database_url or _FALLBACK_DB_URL, broker_address_from_env(amqp_url or DEFAULT_AMQP_URL)
 
 
-def _identity(args: argparse.Namespace) -> Identity:
-    """Who may publish what: derived from the configuration, which ``projection run`` therefore needs."""
+def _run_config(args: argparse.Namespace) -> HotupdateConfig:
+    """``projection run`` needs the configuration: who may publish what (bus/identity.py) and the
+    cluster's queue settings (broker.quorum_*, projection.single_active_consumer) come from it."""
     if not (args.config or os.environ.get("HOTUPDATE_CONFIG")):
         raise ConfigError("projection run needs the configuration (--config or HOTUPDATE_CONFIG) to know which "
                           "broker user may publish which event (bus/identity.py)")
-    return identity_from_config(load_config(args.config))
+    return load_config(args.config)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bus.topology import Topology
+    from bus.topology import topology_for
     from projections.service import build_service, run
 
     try:
         database_url, amqp_url = _from_config(args)
-        identity = _identity(args)
+        config = _run_config(args)
     except ValueError as exc:  # ConfigError, or a broker address that cannot be read
         print(exc, file=sys.stderr)
         return 2
+    topology = topology_for(config, args.namespace)
     consumer, projection = build_service(
-        amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch,
-        identity=identity,
+        amqp_url=amqp_url, database_url=database_url, topology=topology, prefetch=args.prefetch,
+        identity=identity_from_config(config),
+        single_active_consumer=args.single_active_consumer or config.projection.single_active_consumer,
     )
 
     async def main() -> None:
@@ -115,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.history_stream:
             from bus.history import ensure_history
 
-            await ensure_history(amqp_url, Topology(args.namespace))
+            await ensure_history(amqp_url, topology)
         await run(consumer, projection, stop)
 
     log.info("projection: consuming every event into %s", _redact(database_url))

@@ -48,6 +48,8 @@ class World:
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     # Erlang short names are unique per host: a second world (a test beside a demo) needs its own.
     node_prefix: str = field(default_factory=lambda: f"{NODE_PREFIX}{secrets.token_hex(3)}_")
+    # group → IP → servers of the inventory: the demo's by default; a test may run a bigger fleet
+    servers: dict[str, dict[str, list[str]]] = field(default_factory=lambda: SERVERS)
 
     def node(self, server: str) -> str:
         """The Erlang node name of a game server of this world."""
@@ -76,7 +78,7 @@ class World:
         return self.root / "hosts" / ip / server
 
     def all_servers(self) -> list[tuple[str, str, str]]:
-        return [(group, ip, s) for group, ips in SERVERS.items() for ip, names in ips.items() for s in names]
+        return [(group, ip, s) for group, ips in self.servers.items() for ip, names in ips.items() for s in names]
 
 
 def build(world: World) -> None:
@@ -154,7 +156,7 @@ def config(world: World, password_file: Path) -> dict[str, Any]:
                 ],
                 "inventory": {
                     AREA_CODE: {
-                        "servers": SERVERS,
+                        "servers": world.servers,
                         "cdn": [{"cdn_root_url": CDN_ROOT, "cdn_dir": d} for d in CDN_DIRS],
                     }
                 },

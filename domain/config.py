@@ -257,6 +257,11 @@ class CmdbConfig(_Model):
 
 class ProjectionConfig(_Model):
     database_url: str = "sqlite:///projection.db"
+    single_active_consumer: bool = Field(
+        default=False,
+        description="declare the projection queue single-active-consumer, for two or more projection instances "
+        "(one writes, the others wait and take over). Fixed when the queue is first declared (docs/deploy.md)",
+    )
 
 
 class NotifierConfig(_Model):
@@ -302,6 +307,14 @@ class BrokerConfig(_Model):
         default_factory=dict, description="team name → what its broker user team.<name> may publish"
     )
     tls: BrokerTls | None = Field(default=None, description="TLS files for amqps:// URLs")
+    quorum_group_size: int | None = Field(
+        default=None, ge=1, description="replicas of each quorum queue declared from now on (a cluster: 3); "
+        "unset: the broker's default. Fixed when a queue is first declared (docs/deploy.md)",
+    )
+    delivery_limit: int | None = Field(
+        default=None, ge=1, description="deliveries of one message before the broker parks it (unset: 20); "
+        "fixed when a queue is first declared, change it on existing queues by policy (docs/deploy.md)",
+    )
 
 
 # --- dashboard: who may read which projects, how they sign in, HTTPS (docs/deploy.md) ---------------

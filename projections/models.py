@@ -37,6 +37,12 @@ def as_utc(value: datetime | None) -> datetime | None:
 # --- the log ----------------------------------------------------------------------
 
 
+
+# An absent value is SQL NULL, never the JSON value null: the ORM writes an unset attribute as NULL
+# but an explicit None (and a rebuild's bulk insert, projections/bulk_insert.py) as 'null' unless told
+# otherwise, and the two differ to SQL (IS NULL) and to a row-by-row comparison of two databases.
+OPTIONAL_JSON = JSON(none_as_null=True)
+
 class LoggedEvent(Base):
     """One event as received: position in the global order, canonical envelope, hash-chain link."""
 
@@ -145,8 +151,8 @@ class UpdateRow(Base):
     area_name: Mapped[str | None] = mapped_column(String(64))
     client_type: Mapped[int | None] = mapped_column(Integer)
     ops_manager: Mapped[str | None] = mapped_column(String(64))
-    erlang_cmd_list: Mapped[list[str] | None] = mapped_column(JSON)
-    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSON, doc="the request's rollout plan, if any")
+    erlang_cmd_list: Mapped[list[str] | None] = mapped_column(OPTIONAL_JSON)
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(OPTIONAL_JSON, doc="the request's rollout plan, if any")
     # an update made from another one (retry of its failed targets, rollback)
     parent_updateid: Mapped[str | None] = mapped_column(String(64), index=True)
     relation: Mapped[str | None] = mapped_column(String(16))
@@ -165,7 +171,7 @@ class UpdateRow(Base):
     final_result: Mapped[bool | None] = mapped_column(Boolean)
     final_data: Mapped[str | None] = mapped_column(Text)
     outcome: Mapped[str | None] = mapped_column(String(16), doc="succeeded, failed, stopped or aborted")
-    not_run: Mapped[list[str] | None] = mapped_column(JSON, doc="targets the executor never started")
+    not_run: Mapped[list[str] | None] = mapped_column(OPTIONAL_JSON, doc="targets the executor never started")
     completed_ok_count: Mapped[int | None] = mapped_column(Integer)
     completed_failed_count: Mapped[int | None] = mapped_column(Integer)
 
@@ -178,7 +184,7 @@ class UpdateRow(Base):
     abort_reason: Mapped[str | None] = mapped_column(Text)
     # the latest stall report; the update counts as stalled until an event other than a stall follows it
     stalled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    silent_targets: Mapped[list[str] | None] = mapped_column(JSON)
+    silent_targets: Mapped[list[str] | None] = mapped_column(OPTIONAL_JSON)
     stalled_after_seconds: Mapped[float | None] = mapped_column(Float)
     batches_total: Mapped[int | None] = mapped_column(Integer)
     batches_finished: Mapped[int] = mapped_column(Integer, default=0)
@@ -334,8 +340,8 @@ class BatchRow(Base):
     updateid: Mapped[str] = mapped_column(String(64), primary_key=True)
     batch: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     batches: Mapped[int | None] = mapped_column(Integer)
-    ips: Mapped[list[str] | None] = mapped_column(JSON)
-    cdn_dirs: Mapped[list[str] | None] = mapped_column(JSON)
+    ips: Mapped[list[str] | None] = mapped_column(OPTIONAL_JSON)
+    cdn_dirs: Mapped[list[str] | None] = mapped_column(OPTIONAL_JSON)
     ok_count: Mapped[int | None] = mapped_column(Integer)
     failed_count: Mapped[int | None] = mapped_column(Integer)
     next: Mapped[str | None] = mapped_column(String(16))

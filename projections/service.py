@@ -27,7 +27,7 @@ from bus.events import CATALOGUE, Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.identity import Identity
 from bus.registry import DEFAULT_REGISTRY
-from bus.topology import ServiceQueue, Topology
+from bus.topology import SINGLE_ACTIVE_CONSUMER, ServiceQueue, Topology
 from domain.db import make_engine, upgrade
 from projections.ingest import Outcome, ingest_batch, record_rejection
 from projections.ingest_worker import IngestWorker
@@ -132,6 +132,7 @@ def build_service(
     service: str = SERVICE,
     max_batch: int | None = None,
     ingest_in_worker: bool = True,
+    single_active_consumer: bool = False,
 ) -> tuple[ConsumerService, Projection]:
     """The projection consumer on its own quorum queue bound to every routing key.
 
@@ -139,6 +140,8 @@ def build_service(
     batch is being committed the broker has already delivered the next one's messages.
     With ``ingest_in_worker`` (the default) batches go to a worker process started by
     :func:`run`, else to a thread of this process.
+    With ``single_active_consumer`` several instances share the queue and one at a time receives
+    (in order); the log's head lock keeps the chain whole even if two ever write at once.
     """
     if migrate:
         upgrade(database_url, "projection")
@@ -148,7 +151,8 @@ def build_service(
     consumer = ConsumerService(
         amqp_url=amqp_url,
         topology=topology,
-        queue=ServiceQueue(service=service, bindings=("#",), retry_delays_ms=retry_delays_ms),
+        queue=ServiceQueue(service=service, bindings=("#",), retry_delays_ms=retry_delays_ms,
+                           extra_arguments=dict(SINGLE_ACTIVE_CONSUMER) if single_active_consumer else {}),
         handlers=projection.handlers(),
         source=SOURCE,
         prefetch=prefetch,

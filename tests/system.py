@@ -251,12 +251,16 @@ def _rsync_wrapper(root: Path) -> str:
 
 
 @contextmanager
-def running_system(root: Path, amqp_url: str, configure: Configure | None = None) -> Iterator[System]:
-    """Build the demo world under ``root`` for ``amqp_url``, start everything, stop it all afterwards."""
+def running_system(root: Path, amqp_url: str, configure: Configure | None = None,
+                   servers: dict[str, dict[str, list[str]]] | None = None) -> Iterator[System]:
+    """Build the demo world (or one with ``servers`` as its inventory) under ``root`` for ``amqp_url``, start
+    everything, stop it all afterwards."""
     with ExitStack() as stack:
         daemon = RsyncDaemon(root / "rsyncd", password=secrets.token_urlsafe(16)).start()
         stack.callback(daemon.stop)
         world = World(root, amqp_url, daemon.port, daemon.password)
+        if servers is not None:
+            world.servers = servers
         build(world)
         if configure is not None:
             config = yaml.safe_load(world.config_file.read_text(encoding="utf-8"))

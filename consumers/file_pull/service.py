@@ -5,7 +5,7 @@ from __future__ import annotations
 from bus.consumer import ConsumerService
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import bind_handlers
 from consumers.file_pull.handlers import HANDLERS
 from domain.config import HotupdateConfig
@@ -26,7 +26,7 @@ def build_service(
     service = f"{ROLE}.{receiver_name}"
     return ConsumerService(
         amqp_url=config.amqp_url,
-        topology=topology,
+        topology=topology or topology_for(config),
         queue=ServiceQueue(
             service=service, bindings=tuple(binding(kind, project=p) for p in receiver.projects for kind in HANDLERS)
         ),

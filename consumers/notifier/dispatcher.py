@@ -6,7 +6,8 @@ row before each attempt and writes each attempt with the row's new state in one
 transaction, so a notifier that stops (or dies) mid-backoff resumes where it was: on start,
 :meth:`Dispatcher.resume` schedules every pending delivery again. A crash between a
 webhook's 2xx and its record means one more call after the restart: receivers dedupe by
-``X-Hotupdate-Event-Id``. Run one notifier per state database, or two would both resume.
+``X-Hotupdate-Event-Id``. Several notifiers may share one state database (PostgreSQL): each
+attempt is claimed on the delivery's row first, so one attempt is one call, whoever makes it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 # After an unexpected failure (the database, say), a delivery's task waits this long and tries again.
 TROUBLE_PAUSE_SECONDS = 5.0
+# A claimed attempt is the claimer's for the call's timeout plus this; past it, another notifier may
+# make it (the claimer died mid-call: one more call, which receivers dedupe by event id).
+CLAIM_MARGIN_SECONDS = 30.0
+CLAIM_LOST_PAUSE_SECONDS = 0.2
 
 
 class Dispatcher:
@@ -117,6 +122,10 @@ class Dispatcher:
         wait = (record.next_attempt_at - datetime.now(UTC)).total_seconds()
         if wait > 0:
             await asyncio.sleep(wait)
+        # Several notifiers may share the state database: the one whose claim succeeds makes the call.
+        if not await self._store.aclaim(record, lease_seconds=endpoint.config.timeout_seconds + CLAIM_MARGIN_SECONDS):
+            await asyncio.sleep(CLAIM_LOST_PAUSE_SECONDS)
+            return True  # read the row again: made by the other, or due again later
         return await self._attempt(record, endpoint)
 
     async def _attempt(self, record: DeliveryRecord, endpoint: Endpoint) -> bool:

@@ -7,7 +7,7 @@ import logging
 from bus.consumer import ConsumerService, HandlerTable
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity, identity_from_config
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import bind_handlers
 from consumers.notifier.dispatcher import Dispatcher
 from consumers.notifier.handlers import HANDLERS
@@ -87,7 +87,7 @@ def build_service(
         dispatcher=dispatcher,
         store=store,
         amqp_url=config.amqp_url,
-        topology=topology,
+        topology=topology or topology_for(config),
         queue=ServiceQueue(service=service, bindings=bindings),
         handlers=bind_handlers(HANDLERS, {"book": book, "store": store, "dispatcher": dispatcher}),
         source=f"hotupdate/{service}",

@@ -12,10 +12,10 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, cast
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -224,6 +224,24 @@ class DeliveryStore:
                 row.finished_at = attempt.attempted_at
             session.commit()
 
+    def claim(self, record: DeliveryRecord, *, lease_seconds: float) -> bool:
+        """Take ``record``'s next attempt for this notifier: False if another took it (or made it) first.
+
+        One conditional UPDATE: it succeeds for the one notifier that finds the attempt count it read
+        and the attempt due; it pushes the due time past the call's length, so the others wait for the
+        claimer's record (or, if the claimer died mid-call, make the attempt after the lease).
+        """
+        now = _now()
+        with Session(self._engine) as session:
+            result = session.execute(
+                update(NotifierDelivery)
+                .where(NotifierDelivery.id == record.id, NotifierDelivery.status == "pending",
+                       NotifierDelivery.attempts == record.attempts, NotifierDelivery.next_attempt_at <= now)
+                .values(next_attempt_at=now + timedelta(seconds=lease_seconds))
+            )
+            session.commit()
+            return bool(getattr(result, "rowcount", 0) == 1)
+
     def give_up(self, delivery_id: int, reason: str) -> None:
         """Mark a pending delivery failed without calling it (its webhook is no longer configured)."""
         with Session(self._engine) as session:
@@ -262,6 +280,9 @@ class DeliveryStore:
         await asyncio.to_thread(
             functools.partial(self.record_attempt, delivery_id, attempt, status=status, next_attempt_at=next_attempt_at)
         )
+
+    async def aclaim(self, record: DeliveryRecord, *, lease_seconds: float) -> bool:
+        return await asyncio.to_thread(functools.partial(self.claim, record, lease_seconds=lease_seconds))
 
     async def agive_up(self, delivery_id: int, reason: str) -> None:
         await asyncio.to_thread(self.give_up, delivery_id, reason)

@@ -13,7 +13,7 @@ from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity, identity_from_config
 from bus.publisher import AsyncPublisher
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import bind_handlers
 from consumers.ops_executor.executor import EmitterFor, Executor
 from consumers.ops_executor.handlers import HANDLERS
@@ -113,7 +113,8 @@ def build_service(
     )
     service = f"{ROLE}.{ops_manager}"
     source = f"hotupdate/{ROLE}/{ops_manager}"
-    publisher = AsyncPublisher(config.amqp_url, topology or Topology())
+    topology = topology or topology_for(config)
+    publisher = AsyncPublisher(config.amqp_url, topology)
     emitter_for = request_emitters(source, publisher, id_key_from_url(config.amqp_url))
     handlers = bind_handlers(HANDLERS, {"executor": executor, "emitter_for": emitter_for})
     return OpsExecutorService(

@@ -18,7 +18,7 @@ from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
-from bus.topology import ServiceQueue, Topology, binding
+from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import inject
 from domain.config import HotupdateConfig
 from producers.cmdb.api import create_app
@@ -74,7 +74,7 @@ def bootstrap(
     """Open (and migrate) the database and build the API, relay and consumer around it."""
     url = database_url or config.cmdb.database_url
     broker = amqp_url or config.amqp_url
-    topology = topology or Topology()
+    topology = topology or topology_for(config)
     database = CmdbDatabase(url, id_key=id_key_from_url(broker))
     # The relay retries on its own; the publisher gives up early so a stop is not held up.
     publisher = AsyncPublisher(broker, topology, retry_seconds=publish_retry_seconds)

@@ -3,7 +3,8 @@
 Exactly once from the CMDB's side: a row is marked published only after the broker
 confirmed it, and is retried until it is. A crash between the confirm and the mark
 publishes it once more with the same message id (the event id), which consumers dedupe.
-One relay per database: a second one would publish rows twice (harmless, but noisy).
+Several CMDB instances may share one database: only the holder of the relay lease publishes
+(``relay_lease.py``), the others take over when it goes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from bus.envelope import Envelope
 from producers.cmdb.database import OUTBOX_TOUCHED, CmdbDatabase
 from producers.cmdb.models import OutboxMessage, utcnow
+from producers.cmdb.relay_lease import RelayLease
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class OutboxRelay:
         self._max_backoff = max_backoff_seconds
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._lease = RelayLease(database.engine)
         self.published = 0
 
     def wake(self) -> None:
@@ -81,22 +84,27 @@ class OutboxRelay:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         backoff = self._poll
-        while not stop.is_set():
-            self._wakeup.clear()
-            try:
-                await self.publish_pending()
-                backoff = self._poll
-                delay = self._poll
-            except Exception as exc:  # broker down, refused, or the database busy: all retried
-                log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
-                delay = backoff
-                backoff = min(backoff * 2, self._max_backoff)
-            await _wait_any(stop, self._wakeup, timeout=delay)
+        try:
+            while not stop.is_set():
+                self._wakeup.clear()
+                try:
+                    await self.publish_pending()
+                    backoff = self._poll
+                    delay = self._poll
+                except Exception as exc:  # broker down, refused, or the database busy: all retried
+                    log.warning("outbox relay: %s; retrying in %.1fs", exc, backoff)
+                    delay = backoff
+                    backoff = min(backoff * 2, self._max_backoff)
+                await _wait_any(stop, self._wakeup, timeout=delay)
+        finally:
+            await asyncio.to_thread(self._lease.release)
 
     async def publish_pending(self) -> int:
         """Publish every unpublished row, oldest first; returns how many were published."""
         count = 0
         while True:
+            if not await asyncio.to_thread(self._lease.held):
+                return count  # another instance's relay publishes
             rows = await asyncio.to_thread(self._pending)
             if not rows:
                 return count
