@@ -10,7 +10,7 @@ from alembic import command
 
 from bus.events import ServerResult
 from consumers.ops_executor.records import BatchRecord, ServerOutcome
-from consumers.ops_executor.state import StateTables
+from consumers.ops_executor.state_tables import StateTables
 from domain.db import alembic_config, make_engine
 
 OK = ServerResult(data="更新成功", status=True)
