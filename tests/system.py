@@ -43,7 +43,7 @@ Configure = Callable[[dict[str, Any]], None]
 # One hot_server update's events in the demo world (4 IPs), as a clean run logs them.
 HOT_SERVER_EVENTS = Counter({
     "hotupdate.pull.requested.v1": 1, "hotupdate.files.pulled.v1": 1, "hotupdate.push.requested.v1": 1,
-    "hotupdate.files.pushed.v1": 1, "hotupdate.update.requested.v2": 1, "hotupdate.update.started.v1": 1,
+    "hotupdate.files.pushed.v1": 1, "hotupdate.update.requested.v3": 1, "hotupdate.update.started.v1": 1,
     "hotupdate.ip.finished.v1": 4, "hotupdate.update.completed.v2": 1,
 })
 VIEW_TABLES = ("projection_updates", "projection_rsync_targets", "projection_ips", "projection_servers",

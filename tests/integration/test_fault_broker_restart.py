@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.rabbit, pytest.mark.erlang, pytest.mark.rsync, pytest.
 
 CLIENT_EVENTS = Counter({
     "hotupdate.pull.requested.v1": 1, "hotupdate.files.pulled.v1": 1, "hotupdate.push.requested.v1": 1,
-    "hotupdate.files.pushed.v1": 1, "hotupdate.update.requested.v2": 1, "hotupdate.update.started.v1": 1,
+    "hotupdate.files.pushed.v1": 1, "hotupdate.update.requested.v3": 1, "hotupdate.update.started.v1": 1,
     "hotupdate.cdn_dir.finished.v1": len(CDN_DIRS), "hotupdate.update.completed.v2": 1,
 })
 

@@ -73,7 +73,7 @@ def test_duplicated_and_reordered_deliveries_change_neither_the_views_nor_the_si
         update_id = system.post_update()
         system.wait_state(update_id, {"pulled"})
         system.push(update_id)
-        system.wait_logged(update_id, "hotupdate.update.requested.v2")
+        system.wait_logged(update_id, "hotupdate.update.requested.v3")
         request = [b for b in _envelopes(system, update_id) if b"update.requested" in b]
         _publish(channel, request * 2)  # while the executor runs it
         final = system.wait_state(update_id, FINAL)
