@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,13 +32,16 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bus import tracing
 from bus.connection import connect_robust
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.handling import Emitter, Handler, Incoming, child_envelope
 from bus.idempotency import ProcessedStore
+from bus.metrics import BATCH_SECONDS, ConsumerMetrics
 from bus.provenance import Provenance
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
+from bus.queue_stats import QueueStats, queue_stats
 from bus.registry import DEFAULT_REGISTRY, Registry
 from bus.topology import ServiceQueue, Topology, declare_service
 
@@ -118,6 +122,7 @@ class ConsumerService:
         max_batch: int = 500,
         batch_linger_seconds: float = 0.005,
         batch_depth: int = 2,
+        metrics: bool = True,
     ) -> None:
         self._url = amqp_url
         self._spec = queue
@@ -149,6 +154,7 @@ class ConsumerService:
         self.handled = 0
         self.parked = 0
         self.batches = 0
+        self._metrics = ConsumerMetrics(queue.service, enabled=metrics)  # bus/metrics.py: the counters
 
     @property
     def name(self) -> str:
@@ -163,6 +169,35 @@ class ConsumerService:
     def started(self) -> bool:
         """True once the queue is declared, bound and consumed."""
         return self._consumer_tag is not None
+
+    @property
+    def ready(self) -> bool:
+        """Consuming, on a connection that is open (a robust connection closed while the broker is away)."""
+        return self.started and self._connection is not None and not self._connection.is_closed
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The service's broker connection while started (for passive declares of other queues)."""
+        return self._connection
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports for this service: consuming on an open connection; its database answering."""
+        checks = {f"{self.name}.consumer": self.ready}
+        if self._processed is not None:
+            try:
+                await asyncio.wait_for(self._processed.aseen("readyz-probe"), timeout=5)
+                checks[f"{self.name}.database"] = True
+            except Exception as exc:
+                log.warning("service %s: its database does not answer: %r", self.name, exc)
+                checks[f"{self.name}.database"] = False
+        return checks
+
+    async def queue_depths(self) -> dict[str, QueueStats | None]:
+        """The service's queue and parking queue: ready messages and consumers (passive declares)."""
+        if self._connection is None or self._connection.is_closed:
+            return {}
+        return await queue_stats(self._connection, (self._topology.queue(self.name),
+                                                    self._topology.parking_queue(self.name)))
 
     async def start(self) -> None:
         """Declare the service's topology and start consuming."""
@@ -234,10 +269,13 @@ class ConsumerService:
             envelope = Envelope.from_bytes(message.body)
             event = self._registry.decode(envelope)
         except EnvelopeError as exc:
+            self._metrics.consumed("malformed")
             await self._park(message, f"malformed: {exc}", attempt)
             return False
+        event_name = envelope.event_name
+        self._metrics.consumed(event_name)
         if self._provenance is not None and (problem := self._provenance.problem(envelope)):
-            await self._park(message, problem, attempt)
+            await self._park(message, problem, attempt, event_name)
             return False
         replayed = bool(headers.get(REPLAYED_HEADER))
         handler = self._handlers.get(type(event))
@@ -257,18 +295,23 @@ class ConsumerService:
                 self._full.set()
             return True
         emitter = _ChildEmitter(envelope, self._source, self._publisher)
+        began = time.perf_counter()
         try:
-            await handler(incoming, emitter)
+            with tracing.handling(envelope, self.name):  # emitted events carry this span's trace context
+                await handler(incoming, emitter)
         except Reject as exc:
-            await self._park(message, f"rejected by handler: {exc}", attempt)
+            self._metrics.failed(event_name, time.perf_counter() - began)
+            await self._park(message, f"rejected by handler: {exc}", attempt, event_name)
             return False
         except Exception as exc:
+            self._metrics.failed(event_name, time.perf_counter() - began)
             await self._retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
             await self._processed.amark(envelope.id, envelope.type)
         await message.ack()
         self.handled += 1
+        self._metrics.handled(event_name, time.perf_counter() - began)
         log.info(
             "handled %s id=%s update=%s emitted=%d service=%s",
             envelope.type, envelope.id, envelope.updateid, len(emitter.emitted), self.name,
@@ -309,13 +352,17 @@ class ConsumerService:
 
     async def _handle_batch(self, batch: list[_Delivery]) -> None:
         assert self._batch_handler is not None
+        began = time.perf_counter()
         try:
-            results: Sequence[Exception | None] = await self._batch_handler([d.incoming for d in batch])
+            with tracing.handling_batch([d.incoming.envelope for d in batch], self.name):
+                results: Sequence[Exception | None] = await self._batch_handler([d.incoming for d in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch handler gave {len(results)} results for {len(batch)} events")
         except Exception as exc:  # the batch as a whole failed: every event of it is retried
             results = [exc] * len(batch)
         self.batches += 1
+        if self._metrics.enabled:
+            BATCH_SECONDS.labels(service=self.name).observe(time.perf_counter() - began)
         done: list[_Delivery] = []
         for delivery, result in zip(batch, results, strict=True):
             message, envelope = delivery.message, delivery.incoming.envelope
@@ -323,7 +370,8 @@ class ConsumerService:
                 if result is None:
                     done.append(delivery)
                 elif isinstance(result, Reject):
-                    await self._park(message, f"rejected by handler: {result}", delivery.attempt)
+                    await self._park(message, f"rejected by handler: {result}", delivery.attempt,
+                                     envelope.event_name)
                 else:
                     await self._retry_or_park(message, envelope, result, delivery.attempt)
             except Exception:
@@ -344,6 +392,7 @@ class ConsumerService:
                 return
         await self._ack_all([d.message for d in done])  # after the retries and parks: they are not covered
         self.handled += len(done)
+        self._metrics.handled_batch([d.incoming.envelope.event_name for d in done])
         log.info("service %s: batch of %d handled, %d to retry or park", self.name, len(batch),
                  len(batch) - len(done))
 
@@ -379,8 +428,10 @@ class ConsumerService:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         delays = self._spec.retry_delays_ms
         if attempt > len(delays):
-            await self._park(message, f"handler failed after {attempt} attempts: {detail}", attempt)
+            await self._park(message, f"handler failed after {attempt} attempts: {detail}", attempt,
+                             envelope.event_name)
             return
+        self._metrics.retried(envelope.event_name)
         delay = delays[attempt - 1]
         log.warning(
             "service %s: %s %s failed (attempt %d): %s; retrying in %d ms",
@@ -391,7 +442,8 @@ class ConsumerService:
                                                                      "x-hotupdate-last-error": detail[:1000]}
         )
 
-    async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int) -> None:
+    async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int,
+                    event_name: str = "malformed") -> None:
         parked_at = datetime.now(UTC)
         log.warning("service %s: parking message %s: %s", self.name, message.message_id, reason)
         parked = await self._republish(
@@ -408,6 +460,7 @@ class ConsumerService:
         if not parked:
             return
         self.parked += 1
+        self._metrics.parked(event_name)
         if self._on_reject is not None:
             # After the parked copy is confirmed: the hook only records; if it fails, the
             # message is safe in the parking queue all the same.

@@ -78,6 +78,9 @@ class Envelope(BaseModel):
     sequence: int = Field(ge=0)
     correlationid: str = Field(min_length=1, max_length=128)
     causationid: str | None = Field(default=None, max_length=128)
+    # W3C trace context (CloudEvents distributed-tracing extension): which trace this event belongs to.
+    traceparent: str | None = Field(default=None, pattern=r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    tracestate: str | None = Field(default=None, max_length=512, pattern=r"^[\x20-\x7e]*$")
     data: dict[str, Any]
 
     @field_validator("time")

@@ -14,6 +14,7 @@ from typing import Generic, Protocol, TypeVar
 from bus.envelope import Envelope, derived_event_id
 from bus.events import Event
 from bus.registry import event_data, schema_uri
+from bus.tracing import child_trace
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 
@@ -57,9 +58,11 @@ def child_envelope(
 
     Its id is derived from the parent's id, the type and ``key``, so re-handling a
     redelivered parent re-emits events with the same ids, which downstream dedupes.
-    ``sequence`` continues the parent's, ordering an update's events causally.
+    ``sequence`` continues the parent's, ordering an update's events causally; the trace
+    context is the current span's (or the parent's when this process does not trace).
     """
     event_type = event.type_name()
+    traceparent, tracestate = child_trace(parent)  # the handler's span when tracing, else the parent's
     return Envelope(
         id=derived_event_id(parent.id, event_type, key),
         source=source,
@@ -73,4 +76,6 @@ def child_envelope(
         correlationid=parent.correlationid,
         causationid=parent.id,
         data=event_data(event),
+        traceparent=traceparent,
+        tracestate=tracestate,
     )

@@ -16,6 +16,7 @@ from pydantic_core import SchemaValidator
 
 from bus.envelope import Envelope, EnvelopeError, describe_validation_error, split_type
 from bus.events import CATALOGUE, Event
+from bus.tracing import current_trace
 
 E = TypeVar("E", bound=Event)
 
@@ -142,6 +143,7 @@ def make_envelope(
 ) -> Envelope:
     """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own)."""
     extra: dict[str, Any] = {}
+    traceparent, tracestate = current_trace()  # a chain started inside a span (a CMDB request) joins its trace
     if event_id is not None:
         extra["id"] = event_id
     env = Envelope(
@@ -156,6 +158,8 @@ def make_envelope(
         correlationid=correlationid or updateid,
         causationid=causationid,
         data=event_data(event),
+        traceparent=traceparent,
+        tracestate=tracestate,
         **extra,
     )
     return env

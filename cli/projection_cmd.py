@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="unacked messages in flight; a batch is at most half of it (bigger batches cost less "
                      "per event)")
     run.add_argument("--config", default=None, help="configuration file (env HOTUPDATE_CONFIG); optional")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve /metrics, /healthz, /readyz on this port (default: telemetry.listen_ports.projection)")
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
@@ -95,7 +97,20 @@ def _run(args: argparse.Namespace) -> int:
         amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch
     )
 
+    from bus.health import HealthListener, listen_port
+    from bus.tracing import setup_tracing
+    from domain.config import TelemetryConfig
+
+    telemetry = load_config(args.config).telemetry if args.config or os.environ.get("HOTUPDATE_CONFIG") \
+        else TelemetryConfig()
+    port = listen_port(telemetry.listen_ports, consumer.name, args.metrics_port)
+    stop_tracing = setup_tracing(telemetry.traces_endpoint, consumer.name)
+
     async def main() -> None:
+        listener = HealthListener(consumer.name, [consumer], host=telemetry.listen_host, port=port) \
+            if port is not None else None
+        if listener is not None:
+            await listener.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,10 +119,17 @@ def _run(args: argparse.Namespace) -> int:
             from bus.history import ensure_history
 
             await ensure_history(amqp_url, Topology(args.namespace))
-        await run(consumer, projection, stop)
+        try:
+            await run(consumer, projection, stop)
+        finally:
+            if listener is not None:
+                await listener.stop()
 
     log.info("projection: consuming every event into %s", _redact(database_url))
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        stop_tracing()
     return 0
 
 
@@ -145,7 +167,9 @@ def _serve(args: argparse.Namespace) -> int:
     certfile, keyfile = (https.certfile, https.keyfile) if https else (None, None)
     # Open live streams end on shutdown after this long instead of holding it up.
     if args.workers == 1:
-        app = create_app(database_url, access=config.dashboard, session_secret=secret)
+        token = config.telemetry.metrics_token
+        app = create_app(database_url, access=config.dashboard, session_secret=secret,
+                         metrics_token=token.get_secret_value() if token else None)
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info",
                     ssl_certfile=certfile, ssl_keyfile=keyfile)
         return 0

@@ -335,6 +335,26 @@ class DashboardConfig(_Model):
     https: HttpsFiles | None = None
 
 
+class TelemetryConfig(_Model):
+    """Where a component serves /metrics, /healthz, /readyz, and where it sends its traces (docs/observability.md)."""
+
+    listen_host: str = Field(default="127.0.0.1", description="address of the consumers' metrics and health listener")
+    listen_ports: dict[str, int] = Field(
+        default_factory=dict,
+        description="service name (file_pull.recv1, ops_executor.ops1, notifier, projection) → port of its "
+        "metrics and health listener; a service not named here serves none unless --metrics-port is given",
+    )
+    traces_endpoint: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="OTLP/HTTP traces URL (http://collector:4318/v1/traces); unset: no tracing, no cost",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="when set, the dashboard's /metrics asks for 'Authorization: Bearer <token>' (it is open "
+        "to loopback callers otherwise only)",
+    )
+
+
 class HotupdateConfig(_Model):
     amqp_url: str = Field(
         default=DEFAULT_AMQP_URL,
@@ -357,6 +377,7 @@ class HotupdateConfig(_Model):
     )
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> HotupdateConfig:

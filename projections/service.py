@@ -25,6 +25,7 @@ from sqlalchemy import Engine
 from bus.consumer import ConsumerService, Rejection
 from bus.events import CATALOGUE, Event
 from bus.handling import Emitter, Handler, Incoming
+from bus.metrics import projection_wrote
 from bus.provenance import Provenance
 from bus.registry import DEFAULT_REGISTRY
 from bus.topology import ServiceQueue, Topology
@@ -91,6 +92,9 @@ class Projection:
         """
         outcomes = await self.ingestor.ingest(batch)
         log.debug("projection: batch of %d committed", len(batch))
+        written = [m.envelope.time for m, o in zip(batch, outcomes, strict=True) if o.error is None]
+        if written:
+            projection_wrote(max(written).timestamp())  # hotupdate_projection_lag_seconds counts from it
         return [outcome.error for outcome in outcomes]
 
     async def handle(self, msg: Incoming[Event], emit: Emitter) -> None:

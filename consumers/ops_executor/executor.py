@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -56,6 +57,7 @@ from bus.events import (
     UpdateStarted,
 )
 from bus.handling import Emitter
+from bus.metrics import record_result
 from bus.registry import DEFAULT_REGISTRY
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater
 from consumers.ops_executor.hot_server import (
@@ -117,6 +119,7 @@ class _Serialized:
         self._lock = asyncio.Lock()
         self.count = base
         self.muted = False
+        self._began = time.monotonic()  # the update's duration, as this executor saw it run
 
     async def emit(self, event: Event, *, key: str = "") -> None:
         if self.muted:
@@ -124,6 +127,7 @@ class _Serialized:
         async with self._lock:
             await self._emit.emit(event, key=key)
             self.count += 1
+            record_result(event, self._began)  # every result the executor reports passes here
 
 
 @dataclass

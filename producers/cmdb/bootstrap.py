@@ -17,6 +17,7 @@ from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
+from producers.cmdb import observability
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
@@ -75,10 +76,12 @@ def bootstrap(
         source=SOURCE,
         processed=ProcessedStore(url, SERVICE),
     )
+    api = create_app(config, database=database)
+    observability.install(api, config, database, consumer, topology)  # /readyz, /metrics, request spans
     return CmdbRuntime(
         config=config,
         database=database,
-        api=create_app(config, database=database),
+        api=api,
         publisher=publisher,
         relay=relay,
         consumer=consumer,

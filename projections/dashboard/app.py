@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from domain.config import DashboardConfig
 from domain.db import make_engine
 from projections import queries
-from projections.dashboard import signin
+from projections.dashboard import observability, signin
 from projections.dashboard.access import Viewer
 from projections.dashboard.signin import Reader
 from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
@@ -186,12 +186,13 @@ Db = Annotated[Session, Depends(_session)]
 
 def create_app(database_url: str, *, access: DashboardConfig, session_secret: bytes | None = None,
                secure_cookies: bool = True, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
-               read_threads: int = READ_THREADS) -> FastAPI:
+               read_threads: int = READ_THREADS, metrics_token: str | None = None) -> FastAPI:
     """The dashboard over the projection database at ``database_url`` (it must be migrated already).
 
     ``access``: who may sign in and what each sees. ``session_secret`` signs the session cookies
     (the same in every worker; random when None: sessions then end with the process).
     ``secure_cookies``: False only to test sign-in over plain HTTP.
+    ``metrics_token``: lets a scraper that is not on loopback read /metrics (observability.py).
     ``read_threads``: how many requests read the database at once in this process (see
     :data:`READ_THREADS`); the others wait their turn, first come first served.
     """
@@ -226,6 +227,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
                    secure_cookies=secure_cookies)
     app.add_middleware(SecurityHeadersMiddleware)
     app.state.engine = engine
+    observability.install(app, engine, metrics_token=metrics_token)  # /healthz, /readyz, /metrics: no sign-in
 
     def read(fn: Callable[[Session], T]) -> Awaitable[T]:
         def run() -> T:

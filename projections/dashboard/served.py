@@ -62,7 +62,10 @@ def app_from_environment() -> FastAPI:
     secret = os.environ.get(SESSION_SECRET_ENV)
     if not url or not secret:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set: start workers with 'hotupdate dashboard serve --workers N'")
-    return create_app(url, access=load_config().dashboard, session_secret=bytes.fromhex(secret))
+    config = load_config()
+    token = config.telemetry.metrics_token
+    return create_app(url, access=config.dashboard, session_secret=bytes.fromhex(secret),
+                      metrics_token=token.get_secret_value() if token else None)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
