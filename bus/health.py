@@ -47,7 +47,8 @@ class HealthListener:
         self._checks = tuple(checks)
         self._socket = socket.create_server((host, port))  # bound now: a port in use fails before anything starts
         self.port: int = self._socket.getsockname()[1]
-        self._server = _Server(uvicorn.Config(self._app, log_config=None, lifespan="off", access_log=False))
+        self._server = _Server(uvicorn.Config(self._app, log_config=None, lifespan="off", access_log=False,
+                                                 interface="asgi3"))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

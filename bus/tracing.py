@@ -104,17 +104,18 @@ def handling(envelope: Envelope, service: str) -> Iterator[None]:
 
 @contextmanager
 def handling_batch(envelopes: Sequence[Envelope], service: str) -> Iterator[None]:
-    """A batch handler's span, linked to the traces of (up to 128 of) its events."""
+    """A batch handler's span: a child of its first event's trace, linked to the traces of (up to 128 of) the rest."""
     if not _STATE.enabled:
         yield
         return
+    parent = _context_of(envelopes[0]) if envelopes else None
     links = []
-    for envelope in envelopes[:_MAX_LINKS]:
+    for envelope in envelopes[1:_MAX_LINKS]:
         ctx = _context_of(envelope)
         if ctx is not None:
             links.append(trace.Link(trace.get_current_span(ctx).get_span_context()))
     with _tracer().start_as_current_span(
-        "batch process", kind=trace.SpanKind.CONSUMER, links=links,
+        "batch process", context=parent, kind=trace.SpanKind.CONSUMER, links=links,
         attributes={"messaging.batch.message_count": len(envelopes), "hotupdate.service": service},
     ):
         yield
