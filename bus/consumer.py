@@ -172,8 +172,8 @@ class ConsumerService:
 
     @property
     def ready(self) -> bool:
-        """Consuming, on a connection that is open (a robust connection closed while the broker is away)."""
-        return self.started and self._connection is not None and not self._connection.is_closed
+        """Consuming, on a connection that is up (a robust connection stays open, not connected, while it retries)."""
+        return self.started and self._connection is not None and self._connection.connected.is_set()
 
     @property
     def connection(self) -> AbstractRobustConnection | None:
@@ -194,7 +194,7 @@ class ConsumerService:
 
     async def queue_depths(self) -> dict[str, QueueStats | None]:
         """The service's queue and parking queue: ready messages and consumers (passive declares)."""
-        if self._connection is None or self._connection.is_closed:
+        if self._connection is None or not self._connection.connected.is_set():
             return {}
         return await queue_stats(self._connection, (self._topology.queue(self.name),
                                                     self._topology.parking_queue(self.name)))

@@ -76,7 +76,7 @@ def install(app: FastAPI, config: HotupdateConfig, database: CmdbDatabase, consu
         except Exception as exc:
             log.warning("cmdb metrics: outbox unavailable: %r", exc)
         connection = consumer.connection
-        if connection is not None and not connection.is_closed:
+        if connection is not None and connection.connected.is_set():
             try:
                 publish_gauges(await asyncio.wait_for(queue_stats(connection, queues), timeout=3))
             except Exception as exc:  # the broker is away: the queue gauges keep their last values
