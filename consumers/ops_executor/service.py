@@ -21,8 +21,9 @@ from consumers.ops_executor.handlers import (
     handle_update_abort_requested,
     handle_update_requested,
 )
-from consumers.ops_executor.runner import HostRunner
+from consumers.ops_executor.runner import HostRunner, make_runner
 from consumers.ops_executor.state import StateStore
+from consumers.ops_executor.traced_runner import TracedRunner
 from domain.config import HotupdateConfig
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def build_service(
     url = state_url or manager.state_url
     store = StateStore(url)
     executor = Executor(
-        ops_manager=ops_manager, config=manager, store=store, runner=runner,
+        ops_manager=ops_manager, config=manager, store=store,
+        runner=TracedRunner(runner or make_runner(manager.runner)),  # a span per remote command when tracing
         projects={p: config.project(p) for p in manager.projects},
     )
     service = f"{ROLE}.{ops_manager}"

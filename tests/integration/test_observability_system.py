@@ -158,6 +158,10 @@ def test_metrics_move_with_a_real_update_and_its_trace_spans_four_processes(
 
         four = {"cmdb", "file_push.recv1", "ops_executor.ops1", "projection"}
         system.wait_until(lambda: four <= push_trace(), "the push's trace across four processes", timeout=30)
+        executor_traces = {s["trace"] for s in collector.spans if s["service"] == "ops_executor.ops1"
+                           and s["attributes"].get("hotupdate.update_id") == update_id}
+        commands = [s for s in collector.spans if s["name"] == "remote command" and s["trace"] in executor_traces]
+        assert {s["attributes"]["server.address"] for s in commands} == {ip for ips in SERVERS.values() for ip in ips}
         pulls = {s["trace"] for s in collector.spans if s["service"] == "file_pull.recv1"
                  and s["attributes"].get("hotupdate.update_id") == update_id}
         assert len(pulls) == 1
