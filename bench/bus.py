@@ -85,7 +85,8 @@ async def consume_floor(url: str, n: int, prefetch: int) -> float:
     return n / elapsed
 
 
-async def consume_runtime(url: str, n: int, prefetch: int, observe: bool = True) -> float:
+async def consume_runtime(url: str, n: int, prefetch: int, observe: bool = True,
+                          cpu_us: list[float] | None = None) -> float:
     count = 0
     done = asyncio.Event()
 
@@ -101,10 +102,12 @@ async def consume_runtime(url: str, n: int, prefetch: int, observe: bool = True)
     observability.switch(observe)
     await declare_all(url, Topology(), [spec])
     await preload(url, Topology().queue("subject"), bodies(n))
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     await service.start()
     await done.wait()
     elapsed = time.perf_counter() - t0
+    if cpu_us is not None:  # this process's CPU per event: steadier than the rate on a shared machine
+        cpu_us.append((time.process_time() - cpu0) * 1e6 / n)
     await service.stop()
     return n / elapsed
 
@@ -209,18 +212,51 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
     )
 
 
+CPU_OFF: list[float] = []
+CPU_ON: list[float] = []
+
+
 async def consume_observed_off(url: str, n: int, prefetch: int) -> float:
-    return await consume_runtime(url, n, prefetch, observe=False)
+    return await consume_runtime(url, n, prefetch, observe=False, cpu_us=CPU_OFF)
 
 
 async def consume_observed_on(url: str, n: int, prefetch: int) -> float:
-    return await consume_runtime(url, n, prefetch, observe=True)
+    return await consume_runtime(url, n, prefetch, observe=True, cpu_us=CPU_ON)
+
+
+def observability_calls_us(n: int = 20_000) -> float:
+    """CPU µs per event of what the runtime adds when on, alone: counters, histogram, a span, a child's context."""
+    from bus import tracing
+    from bus.metrics import ConsumerMetrics
+
+    env = make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn")
+    metrics = ConsumerMetrics("bench-calls")
+    observability.switch(True)
+    cpu0 = time.process_time()
+    for _ in range(n):
+        metrics.consumed("pull.requested")
+        with tracing.handling(env, "bench-calls"):
+            tracing.child_trace(env)
+        metrics.handled("pull.requested", 0.001)
+    on = time.process_time() - cpu0
+    observability.switch(False)
+    metrics.enabled = False
+    cpu0 = time.process_time()
+    for _ in range(n):
+        metrics.consumed("pull.requested")
+        with tracing.handling(env, "bench-calls"):
+            tracing.child_trace(env)
+        metrics.handled("pull.requested", 0.001)
+    off = time.process_time() - cpu0
+    return (on - off) * 1e6 / n
 
 
 async def observability_cost(n: int, rounds: int, prefetch: int) -> Section:
     """The consumer runtime with metrics and tracing off, then on, in paired rounds."""
     off, on, ratios = await paired(rounds, consume_observed_off, consume_observed_on, n, prefetch)
     ratio = _median(ratios)
+    cpu_off, cpu_on = _median(CPU_OFF), _median(CPU_ON)
+    calls = observability_calls_us()
     return Section(
         name="bus-observability",
         title="1b. Bus: the cost of metrics and tracing in the consumer runtime",
@@ -228,7 +264,12 @@ async def observability_cost(n: int, rounds: int, prefetch: int) -> Section:
         table=[["measure", "off, best round", "on, best round", "ratio on/off (median of paired rounds)",
                 "ratios of the rounds", "goal met"],
                [f"consume + ack, {n} events, prefetch {prefetch}", f"{off:,.0f} ev/s", f"{on:,.0f} ev/s",
-                f"{ratio:.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}", "yes" if ratio >= 0.95 else "no"]],
+                f"{ratio:.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}", "yes" if ratio >= 0.95 else "no"],
+               ["CPU of the consumer's process per event (median of rounds)", f"{cpu_off:,.0f} µs",
+                f"{cpu_on:,.0f} µs", f"{cpu_off / cpu_on:.2f}", "", "yes" if cpu_off / cpu_on >= 0.95 else "no"],
+               ["what 'on' adds per event, measured alone (counters, histogram, span, child context)", "",
+                f"{calls:.1f} µs", f"{1 - calls / cpu_off:.3f} of the off CPU", "",
+                "yes" if calls / cpu_off <= 0.05 else "no"]],
         notes=[f"{rounds} rounds, each off then on, on fresh vhosts; {observability.spans_exported():,} spans "
                "were made and exported (to an exporter that drops them: bench/observability.py)",
                "off: ConsumerService(metrics=False), no tracing set up; on: the counters and latency histogram "

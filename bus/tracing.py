@@ -66,7 +66,8 @@ def setup_tracing(endpoint: str | None, service: str) -> Callable[[], None]:
 
 def install(provider: Any) -> None:
     """Use ``provider`` (an SDK TracerProvider) for this process's spans; for tests and benchmarks too."""
-    trace.set_tracer_provider(provider)
+    if trace.get_tracer_provider() is not provider:  # OpenTelemetry takes one provider per process
+        trace.set_tracer_provider(provider)
     _STATE.enabled = True
 
 
