@@ -160,6 +160,9 @@ def test_metrics_move_with_a_real_update_and_its_trace_spans_four_processes(
         system.wait_until(lambda: four <= push_trace(), "the push's trace across four processes", timeout=30)
         executor_traces = {s["trace"] for s in collector.spans if s["service"] == "ops_executor.ops1"
                            and s["attributes"].get("hotupdate.update_id") == update_id}
+        # the trace starts at the operator's request: the CMDB's server span of POST …/push
+        assert any(s["service"] == "cmdb" and s["name"] == "HTTP POST" and s["trace"] in executor_traces
+                   and s["attributes"].get("url.path", "").endswith("/push") for s in collector.spans)
         commands = [s for s in collector.spans if s["name"] == "remote command" and s["trace"] in executor_traces]
         assert {s["attributes"]["server.address"] for s in commands} == {ip for ips in SERVERS.values() for ip in ips}
         pulls = {s["trace"] for s in collector.spans if s["service"] == "file_pull.recv1"
