@@ -12,8 +12,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from bus.identity import Identity, identity_from_config
-from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
+from bus.identity import identity_from_config
+from domain.config import DEFAULT_AMQP_URL, ConfigError, HotupdateConfig, broker_address_from_env, load_config
 from domain.db import VERSION_LOCATIONS, upgrade
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      "per event)")
     run.add_argument("--config", default=None,
                      help="configuration file (env HOTUPDATE_CONFIG): who may publish what is derived from it")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve /metrics, /healthz, /readyz on this port (default: telemetry.listen_ports.projection)")
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
@@ -84,12 +86,12 @@ def _from_config(args: argparse.Namespace) -> tuple[str, str]:
     return database_url or _FALLBACK_DB_URL, broker_address_from_env(amqp_url or DEFAULT_AMQP_URL)
 
 
-def _identity(args: argparse.Namespace) -> Identity:
-    """Who may publish what: derived from the configuration, which ``projection run`` therefore needs."""
+def _run_config(args: argparse.Namespace) -> HotupdateConfig:
+    """The configuration, which ``projection run`` needs: who may publish what is derived from it."""
     if not (args.config or os.environ.get("HOTUPDATE_CONFIG")):
         raise ConfigError("projection run needs the configuration (--config or HOTUPDATE_CONFIG) to know which "
                           "broker user may publish which event (bus/identity.py)")
-    return identity_from_config(load_config(args.config))
+    return load_config(args.config)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -98,16 +100,27 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         database_url, amqp_url = _from_config(args)
-        identity = _identity(args)
+        config = _run_config(args)
     except ValueError as exc:  # ConfigError, or a broker address that cannot be read
         print(exc, file=sys.stderr)
         return 2
     consumer, projection = build_service(
         amqp_url=amqp_url, database_url=database_url, topology=Topology(args.namespace), prefetch=args.prefetch,
-        identity=identity,
+        identity=identity_from_config(config),
     )
 
+    from bus.health import HealthListener, listen_port
+    from bus.tracing import setup_tracing
+
+    telemetry = config.telemetry
+    port = listen_port(telemetry.listen_ports, consumer.name, args.metrics_port)
+    stop_tracing = setup_tracing(telemetry, consumer.name)
+
     async def main() -> None:
+        listener = HealthListener(consumer.name, [consumer], host=telemetry.listen_host, port=port) \
+            if port is not None else None
+        if listener is not None:
+            await listener.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,10 +129,17 @@ def _run(args: argparse.Namespace) -> int:
             from bus.history import ensure_history
 
             await ensure_history(amqp_url, Topology(args.namespace))
-        await run(consumer, projection, stop)
+        try:
+            await run(consumer, projection, stop)
+        finally:
+            if listener is not None:
+                await listener.stop()
 
     log.info("projection: consuming every event into %s", _redact(database_url))
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        stop_tracing()
     return 0
 
 
@@ -159,7 +179,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Open live streams end on shutdown after this long instead of holding it up.
     if args.workers == 1:
         app = create_app(database_url, access=config.dashboard, session_secret=secret,
-                         unroutable=UnroutableGauge(config.amqp_url))
+                         unroutable=UnroutableGauge(config.amqp_url),
+                         metrics_token_sha256=config.telemetry.metrics_token_sha256)
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info",
                     ssl_certfile=certfile, ssl_keyfile=keyfile)
         return 0

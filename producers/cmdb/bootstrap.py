@@ -20,6 +20,7 @@ from bus.identity import identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding
 from domain.config import HotupdateConfig
+from producers.cmdb import observability
 from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
@@ -92,10 +93,12 @@ def bootstrap(
         processed=ProcessedStore(url, SERVICE),
         identity=identity_from_config(config),
     )
+    api = create_app(config, database=database)
+    observability.install(api, config, database, consumer, topology)  # /readyz, /metrics, request spans
     return CmdbRuntime(
         config=config,
         database=database,
-        api=create_app(config, database=database),
+        api=api,
         publisher=publisher,
         relay=relay,
         consumer=consumer,
