@@ -60,6 +60,8 @@ REASON_HEADER = "x-hotupdate-park-reason"
 # On retry and parked copies: who published the original (as the broker verified it), and with which routing key.
 PUBLISHER_HEADER = "x-hotupdate-publisher"
 ROUTING_KEY_HEADER = "x-hotupdate-original-routing-key"
+# How long stop() waits for the broker to confirm the consumer is cancelled (it is gone with the connection anyway).
+CANCEL_SECONDS = 5.0
 HandlerTable = Mapping[type[Event], Handler]
 
 
@@ -242,12 +244,7 @@ class ConsumerService:
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Stop taking messages, let in-flight handlers finish (up to ``timeout``), then disconnect."""
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception as exc:  # the channel may already be gone; unacked messages return anyway
-                log.debug("cancel of %s failed: %r", self.name, exc)
-            self._consumer_tag = None
+        await self._cancel_consumer()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=timeout)
         if self._batcher is not None:  # what was gathered goes in its batches, then the batcher ends
@@ -261,6 +258,21 @@ class ConsumerService:
             await self._connection.close()
             self._connection = None
         log.info("service %s stopped (handled %d, parked %d)", self.name, self.handled, self.parked)
+
+    async def _cancel_consumer(self) -> None:
+        if self._queue is None or self._consumer_tag is None:
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        # A robust channel waits for its connection to come back before it cancels: with the
+        # connection down (the broker away, or refusing the login after a password change) that
+        # wait had no end, and stop() with it. The consumer went with the connection anyway.
+        if self._connection is None or not self._connection.connected.is_set():
+            log.info("service %s: connection down, its consumer went with it", self.name)
+            return
+        try:
+            await asyncio.wait_for(self._queue.cancel(tag), timeout=CANCEL_SECONDS)
+        except Exception as exc:  # the channel may be gone (or going); unacked messages return anyway
+            log.debug("cancel of %s failed: %r", self.name, exc)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
