@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import subprocess
 import time
 import uuid
@@ -23,6 +24,7 @@ import aio_pika
 from bench import observability
 from bench.report import Section, write
 from bus.consumer import ConsumerService
+from bus.envelope import Envelope
 from bus.events import PullRequested
 from bus.examples import EXAMPLES
 from bus.publisher import AsyncPublisher
@@ -45,21 +47,47 @@ def drop_vhost(vhost: str) -> None:
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-def bodies(n: int) -> list[bytes]:
-    return [make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid=f"u-{i}", project="ssss",
-                          area="cn").to_bytes() for i in range(n)]
+def envelopes(n: int, sampled_share: float | None = None) -> list[Envelope]:
+    """``n`` *pull requested* envelopes of ``n`` updates.
+
+    ``sampled_share``: each carries a ``traceparent``, as the events of an update the CMDB started
+    in a request span do, marked sampled with this probability (the decision made where the trace
+    started); None: no trace context.
+    """
+    rng = random.Random(7)
+
+    def trace_context() -> dict[str, str] | None:
+        if sampled_share is None:
+            return None
+        flags = "01" if rng.random() < sampled_share else "00"
+        return {"traceparent": f"00-{rng.getrandbits(128) | 1:032x}-{rng.getrandbits(64) | 1:016x}-{flags}"}
+
+    return [make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid=f"u-{i}", project="ssss", area="cn",
+                          extensions=trace_context()) for i in range(n)]
 
 
-async def preload(url: str, queue: str, payloads: list[bytes]) -> None:
+def bodies(n: int, sampled_share: float | None = None) -> list[bytes]:
+    return [envelope.to_bytes() for envelope in envelopes(n, sampled_share)]
+
+
+async def preload(url: str, queue: str, payloads: list[bytes], *, exchange: str | None = None) -> None:
+    """Put ``payloads`` in ``queue`` (declared already), confirmed, before a measurement starts.
+
+    ``exchange``: publish to this topic exchange with each envelope's routing key instead, as a
+    publisher does; a service queue needs that (its consumer parks an event published with a
+    routing key that is not its envelope's).
+    """
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
+    target = await channel.get_exchange(exchange) if exchange else channel.default_exchange
+    keys = [Envelope.from_bytes(body).routing_key for body in payloads] if exchange else [queue] * len(payloads)
     sem = asyncio.Semaphore(256)
 
-    async def one(body: bytes) -> None:
+    async def one(body: bytes, key: str) -> None:
         async with sem:
-            await channel.default_exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue)
+            await target.publish(aio_pika.Message(body, delivery_mode=2), routing_key=key)
 
-    await asyncio.gather(*(one(b) for b in payloads))
+    await asyncio.gather(*(one(b, k) for b, k in zip(payloads, keys, strict=True)))
     await connection.close()
 
 
@@ -88,8 +116,10 @@ async def consume_floor(url: str, n: int, prefetch: int) -> float:
 
 
 async def consume_runtime(url: str, n: int, prefetch: int, *, metrics: bool = True, sample_ratio: float | None = None,
-                          cpu_us: list[float] | None = None) -> float:
-    """Events/s through ConsumerService to a no-op handler; tracing on when ``sample_ratio`` is given."""
+                          upstream: float | None = None, cpu_us: list[float] | None = None) -> float:
+    """Events/s through ConsumerService to a no-op handler; tracing on when ``sample_ratio`` is given.
+
+    ``upstream``: the events carry trace context, this share of it sampled (:func:`envelopes`)."""
     count = 0
     done = asyncio.Event()
 
@@ -104,7 +134,7 @@ async def consume_runtime(url: str, n: int, prefetch: int, *, metrics: bool = Tr
                               source="hotupdate/bench", prefetch=prefetch, metrics=metrics)
     observability.switch(sample_ratio is not None, sample_ratio or 1.0)
     await declare_all(url, Topology(), [spec])
-    await preload(url, Topology().queue("subject"), bodies(n))
+    await preload(url, Topology().queue("subject"), bodies(n, upstream), exchange=Topology().events_exchange)
     cpu0, t0 = time.process_time(), time.perf_counter()
     await service.start()
     await done.wait()
@@ -220,9 +250,10 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
 Variant = float | None
 
 
-async def _consume_variant(url: str, n: int, prefetch: int, variant: Variant, cpu_us: list[float]) -> float:
+async def _consume_variant(url: str, n: int, prefetch: int, variant: Variant, upstream: float,
+                           cpu_us: list[float]) -> float:
     return await consume_runtime(url, n, prefetch, metrics=variant is not None, sample_ratio=variant,
-                                 cpu_us=cpu_us)
+                                 upstream=upstream, cpu_us=cpu_us)
 
 
 def observability_calls_us(sample_ratio: float, n: int = 20_000) -> float:
@@ -230,11 +261,11 @@ def observability_calls_us(sample_ratio: float, n: int = 20_000) -> float:
     from bus import tracing
     from bus.metrics import ConsumerMetrics
 
-    env = make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn")
+    sample = envelopes(n, sample_ratio)
 
     def loop(metrics: ConsumerMetrics) -> float:
         cpu0 = time.process_time()
-        for _ in range(n):
+        for env in sample:
             metrics.consumed("pull.requested")
             with tracing.handling(env, "bench-calls"):
                 tracing.child_extensions(env)
@@ -259,8 +290,9 @@ async def observability_cost(n: int, rounds: int, prefetch: int, sample_ratio: f
     cpus: dict[int, list[float]] = {i: [] for i in range(3)}
     for number in range(rounds):
         for i in [(number + k) % 3 for k in range(3)]:
-            rates[i].append(await one_round(partial(_consume_variant, variant=variants[i], cpu_us=cpus[i]),
-                                            n, prefetch))
+            upstream = variants[i] if variants[i] is not None else sample_ratio  # off: the sampled run's events
+            rates[i].append(await one_round(partial(_consume_variant, variant=variants[i], upstream=upstream,
+                                                    cpu_us=cpus[i]), n, prefetch))
     spans = observability.spans_exported()
     calls = {ratio: observability_calls_us(ratio) for ratio in (sample_ratio, 1.0)}
     cpu_off = _median(cpus[0])
@@ -293,9 +325,10 @@ async def observability_cost(n: int, rounds: int, prefetch: int, sample_ratio: f
                "off: ConsumerService(metrics=False), no tracing set up; on: the counters and latency histogram "
                "of bus/metrics.py, a consumer span per event (recording only when sampled) and its context "
                "injected into what the handler emits",
-               "the bench's events carry no traceparent, so each starts a trace and is sampled on its own; in "
-               "service an update is sampled once, where its trace starts (the CMDB request), and every hop "
-               "follows that decision: the share of events traced is the same",
+               "the events carry a traceparent as an update's events do (its trace started in the CMDB's request "
+               f"span), marked sampled for a share {sample_ratio:g} of them (ratio 1: all): the decision made "
+               "where the trace started, which each consumer follows; an unsampled event's handler runs without "
+               "a span and its children carry its traceparent on",
                "the machine's 2 cores were shared with other engineers' work while this ran: the rounds' "
                "spread is the machine's as much as the code's"],
     )

@@ -108,7 +108,7 @@ async def consume_service(url: str, database_url: str, bodies: list[bytes], pref
     Tracing is on when ``sample_ratio`` is given (bench/observability.py)."""
     spec = ServiceQueue(service=SERVICE, bindings=("#",))
     await declare_all(url, Topology(), [spec])
-    await preload(url, Topology().queue(SERVICE), bodies)
+    await preload(url, Topology().queue(SERVICE), bodies, exchange=Topology().events_exchange)
     upgrade(database_url, "projection")
     consumer, projection = build_service(amqp_url=url, database_url=database_url, prefetch=prefetch,
                                          max_batch=max_batch, migrate=False, metrics=metrics)

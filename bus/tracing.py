@@ -15,7 +15,9 @@ each consumer and the events they emit make one trace.
 Sampling is parent-based: the first span of a trace (a CMDB request, an event that came without a
 ``traceparent``) is kept with probability ``telemetry.traces_sample_ratio``, and every later hop
 follows that decision, which the ``traceparent``'s flags carry. So an update is traced whole or
-not at all, and an unsampled one costs each handler a non-recording span only.
+not at all. A handler of an event whose ``traceparent`` says "not sampled" runs without a span
+at all, and its children carry that same ``traceparent`` on: an unsampled update costs each hop a
+look at the flags (a non-recording span cost ≈ 10 µs; BENCHMARKS.md, section 1b).
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ SAMPLER_ENV = "OTEL_TRACES_SAMPLER"
 @dataclass
 class _State:
     tracer: trace.Tracer | None = None  # set while tracing is on in this process
+    # The sampler drops every span whose remote parent was not sampled (ParentBased's default),
+    # so such a handler need not start one.
+    drops_unsampled_parents: bool = False
 
 
 _STATE = _State()  # process-wide, as OpenTelemetry's own tracer provider is
@@ -98,14 +103,30 @@ def install(provider: TracerProvider) -> None:
     """Make spans with ``provider`` (an SDK TracerProvider) in this process; for tests and benchmarks too."""
     # OpenTelemetry's global provider can be set once per process; the spans made here use the
     # tracer of the provider given, so a test or a benchmark can install another one.
+    from opentelemetry.sdk.trace.sampling import ParentBased
+
     if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         trace.set_tracer_provider(provider)
     _STATE.tracer = provider.get_tracer(_TRACER_NAME)
+    # ParentBased as sampler() and the OTEL_TRACES_SAMPLER=parentbased_* values build it: an
+    # unsampled remote parent gives an unsampled span (its ALWAYS_OFF default, which nothing here changes).
+    _STATE.drops_unsampled_parents = isinstance(provider.sampler, ParentBased)
 
 
 def disable() -> None:
     """Stop making spans in this process (the provider is left as it is); for tests and benchmarks."""
     _STATE.tracer = None
+
+
+def _unsampled(envelope: Envelope) -> bool:
+    """The envelope's well-formed ``traceparent`` says its trace is not sampled (W3C trace-flags bit 0)."""
+    traceparent = (envelope.model_extra or {}).get("traceparent")
+    if not isinstance(traceparent, str) or len(traceparent) != 55 or traceparent[52] != "-":
+        return False
+    try:
+        return not int(traceparent[53:], 16) & 0x01
+    except ValueError:
+        return False
 
 
 def _context_of(envelope: Envelope) -> otel_context.Context | None:
@@ -130,8 +151,8 @@ def _event_attributes(envelope: Envelope, service: str) -> dict[str, str]:
 def handling(envelope: Envelope, service: str) -> Iterator[None]:
     """Run a handler inside a consumer span continuing the envelope's trace (nothing when tracing is off)."""
     tracer = _STATE.tracer
-    if tracer is None:
-        yield
+    if tracer is None or (_STATE.drops_unsampled_parents and _unsampled(envelope)):
+        yield  # no span: the events emitted carry the envelope's unsampled context on (child_extensions)
         return
     with tracer.start_as_current_span(
         f"{envelope.event_name} process", context=_context_of(envelope), kind=trace.SpanKind.CONSUMER,

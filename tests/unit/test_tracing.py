@@ -112,9 +112,23 @@ def test_the_sampling_decision_is_made_where_the_trace_starts_and_followed_after
         assert not flags & 0x01  # not sampled (W3C trace-flags): the next hop does not record either
 
         exporter = _sampled_at(1.0)
-        with tracing.handling(_request(traceparent=UNSAMPLED), "file_pull.recv1"):  # dropped upstream: dropped
-            pass
+        unsampled = _request(traceparent=UNSAMPLED, tracestate="vendor=abc")
+        with tracing.handling(unsampled, "file_pull.recv1"):  # dropped upstream: dropped here, and after
+            child = _child(unsampled)
         assert exporter.get_finished_spans() == ()
+        assert child.extensions == {"traceparent": UNSAMPLED, "tracestate": "vendor=abc"}
+    finally:
+        tracing.disable()
+
+
+def test_a_sampler_that_ignores_parents_still_records_under_an_unsampled_one(monkeypatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    try:
+        exporter = _sampled_at(0.0)  # the variable wins over the ratio
+        with tracing.handling(_request(traceparent=UNSAMPLED), "file_pull.recv1"):
+            pass
+        (span,) = exporter.get_finished_spans()
+        assert format(span.context.trace_id, "032x") == TRACE_ID
     finally:
         tracing.disable()
 
