@@ -13,19 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import subprocess
 import time
 import uuid
+from functools import partial
 
 import aio_pika
 
+from bench import observability
 from bench.report import Section, write
 from bus.consumer import ConsumerService
+from bus.envelope import Envelope
 from bus.events import PullRequested
 from bus.examples import EXAMPLES
 from bus.publisher import AsyncPublisher
 from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
+from domain.config import TelemetryConfig
 
 BASE_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -42,21 +47,47 @@ def drop_vhost(vhost: str) -> None:
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True)
 
 
-def bodies(n: int) -> list[bytes]:
-    return [make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid=f"u-{i}", project="ssss",
-                          area="cn").to_bytes() for i in range(n)]
+def envelopes(n: int, sampled_share: float | None = None) -> list[Envelope]:
+    """``n`` *pull requested* envelopes of ``n`` updates.
+
+    ``sampled_share``: each carries a ``traceparent``, as the events of an update the CMDB started
+    in a request span do, marked sampled with this probability (the decision made where the trace
+    started); None: no trace context.
+    """
+    rng = random.Random(7)
+
+    def trace_context() -> dict[str, str] | None:
+        if sampled_share is None:
+            return None
+        flags = "01" if rng.random() < sampled_share else "00"
+        return {"traceparent": f"00-{rng.getrandbits(128) | 1:032x}-{rng.getrandbits(64) | 1:016x}-{flags}"}
+
+    return [make_envelope(EXAMPLES[0], source="hotupdate/cmdb", updateid=f"u-{i}", project="ssss", area="cn",
+                          extensions=trace_context()) for i in range(n)]
 
 
-async def preload(url: str, queue: str, payloads: list[bytes]) -> None:
+def bodies(n: int, sampled_share: float | None = None) -> list[bytes]:
+    return [envelope.to_bytes() for envelope in envelopes(n, sampled_share)]
+
+
+async def preload(url: str, queue: str, payloads: list[bytes], *, exchange: str | None = None) -> None:
+    """Put ``payloads`` in ``queue`` (declared already), confirmed, before a measurement starts.
+
+    ``exchange``: publish to this topic exchange with each envelope's routing key instead, as a
+    publisher does; a service queue needs that (its consumer parks an event published with a
+    routing key that is not its envelope's).
+    """
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=True)
+    target = await channel.get_exchange(exchange) if exchange else channel.default_exchange
+    keys = [Envelope.from_bytes(body).routing_key for body in payloads] if exchange else [queue] * len(payloads)
     sem = asyncio.Semaphore(256)
 
-    async def one(body: bytes) -> None:
+    async def one(body: bytes, key: str) -> None:
         async with sem:
-            await channel.default_exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue)
+            await target.publish(aio_pika.Message(body, delivery_mode=2), routing_key=key)
 
-    await asyncio.gather(*(one(b) for b in payloads))
+    await asyncio.gather(*(one(b, k) for b, k in zip(payloads, keys, strict=True)))
     await connection.close()
 
 
@@ -84,7 +115,11 @@ async def consume_floor(url: str, n: int, prefetch: int) -> float:
     return n / elapsed
 
 
-async def consume_runtime(url: str, n: int, prefetch: int) -> float:
+async def consume_runtime(url: str, n: int, prefetch: int, *, metrics: bool = True, sample_ratio: float | None = None,
+                          upstream: float | None = None, cpu_us: list[float] | None = None) -> float:
+    """Events/s through ConsumerService to a no-op handler; tracing on when ``sample_ratio`` is given.
+
+    ``upstream``: the events carry trace context, this share of it sampled (:func:`envelopes`)."""
     count = 0
     done = asyncio.Event()
 
@@ -96,13 +131,16 @@ async def consume_runtime(url: str, n: int, prefetch: int) -> float:
 
     spec = ServiceQueue(service="subject", bindings=(binding(PullRequested),))
     service = ConsumerService(amqp_url=url, queue=spec, handlers={PullRequested: handler},
-                              source="hotupdate/bench", prefetch=prefetch)
+                              source="hotupdate/bench", prefetch=prefetch, metrics=metrics)
+    observability.switch(sample_ratio is not None, sample_ratio or 1.0)
     await declare_all(url, Topology(), [spec])
-    await preload(url, Topology().queue("subject"), bodies(n))
-    t0 = time.perf_counter()
+    await preload(url, Topology().queue("subject"), bodies(n, upstream), exchange=Topology().events_exchange)
+    cpu0, t0 = time.process_time(), time.perf_counter()
     await service.start()
     await done.wait()
     elapsed = time.perf_counter() - t0
+    if cpu_us is not None:  # this process's CPU per event: steadier than the rate on a shared machine
+        cpu_us.append((time.process_time() - cpu0) * 1e6 / n)
     await service.stop()
     return n / elapsed
 
@@ -207,13 +245,110 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
     )
 
 
+# The observability cost: three variants of the consumer runtime, measured in the same rounds.
+# None: metrics and tracing off; a ratio: metrics on, tracing on with that parent-based sampling.
+Variant = float | None
+
+
+async def _consume_variant(url: str, n: int, prefetch: int, variant: Variant, upstream: float,
+                           cpu_us: list[float]) -> float:
+    return await consume_runtime(url, n, prefetch, metrics=variant is not None, sample_ratio=variant,
+                                 upstream=upstream, cpu_us=cpu_us)
+
+
+def observability_calls_us(sample_ratio: float, n: int = 20_000) -> float:
+    """CPU µs per event of what the runtime adds when on, alone: counters, histogram, a span, a child's context."""
+    from bus import tracing
+    from bus.metrics import ConsumerMetrics
+
+    sample = envelopes(n, sample_ratio)
+
+    def loop(metrics: ConsumerMetrics) -> float:
+        cpu0 = time.process_time()
+        for env in sample:
+            metrics.consumed("pull.requested")
+            with tracing.handling(env, "bench-calls"):
+                tracing.child_extensions(env)
+            metrics.handled("pull.requested", 0.001)
+        return time.process_time() - cpu0
+
+    observability.switch(True, sample_ratio)
+    on = loop(ConsumerMetrics("bench-calls"))
+    observability.switch(False)
+    off = loop(ConsumerMetrics("bench-calls", enabled=False))
+    return (on - off) * 1e6 / n
+
+
+async def observability_cost(n: int, rounds: int, prefetch: int, sample_ratio: float) -> Section:
+    """The consumer runtime with metrics and tracing off, on with ``sample_ratio``, and on tracing everything.
+
+    The three run in each round, their order rotated round by round, so each round's ratios
+    compare runs taken moments apart and no variant always runs first.
+    """
+    variants: list[Variant] = [None, sample_ratio, 1.0]
+    rates: dict[int, list[float]] = {i: [] for i in range(3)}
+    cpus: dict[int, list[float]] = {i: [] for i in range(3)}
+    for number in range(rounds):
+        for i in [(number + k) % 3 for k in range(3)]:
+            upstream = variants[i] if variants[i] is not None else sample_ratio  # off: the sampled run's events
+            rates[i].append(await one_round(partial(_consume_variant, variant=variants[i], upstream=upstream,
+                                                    cpu_us=cpus[i]), n, prefetch))
+    spans = observability.spans_exported()
+    calls = {ratio: observability_calls_us(ratio) for ratio in (sample_ratio, 1.0)}
+    cpu_off = _median(cpus[0])
+
+    def row(i: int, label: str) -> list[list[str]]:
+        ratios = [on / off for on, off in zip(rates[i], rates[0], strict=True)]
+        ratio, cpu = _median(ratios), _median(cpus[i])
+        ratio_of = variants[i] or 0.0
+        return [[f"consume + ack, {n} events, prefetch {prefetch}: {label}", f"{max(rates[0]):,.0f} ev/s",
+                 f"{max(rates[i]):,.0f} ev/s", f"{ratio:.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}",
+                 "yes" if ratio >= 0.95 else "no"],
+                [f"CPU of the consumer's process per event (median of rounds): {label}", f"{cpu_off:,.0f} µs",
+                 f"{cpu:,.0f} µs", f"{cpu_off / cpu:.2f}",
+                 f"off {min(cpus[0]):,.0f}–{max(cpus[0]):,.0f} µs, on {min(cpus[i]):,.0f}–{max(cpus[i]):,.0f} µs",
+                 "yes" if cpu_off / cpu >= 0.95 else "no"],
+                [f"what 'on' adds per event, measured alone (counters, histogram, span, child context): {label}",
+                 "", f"{calls[ratio_of]:.1f} µs", f"{calls[ratio_of] / cpu_off:.3f} of the off CPU", "",
+                 "yes" if calls[ratio_of] / cpu_off <= 0.05 else "no"]]
+
+    return Section(
+        name="bus-observability",
+        title="1b. Bus: the cost of metrics and tracing in the consumer runtime",
+        goal="with metrics and tracing on, ≥ 0.95 of the rate with them off",
+        table=[["measure", "off, best round", "on, best round", "ratio on/off (median of paired rounds)",
+                "spread of the rounds", "goal met"],
+               *row(1, f"traces sampled at {sample_ratio:g} (parent-based)"),
+               *row(2, "every trace kept (ratio 1)")],
+        notes=[f"{rounds} rounds, each running off, sampled and every-trace (order rotated by round) on fresh "
+               f"vhosts; {spans:,} spans were recorded and exported (to an exporter that drops them: "
+               "bench/observability.py), unsampled ones are never recorded",
+               "off: ConsumerService(metrics=False), no tracing set up; on: the counters and latency histogram "
+               "of bus/metrics.py, a consumer span per event (recording only when sampled) and its context "
+               "injected into what the handler emits",
+               "the events carry a traceparent as an update's events do (its trace started in the CMDB's request "
+               f"span), marked sampled for a share {sample_ratio:g} of them (ratio 1: all): the decision made "
+               "where the trace started, which each consumer follows; an unsampled event's handler runs without "
+               "a span and its children carry its traceparent on",
+               "the machine's 2 cores were shared with other engineers' work while this ran: the rounds' "
+               "spread is the machine's as much as the code's"],
+    )
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--prefetch", type=int, default=100)
     parser.add_argument("--in-flight", type=int, default=100)
+    parser.add_argument("--observability", action="store_true",
+                        help="measure metrics and tracing on against off instead (section bus-observability)")
+    parser.add_argument("--sample-ratio", type=float, default=TelemetryConfig().traces_sample_ratio,
+                        help="--observability: the sampled variant's ratio (default: the configuration's default)")
     args = parser.parse_args()
+    if args.observability:
+        write(asyncio.run(observability_cost(args.events, args.rounds, args.prefetch, args.sample_ratio)))
+        return
     write(asyncio.run(main(args.events, args.rounds, args.prefetch, args.in_flight)))
 
 

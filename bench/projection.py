@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -31,10 +32,12 @@ import psycopg
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from bench import observability
 from bench.bus import drop_vhost, fresh_vhost, preload
 from bench.projection_events import decode, events_per_update, stream
 from bench.report import Section, write
 from bus.topology import ServiceQueue, Topology, declare_all
+from domain.config import TelemetryConfig
 from domain.db import make_engine, upgrade
 from projections import log as event_log
 from projections.ingest import ingest_batch
@@ -98,14 +101,18 @@ def _head_position(engine: Engine) -> int:
 
 
 async def consume_service(url: str, database_url: str, bodies: list[bytes], prefetch: int, max_batch: int,
-                          updates: int) -> tuple[float, float, float, int]:
-    """(events/s, CPU ms per event of this process and of the ingest worker, batches) through the service."""
+                          updates: int, metrics: bool = True,
+                          sample_ratio: float | None = None) -> tuple[float, float, float, int]:
+    """(events/s, CPU ms per event of this process and of the ingest worker, batches) through the service.
+
+    Tracing is on when ``sample_ratio`` is given (bench/observability.py)."""
     spec = ServiceQueue(service=SERVICE, bindings=("#",))
     await declare_all(url, Topology(), [spec])
-    await preload(url, Topology().queue(SERVICE), bodies)
+    await preload(url, Topology().queue(SERVICE), bodies, exchange=Topology().events_exchange)
     upgrade(database_url, "projection")
     consumer, projection = build_service(amqp_url=url, database_url=database_url, prefetch=prefetch,
-                                         max_batch=max_batch, migrate=False)
+                                         max_batch=max_batch, migrate=False, metrics=metrics)
+    observability.switch(sample_ratio is not None, sample_ratio or 1.0)
     watcher = make_engine(database_url)
     stop = asyncio.Event()
     worker_pid, worker_cpu0 = None, 0.0
@@ -271,13 +278,56 @@ async def main(updates: int, prefetch: int, max_batch: int, kinds: list[str]) ->
     )
 
 
+async def observability_cost(updates: int, prefetch: int, max_batch: int, rounds: int,
+                             sample_ratio: float) -> Section:
+    """The projection service with metrics and tracing off, then on (``sample_ratio``), in paired rounds (SQLite)."""
+    bodies = list(stream(updates))
+    offs, ons = [], []
+    for _ in range(rounds):
+        for on, rates in ((False, offs), (True, ons)):
+            vhost, url = fresh_vhost()
+            try:
+                with database("sqlite") as db:
+                    rates.append((await consume_service(url, db, bodies, prefetch, max_batch, updates, metrics=on,
+                                                          sample_ratio=sample_ratio if on else None))[0])
+            finally:
+                drop_vhost(vhost)
+    ratios = sorted(on / off for on, off in zip(ons, offs, strict=True))
+    ratio = statistics.median(ratios)
+    return Section(
+        name="projection-observability",
+        title="2b. Projection: the cost of metrics and tracing",
+        goal="with metrics and tracing on, ≥ 0.95 of the rate with them off",
+        table=[["measure", "off, best round", "on, best round", "ratio on/off (median of paired rounds)",
+                "ratios of the rounds", "goal met"],
+               [f"sqlite: projection service from the broker, {len(bodies):,} events", f"{max(offs):,.0f} ev/s",
+                f"{max(ons):,.0f} ev/s", f"{ratio:.2f}", f"{ratios[0]:.2f}–{ratios[-1]:.2f}",
+                "yes" if ratio >= 0.95 else "no"]],
+        notes=[f"{rounds} rounds, each off then on, fresh vhost and database each; prefetch {prefetch}, batches of "
+               f"up to {max_batch}; {observability.spans_exported():,} spans made and exported (to an exporter that "
+               "drops them: bench/observability.py)",
+               "off: ConsumerService(metrics=False), no tracing; on: the runtime's counters, a batch histogram, "
+               f"the lag gauge, and one span per batch linked to its events' traces, sampled at {sample_ratio:g}",
+               "the machine's 2 cores were shared with other engineers' work while this ran"],
+    )
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--updates", type=int, default=800, help="updates in the stream (≈23 events each)")
     parser.add_argument("--prefetch", type=int, default=2000, help="as `hotupdate projection run`'s default")
     parser.add_argument("--max-batch", type=int, default=1000, help="half the prefetch, as the service's default")
     parser.add_argument("--only", choices=["sqlite", "postgres"], action="append")
+    parser.add_argument("--observability", action="store_true",
+                        help="measure metrics and tracing on against off instead (section projection-observability)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds of --observability")
+    parser.add_argument("--sample-ratio", type=float, default=TelemetryConfig().traces_sample_ratio,
+                        help="--observability: traces kept (default: the configuration's default)")
     args = parser.parse_args()
+    if args.observability:
+        write(asyncio.run(observability_cost(args.updates, args.prefetch, args.max_batch, args.rounds,
+                                             args.sample_ratio)))
+        return
     kinds = args.only or ["sqlite", "postgres"]
     write(asyncio.run(main(args.updates, args.prefetch, args.max_batch, kinds)))
 

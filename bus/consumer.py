@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from bus import tracing
 from bus.connection import connect_robust
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
@@ -45,7 +47,9 @@ from bus.handling import Emitter, Handler, Incoming, child_envelope
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity
+from bus.metrics import BATCH_SECONDS, ConsumerMetrics
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher, PublishError
+from bus.queue_stats import QueueStats, queue_stats
 from bus.registry import DEFAULT_REGISTRY, Registry
 from bus.topology import ServiceQueue, Topology, declare_service
 
@@ -56,6 +60,8 @@ REASON_HEADER = "x-hotupdate-park-reason"
 # On retry and parked copies: who published the original (as the broker verified it), and with which routing key.
 PUBLISHER_HEADER = "x-hotupdate-publisher"
 ROUTING_KEY_HEADER = "x-hotupdate-original-routing-key"
+# How long stop() waits for the broker to confirm the consumer is cancelled (it is gone with the connection anyway).
+CANCEL_SECONDS = 5.0
 HandlerTable = Mapping[type[Event], Handler]
 
 
@@ -142,6 +148,7 @@ class ConsumerService:
         max_batch: int = 500,
         batch_linger_seconds: float = 0.005,
         batch_depth: int = 2,
+        metrics: bool = True,
     ) -> None:
         self._url = amqp_url
         self._spec = queue
@@ -176,6 +183,7 @@ class ConsumerService:
         self.handled = 0
         self.parked = 0
         self.batches = 0
+        self._metrics = ConsumerMetrics(queue.service, enabled=metrics)  # bus/metrics.py: the counters
 
     @property
     def name(self) -> str:
@@ -190,6 +198,35 @@ class ConsumerService:
     def started(self) -> bool:
         """True once the queue is declared, bound and consumed."""
         return self._consumer_tag is not None
+
+    @property
+    def ready(self) -> bool:
+        """Consuming, on a connection that is up (a robust connection stays open, not connected, while it retries)."""
+        return self.started and self._connection is not None and self._connection.connected.is_set()
+
+    @property
+    def connection(self) -> AbstractRobustConnection | None:
+        """The service's broker connection while started (for passive declares of other queues)."""
+        return self._connection
+
+    async def readiness(self) -> dict[str, bool]:
+        """What /readyz reports for this service: consuming on an open connection; its database answering."""
+        checks = {f"{self.name}.consumer": self.ready}
+        if self._processed is not None:
+            try:
+                await asyncio.wait_for(self._processed.aseen("readyz-probe"), timeout=5)
+                checks[f"{self.name}.database"] = True
+            except Exception as exc:
+                log.warning("service %s: its database does not answer: %r", self.name, exc)
+                checks[f"{self.name}.database"] = False
+        return checks
+
+    async def queue_depths(self) -> dict[str, QueueStats | None]:
+        """The service's queue and parking queue: ready messages and consumers (passive declares)."""
+        if self._connection is None or not self._connection.connected.is_set():
+            return {}
+        return await queue_stats(self._connection, (self._topology.queue(self.name),
+                                                    self._topology.parking_queue(self.name)))
 
     async def start(self) -> None:
         """Declare the service's topology and start consuming."""
@@ -207,12 +244,7 @@ class ConsumerService:
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Stop taking messages, let in-flight handlers finish (up to ``timeout``), then disconnect."""
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception as exc:  # the channel may already be gone; unacked messages return anyway
-                log.debug("cancel of %s failed: %r", self.name, exc)
-            self._consumer_tag = None
+        await self._cancel_consumer()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=timeout)
         if self._batcher is not None:  # what was gathered goes in its batches, then the batcher ends
@@ -226,6 +258,21 @@ class ConsumerService:
             await self._connection.close()
             self._connection = None
         log.info("service %s stopped (handled %d, parked %d)", self.name, self.handled, self.parked)
+
+    async def _cancel_consumer(self) -> None:
+        if self._queue is None or self._consumer_tag is None:
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        # A robust channel waits for its connection to come back before it cancels: with the
+        # connection down (the broker away, or refusing the login after a password change) that
+        # wait had no end, and stop() with it. The consumer went with the connection anyway.
+        if self._connection is None or not self._connection.connected.is_set():
+            log.info("service %s: connection down, its consumer went with it", self.name)
+            return
+        try:
+            await asyncio.wait_for(self._queue.cancel(tag), timeout=CANCEL_SECONDS)
+        except Exception as exc:  # the channel may be gone (or going); unacked messages return anyway
+            log.debug("cancel of %s failed: %r", self.name, exc)
 
     async def run_until(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -261,13 +308,16 @@ class ConsumerService:
             envelope = Envelope.from_bytes(message.body)
             event = self._registry.decode(envelope)
         except EnvelopeError as exc:
+            self._metrics.consumed("malformed")
             await self._park(message, f"malformed: {exc}", attempt)
             return False
+        event_name = envelope.event_name
+        self._metrics.consumed(event_name)
         publisher, routing_key = self._origin(message)
         if envelope.routing_key != routing_key:
             await self._park(message, f"routing: the envelope ({envelope.type} for project {envelope.project!r}, "
                                       f"area {envelope.area!r}) belongs on routing key {envelope.routing_key!r} "
-                                      f"but was published with {routing_key!r}", attempt)
+                                      f"but was published with {routing_key!r}", attempt, event_name)
             return False
         replayed = bool(headers.get(REPLAYED_HEADER))
         handler = self._handlers.get(type(event))
@@ -275,11 +325,11 @@ class ConsumerService:
             await message.ack()  # not ours to handle: bound by a wider pattern, or a replay
             return False
         if self._identity is not None and (problem := self._identity.problem(envelope, publisher)):
-            await self._park(message, problem, attempt)
+            await self._park(message, problem, attempt, event_name)
             return False
         if self._processed is not None and (known := await self._processed.ahandled(envelope.id)) is not None:
             if conflict := known.conflict(envelope, publisher):
-                await self._park(message, conflict, attempt)  # two events claim one id: an operator decides
+                await self._park(message, conflict, attempt, event_name)  # two events claim one id: an operator decides
                 return False
             log.info("service %s: %s %s already handled; acking redelivery", self.name, envelope.type, envelope.id)
             await message.ack()
@@ -293,18 +343,23 @@ class ConsumerService:
                 self._full.set()
             return True
         emitter = _ChildEmitter(envelope, self._source, self._publisher, self.id_key)
+        began = time.perf_counter()
         try:
-            await handler(incoming, emitter)
+            with tracing.handling(envelope, self.name):  # emitted events carry this span's trace context
+                await handler(incoming, emitter)
         except Reject as exc:
-            await self._park(message, _rejected_reason(exc), attempt)
+            self._metrics.failed(event_name, time.perf_counter() - began)
+            await self._park(message, _rejected_reason(exc), attempt, event_name)
             return False
         except Exception as exc:
+            self._metrics.failed(event_name, time.perf_counter() - began)
             await self._retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
             await self._processed.amark_envelope(envelope, incoming.publisher)
         await message.ack()
         self.handled += 1
+        self._metrics.handled(event_name, time.perf_counter() - began)
         log.info(
             "handled %s id=%s update=%s emitted=%d service=%s",
             envelope.type, envelope.id, envelope.updateid, len(emitter.emitted), self.name,
@@ -345,13 +400,17 @@ class ConsumerService:
 
     async def _handle_batch(self, batch: list[_Delivery]) -> None:
         assert self._batch_handler is not None
+        began = time.perf_counter()
         try:
-            results: Sequence[Exception | None] = await self._batch_handler([d.incoming for d in batch])
+            with tracing.handling_batch([d.incoming.envelope for d in batch], self.name):
+                results: Sequence[Exception | None] = await self._batch_handler([d.incoming for d in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch handler gave {len(results)} results for {len(batch)} events")
         except Exception as exc:  # the batch as a whole failed: every event of it is retried
             results = [exc] * len(batch)
         self.batches += 1
+        if self._metrics.enabled:
+            BATCH_SECONDS.labels(service=self.name).observe(time.perf_counter() - began)
         done: list[_Delivery] = []
         for delivery, result in zip(batch, results, strict=True):
             message, envelope = delivery.message, delivery.incoming.envelope
@@ -359,7 +418,7 @@ class ConsumerService:
                 if result is None:
                     done.append(delivery)
                 elif isinstance(result, Reject):
-                    await self._park(message, _rejected_reason(result), delivery.attempt)
+                    await self._park(message, _rejected_reason(result), delivery.attempt, envelope.event_name)
                 else:
                     await self._retry_or_park(message, envelope, result, delivery.attempt)
             except Exception:
@@ -379,6 +438,7 @@ class ConsumerService:
                 return
         await self._ack_all([d.message for d in done])  # after the retries and parks: they are not covered
         self.handled += len(done)
+        self._metrics.handled_batch([d.incoming.envelope.event_name for d in done])
         log.info("service %s: batch of %d handled, %d to retry or park", self.name, len(batch),
                  len(batch) - len(done))
 
@@ -414,8 +474,10 @@ class ConsumerService:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         delays = self._spec.retry_delays_ms
         if attempt > len(delays):
-            await self._park(message, f"handler failed after {attempt} attempts: {detail}", attempt)
+            await self._park(message, f"handler failed after {attempt} attempts: {detail}", attempt,
+                             envelope.event_name)
             return
+        self._metrics.retried(envelope.event_name)
         delay = delays[attempt - 1]
         log.warning(
             "service %s: %s %s failed (attempt %d): %s; retrying in %d ms",
@@ -426,7 +488,8 @@ class ConsumerService:
                                                                      "x-hotupdate-last-error": detail[:1000]}
         )
 
-    async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int) -> None:
+    async def _park(self, message: AbstractIncomingMessage, reason: str, attempt: int,
+                    event_name: str = "malformed") -> None:
         parked_at = datetime.now(UTC)
         log.warning("service %s: parking message %s: %s", self.name, message.message_id, reason)
         _, routing_key = self._origin(message)
@@ -443,6 +506,7 @@ class ConsumerService:
         if not parked:
             return
         self.parked += 1
+        self._metrics.parked(event_name)
         if self._on_reject is not None:
             # After the parked copy is confirmed: the hook only records; if it fails, the
             # message is safe in the parking queue all the same.

@@ -11,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bus.envelope import FORWARDED_EXTENSIONS, Envelope, derived_event_id
+from bus.envelope import Envelope, derived_event_id
 from bus.events import Event
 from bus.registry import event_data, schema_uri
+from bus.tracing import child_extensions
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 
@@ -62,9 +63,10 @@ def child_envelope(
     ``sequence`` continues the parent's, ordering an update's events causally.
     """
     event_type = event.type_name()
-    # Trace context follows the cause (the CloudEvents distributed tracing extension); other
-    # extensions described the parent only.
-    inherited = {name: value for name, value in parent.extensions.items() if name in FORWARDED_EXTENSIONS}
+    # Trace context follows the cause (the CloudEvents distributed tracing extension): the
+    # handler's span when this process traces, else the parent's as it came; other extensions
+    # described the parent only.
+    inherited = child_extensions(parent)
     return Envelope(
         specversion="1.0",
         id=derived_event_id(parent.id, event_type, key, secret=id_key),

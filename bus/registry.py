@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_core import SchemaValidator
 
-from bus.envelope import Envelope, EnvelopeError, describe_validation_error, split_type
+from bus.envelope import FORWARDED_EXTENSIONS, Envelope, EnvelopeError, describe_validation_error, split_type
 from bus.events import CATALOGUE, Event
+from bus.tracing import current_extensions
 
 E = TypeVar("E", bound=Event)
 
@@ -143,6 +144,9 @@ def make_envelope(
     extensions: dict[str, Any] | None = None,
 ) -> Envelope:
     """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own)."""
+    # A chain started inside a span (a CMDB request) joins its trace, unless the caller brings a trace context.
+    given = extensions or {}
+    traced = {} if any(name in given for name in FORWARDED_EXTENSIONS) else current_extensions()
     env = Envelope(
         specversion="1.0",
         id=event_id or str(uuid.uuid4()),
@@ -157,7 +161,8 @@ def make_envelope(
         correlationid=correlationid or updateid,
         causationid=causationid,
         data=event_data(event),
-        **(extensions or {}),
+        **traced,
+        **given,
     )
     return env
 

@@ -130,6 +130,7 @@ def _rollout(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from bus.tracing import setup_tracing
     from domain.config import ConfigError, load_config
     from producers.cmdb.app import run
     from producers.cmdb.bootstrap import bootstrap
@@ -141,12 +142,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     database_url = args.database_url or os.environ.get("HOTUPDATE_CMDB_DATABASE_URL")
     runtime = bootstrap(config, database_url)
+    stop_tracing = setup_tracing(config.telemetry, "cmdb")
     try:
         asyncio.run(run(runtime, host=args.host, port=args.port))
     except OSError as exc:
         print(f"cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         runtime.database.close()
         return 1
+    finally:
+        stop_tracing()  # flushes the spans not yet exported
     return 0
 
 

@@ -14,7 +14,9 @@ import sys
 from dataclasses import dataclass
 from typing import Protocol
 
-from bus.consumer import ConsumerService, serve
+from bus.consumer import ConsumerService
+from bus.health import listen_port, serve_observed
+from bus.tracing import setup_tracing
 from consumers.file_pull import service as file_pull
 from consumers.file_push import service as file_push
 from consumers.notifier import service as notifier
@@ -95,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "--processed-db",
             help="database remembering handled events (default: sqlite:///<service>.processed.db)",
         )
+        p.add_argument("--metrics-port", type=int, default=None,
+                       help="serve /metrics, /healthz, /readyz on this port (default: telemetry.listen_ports of "
+                       "the config for this service; none there: no listener)")
         p.set_defaults(func=_run, consume_role=role)
 
 
@@ -113,5 +118,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"hotupdate consume {role.command}: {exc}", file=sys.stderr)
         return 2
     log.info("starting %s", service.name)
-    asyncio.run(serve(service))
+    telemetry = config.telemetry
+    stop_tracing = setup_tracing(telemetry, service.name)
+    try:
+        asyncio.run(serve_observed(service, component=service.name, host=telemetry.listen_host,
+                                   port=listen_port(telemetry.listen_ports, service.name, args.metrics_port)))
+    finally:
+        stop_tracing()  # flushes the spans not yet exported
     return 0

@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES = (
     "cli.projection_cmd",  # projection run, dashboard serve, db upgrade
     "cli.audit_cmd",  # log verify|export, replay (rebuild the view, or --publish a slice)
     "cli.history_cmd",  # history read (the broker's stream copy of the events)
+    "cli.status_cmd",  # status (components, consumers, queue depths)
 )
 
 

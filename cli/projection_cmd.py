@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      "per event)")
     run.add_argument("--config", default=None,
                      help="configuration file (env HOTUPDATE_CONFIG): who may publish what is derived from it")
+    run.add_argument("--metrics-port", type=int, default=None,
+                     help="serve /metrics, /healthz, /readyz on this port (default: telemetry.listen_ports.projection)")
     run.add_argument("--history-stream", action="store_true",
                      help="also keep every event in the broker's stream <namespace>.history, for AMQP clients "
                           "(hotupdate history read); the SQL log stays the audit record")
@@ -113,7 +115,18 @@ def _run(args: argparse.Namespace) -> int:
         single_active_consumer=args.single_active_consumer or config.projection.single_active_consumer,
     )
 
+    from bus.health import HealthListener, listen_port
+    from bus.tracing import setup_tracing
+
+    telemetry = config.telemetry
+    port = listen_port(telemetry.listen_ports, consumer.name, args.metrics_port)
+    stop_tracing = setup_tracing(telemetry, consumer.name)
+
     async def main() -> None:
+        listener = HealthListener(consumer.name, [consumer], host=telemetry.listen_host, port=port) \
+            if port is not None else None
+        if listener is not None:
+            await listener.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -122,10 +135,17 @@ def _run(args: argparse.Namespace) -> int:
             from bus.history import ensure_history
 
             await ensure_history(amqp_url, topology)
-        await run(consumer, projection, stop)
+        try:
+            await run(consumer, projection, stop)
+        finally:
+            if listener is not None:
+                await listener.stop()
 
     log.info("projection: consuming every event into %s", _redact(database_url))
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        stop_tracing()
     return 0
 
 
@@ -165,7 +185,8 @@ def _serve(args: argparse.Namespace) -> int:
     # Open live streams end on shutdown after this long instead of holding it up.
     if args.workers == 1:
         app = create_app(database_url, access=config.dashboard, session_secret=secret,
-                         unroutable=UnroutableGauge(config.amqp_url))
+                         unroutable=UnroutableGauge(config.amqp_url),
+                         metrics_token_sha256=config.telemetry.metrics_token_sha256)
         uvicorn.run(app, host=args.host, port=args.port, timeout_graceful_shutdown=2, log_level="info",
                     ssl_certfile=certfile, ssl_keyfile=keyfile)
         return 0

@@ -367,6 +367,33 @@ class DashboardConfig(_Model):
     https: HttpsFiles | None = None
 
 
+class TelemetryConfig(_Model):
+    """Where a component serves /metrics, /healthz, /readyz, and where it sends its traces (docs/observability.md)."""
+
+    listen_host: str = Field(default="127.0.0.1", description="address of the consumers' metrics and health listener")
+    listen_ports: dict[str, int] = Field(
+        default_factory=dict,
+        description="service name (file_pull.recv1, ops_executor.ops1, notifier, projection) → port of its "
+        "metrics and health listener; a service not named here serves none unless --metrics-port is given",
+    )
+    traces_endpoint: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="OTLP/HTTP traces URL (http://collector:4318/v1/traces); unset: no tracing, no cost",
+    )
+    traces_sample_ratio: float = Field(
+        default=0.1, ge=0, le=1,
+        description="share of traces kept, decided where a trace starts (a CMDB request, an event without "
+        "traceparent) and followed by every later hop, so an update is traced whole or not at all; 1 traces "
+        "every update. OTEL_TRACES_SAMPLER/OTEL_TRACES_SAMPLER_ARG, when set, take precedence",
+    )
+    metrics_token_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 hex of the token (hotupdate cmdb hash-token) that lets a scraper on another host "
+        "read the CMDB's and the dashboard's /metrics ('Authorization: Bearer <token>'); without it they answer "
+        "loopback callers only",
+    )
+
+
 class HotupdateConfig(_Model):
     amqp_url: str = Field(
         default=DEFAULT_AMQP_URL,
@@ -384,6 +411,7 @@ class HotupdateConfig(_Model):
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     notifier: NotifierConfig = Field(default_factory=NotifierConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @model_validator(mode="after")
     def _references_resolve(self) -> HotupdateConfig:

@@ -20,6 +20,8 @@ command -v node >/dev/null && command -v npm >/dev/null || need_pkgs+=(nodejs np
 # The dashboard shows Chinese (the seed's area names, results); without a CJK font the
 # browser draws boxes in screenshots.
 dpkg -s fonts-wqy-zenhei >/dev/null 2>&1 || need_pkgs+=(fonts-wqy-zenhei)
+# promtool checks ops/prometheus/alerts.yml (tests/unit/test_alert_rules.py); the package's server is not started.
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from bus.metrics import WEBHOOK_DELIVERIES
 from consumers.notifier.sending import USER_AGENT, backoff_seconds, post_notification
 from consumers.notifier.store import AttemptOutcome, AttemptRecord, DeliveryRecord, DeliveryStatus, DeliveryStore
 from consumers.notifier.webhooks import Endpoint, WebhookBook, redact_url
@@ -146,6 +147,7 @@ class Dispatcher:
         await self._store.arecord_attempt(record.id, attempt, status=status,
                                           next_attempt_at=datetime.now(UTC) + timedelta(seconds=delay))
         self._log(record, endpoint, attempt, delay)
+        WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()  # delivered, retry, rejected or exhausted
         return status == "pending"
 
     @staticmethod

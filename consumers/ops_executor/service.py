@@ -15,10 +15,11 @@ from bus.identity import Identity, identity_from_config
 from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import bind_handlers
-from consumers.ops_executor.executor import EmitterFor, Executor
+from consumers.ops_executor.executor import EmitterFor, Executor, make_runner
 from consumers.ops_executor.handlers import HANDLERS
 from consumers.ops_executor.runner import HostRunner
 from consumers.ops_executor.state import StateStore
+from consumers.ops_executor.traced_runner import TracedRunner
 from domain.config import HotupdateConfig
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def build_service(
     url = state_url or manager.state_url
     store = StateStore(url)
     executor = Executor(
-        ops_manager=ops_manager, config=manager, store=store, runner=runner,
+        ops_manager=ops_manager, config=manager, store=store,
+        runner=TracedRunner(runner or make_runner(manager)),  # a span per remote command when tracing
         projects={p: config.project(p) for p in manager.projects},
     )
     service = f"{ROLE}.{ops_manager}"

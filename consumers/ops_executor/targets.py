@@ -7,12 +7,14 @@ hot_server targets are IPs (one *IP finished* per group and IP), hot_client targ
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bus.events import BatchFinished, CdnDirFinished, CdnTarget, Event, ServerResult, UpdateRequested
 from bus.handling import Emitter
+from bus.metrics import record_result
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater
 from consumers.ops_executor.hot_server import (
     IpUnit,
@@ -42,6 +44,7 @@ class Serialized:
         self._lock = asyncio.Lock()
         self.count = base
         self.muted = False
+        self._began = time.monotonic()  # the update's duration, as this executor saw it run
 
     async def emit(self, event: Event, *, key: str = "") -> None:
         if self.muted:
@@ -49,6 +52,7 @@ class Serialized:
         async with self._lock:
             await self._emit.emit(event, key=key)
             self.count += 1
+            record_result(event, self._began)  # every result the executor reports passes here
 
 
 @dataclass

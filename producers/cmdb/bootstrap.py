@@ -21,6 +21,7 @@ from bus.publisher import AsyncPublisher
 from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import inject
 from domain.config import HotupdateConfig
+from producers.cmdb import observability
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.outbox import OutboxRelay
@@ -89,10 +90,12 @@ def bootstrap(
         processed=ProcessedStore(url, SERVICE),
         identity=identity_from_config(config),
     )
+    api = create_app(config, database=database)
+    observability.install(api, config, database, consumer, topology)  # /readyz, /metrics, request spans
     return CmdbRuntime(
         config=config,
         database=database,
-        api=create_app(config, database=database),
+        api=api,
         publisher=publisher,
         relay=relay,
         consumer=consumer,

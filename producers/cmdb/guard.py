@@ -24,7 +24,9 @@ from producers.cmdb.auth import operator_for
 log = logging.getLogger(__name__)
 
 OPERATOR_STATE_KEY = "operator"  # request.state.operator: the authenticated operator's name
-PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+# /metrics checks its callers itself (loopback or the metrics token: observability.py)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics",
+                          "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 MISSING_TOKEN_DETAIL = "a valid operator token is required (Authorization: Bearer <token>)"  # noqa: S105 - a message, not a secret
 
 

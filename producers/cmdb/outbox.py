@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bus.envelope import Envelope
+from bus.metrics import OUTBOX_PUBLISHED
 from producers.cmdb.database import OUTBOX_TOUCHED, CmdbDatabase
 from producers.cmdb.models import OutboxMessage, utcnow
 from producers.cmdb.relay_lease import RelayLease
@@ -118,6 +119,7 @@ class OutboxRelay:
                 await asyncio.to_thread(self._mark_published, row_id, utcnow())
                 count += 1
                 self.published += 1
+                OUTBOX_PUBLISHED.inc()
                 log.info("outbox published %s id=%s update=%s", envelope.type, envelope.id, envelope.updateid)
 
     def _pending(self) -> list[tuple[int, bytes]]:

@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from domain.config import DashboardConfig
 from domain.db import make_engine
 from projections import queries, trends
-from projections.dashboard import charts, signin
+from projections.dashboard import charts, observability, signin
 from projections.dashboard.access import Viewer
 from projections.dashboard.lang import lang_attribute, mark_chinese
 from projections.dashboard.signin import Reader
@@ -193,12 +193,15 @@ Db = Annotated[Session, Depends(_session)]
 
 def create_app(database_url: str, *, access: DashboardConfig, session_secret: bytes | None = None,
                secure_cookies: bool = True, poll_seconds: float = 0.2, stream_seconds: float = 300.0,
-               read_threads: int = READ_THREADS, unroutable: Callable[[], int | None] | None = None) -> FastAPI:
+               read_threads: int = READ_THREADS, unroutable: Callable[[], int | None] | None = None,
+               metrics_token_sha256: str | None = None) -> FastAPI:
     """The dashboard over the projection database at ``database_url`` (it must be migrated already).
 
     ``access``: who may sign in and what each sees. ``session_secret`` signs the session cookies
     (the same in every worker; random when None: sessions then end with the process).
     ``secure_cookies``: False only to test sign-in over plain HTTP.
+    ``metrics_token_sha256``: the digest of the token that lets a scraper not on loopback read /metrics
+    (observability.py).
     ``read_threads``: how many requests read the database at once in this process (see
     :data:`READ_THREADS`); the others wait their turn, first come first served.
     ``unroutable``: how many events wait in the broker's unroutable queue (bus.unroutable.UnroutableGauge,
@@ -235,6 +238,8 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
                    secure_cookies=secure_cookies)
     app.add_middleware(SecurityHeadersMiddleware)
     app.state.engine = engine
+    # /healthz, /readyz, /metrics: no sign-in (metrics to loopback or the metrics token)
+    observability.install(app, engine, metrics_token_sha256=metrics_token_sha256)
 
     def read(fn: Callable[[Session], T]) -> Awaitable[T]:
         def run() -> T:

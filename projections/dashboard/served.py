@@ -65,7 +65,8 @@ def app_from_environment() -> FastAPI:
         raise RuntimeError(f"{DATABASE_URL_ENV} is not set: start workers with 'hotupdate dashboard serve --workers N'")
     config = load_config()
     return create_app(url, access=config.dashboard, session_secret=bytes.fromhex(secret),
-                      unroutable=UnroutableGauge(config.amqp_url))
+                      unroutable=UnroutableGauge(config.amqp_url),
+                      metrics_token_sha256=config.telemetry.metrics_token_sha256)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

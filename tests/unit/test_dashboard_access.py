@@ -24,6 +24,8 @@ SNQXZ_IDS = [f"other-{n}" for n in range(3)]
 ANA, AUDITOR = "ana-token-granted-ssss-only", "auditor-token-granted-everything"
 SECRET = b"k" * 32
 PUBLIC = {"/static/{name}", "/favicon.ico", "/login", "/auth/callback", "/logout"}  # sign-in, the script, the icon
+# health and metrics: open, /metrics to loopback or its token (tests/unit/test_dashboard_observability.py)
+PUBLIC |= {"/healthz", "/readyz", "/metrics"}
 
 
 def _access(oidc: bool = False) -> DashboardConfig:
