@@ -29,6 +29,8 @@ from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInva
 
 from bus.connection import connect_blocking, connect_robust
 from bus.envelope import Envelope
+from bus.events import Event
+from bus.handling import child_envelope
 from bus.topology import UNROUTABLE_ARGUMENTS, Topology, declare_exchanges
 from domain.broker_address import split_broker_urls
 
@@ -268,3 +270,26 @@ class SyncPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChildEmitter:
+    """Publishes events caused by ``parent`` (a handler's :class:`bus.handling.Emitter`, or an update the ops
+    executor resumes without its request's delivery); offsets number them in the order they are emitted."""
+
+    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> None:
+        self._parent = parent
+        self._source = source
+        self._publisher = publisher
+        self._id_key = id_key
+        self._offset = 0
+        self.emitted: list[Envelope] = []
+
+    async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
+        self._offset += 1
+        env = child_envelope(
+            self._parent, event, source=self._source, offset=self._offset, key=key, subject=subject,
+            id_key=self._id_key,
+        )
+        await self._publisher.publish(env)
+        self.emitted.append(env)
+        return env

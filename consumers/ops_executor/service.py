@@ -7,12 +7,11 @@ import logging
 
 from bus.consumer import ConsumerService, HandlerTable
 from bus.envelope import Envelope
-from bus.events import Event
-from bus.handling import Emitter, child_envelope
+from bus.handling import Emitter
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import Identity, identity_from_config
-from bus.publisher import AsyncPublisher
+from bus.publisher import AsyncPublisher, ChildEmitter
 from bus.topology import ServiceQueue, Topology, binding, topology_for
 from bus.wiring import bind_handlers
 from consumers.ops_executor.executor import EmitterFor, Executor, make_runner
@@ -27,20 +26,6 @@ log = logging.getLogger(__name__)
 ROLE = "ops_executor"
 
 
-class _PublishingEmitter:
-    """Emits the events of an update resumed or carried on without its request's delivery, as children of it."""
-
-    def __init__(self, parent: Envelope, source: str, publisher: AsyncPublisher, id_key: bytes | None) -> None:
-        self._parent, self._source, self._publisher, self._id_key = parent, source, publisher, id_key
-        self._offset = 0
-
-    async def emit(self, event: Event, *, key: str = "", subject: str | None = None) -> Envelope:
-        self._offset += 1
-        env = child_envelope(self._parent, event, source=self._source, offset=self._offset, key=key,
-                             subject=subject, id_key=self._id_key)
-        return await self._publisher.publish(env)
-
-
 def request_emitters(source: str, publisher: AsyncPublisher, id_key: bytes | None = None) -> EmitterFor:
     """Emitters of an update's events as children of its request, through ``publisher``.
 
@@ -49,7 +34,7 @@ def request_emitters(source: str, publisher: AsyncPublisher, id_key: bytes | Non
     """
 
     def emitter_for(parent: Envelope) -> Emitter:
-        return _PublishingEmitter(parent, source, publisher, id_key)
+        return ChildEmitter(parent, source, publisher, id_key)
 
     return emitter_for
 

@@ -16,11 +16,12 @@ import uuid
 import pytest
 from sqlalchemy.orm import Session
 
-from bus.consumer import REASON_HEADER, ConsumerService
+from bus.consumer import ConsumerService
 from bus.envelope import derived_event_id
 from bus.events import UpdateRequested, UpdateStarted
 from bus.handling import Emitter, Incoming
 from bus.idempotency import ProcessedStore
+from bus.redelivery import REASON_HEADER
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from cli.main import main as hotupdate
 from domain.db import make_engine

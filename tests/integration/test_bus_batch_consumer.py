@@ -7,10 +7,11 @@ import asyncio
 import aio_pika
 import pytest
 
-from bus.consumer import REASON_HEADER, ConsumerService, Reject, Rejection
+from bus.consumer import ConsumerService, Reject, Rejection
 from bus.events import PullRequested
 from bus.examples import EXAMPLES
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher
+from bus.redelivery import REASON_HEADER
 from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from tests.busprobe import Probe

@@ -8,11 +8,12 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from bus.consumer import REASON_HEADER, ConsumerService, Rejection
+from bus.consumer import ConsumerService, Rejection
 from bus.events import FilesPulled, PullRequested
 from bus.examples import EXAMPLES
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher, SyncPublisher
+from bus.redelivery import REASON_HEADER
 from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding
 from tests.busprobe import Probe

@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bus.consumer import REASON_HEADER, ConsumerService
+from bus.consumer import ConsumerService
 from bus.envelope import Envelope
 from bus.events import (
     Event,
@@ -37,6 +37,7 @@ from bus.events import (
     UpdateRequested,
 )
 from bus.identity import identity_from_config
+from bus.redelivery import REASON_HEADER
 from bus.registry import make_envelope
 from bus.topology import Topology
 from demo.world import AREA_CODE, PROJECT, SERVER_VERSION, World, build

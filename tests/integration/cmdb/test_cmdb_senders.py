@@ -19,11 +19,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bus.consumer import REASON_HEADER
 from bus.envelope import Envelope, derived_event_id
 from bus.events import UpdateCompleted, UpdateRequested
 from bus.id_keys import id_key_from_url
 from bus.identity import component_user
+from bus.redelivery import REASON_HEADER
 from bus.topology import ServiceQueue, Topology, declare_all
 from cli.main import main as hotupdate
 from domain.config import parse_config
