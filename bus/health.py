@@ -12,21 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import uvicorn
 
 from bus.consumer import ConsumerService
-from bus.metrics import READY, exposition
+from bus.health_routes import Check, readiness
+from bus.metrics import exposition
 from bus.queue_stats import publish_gauges
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[], Awaitable[Mapping[str, bool]]]
 
 
 class _Server(uvicorn.Server):
@@ -76,11 +75,8 @@ class HealthListener:
         if path == "/healthz":
             await _respond(send, 200, b'{"status":"ok"}', "application/json")
         elif path == "/readyz":
-            checks = await self.readiness()
-            ok = all(checks.values())
-            READY.labels(component=self.component).set(1 if ok else 0)
-            body = json.dumps({"status": "ready" if ok else "not ready", "checks": checks}).encode()
-            await _respond(send, 200 if ok else 503, body, "application/json")
+            status, body = readiness(self.component, await self.readiness())
+            await _respond(send, status, body, "application/json")
         elif path == "/metrics":
             await self._refresh_queues()
             body, content_type = exposition()

@@ -13,12 +13,12 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from bus.consumer import ConsumerService
-from bus.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING, READY, exposition, metrics_allowed
+from bus.health_routes import add_routes, answers
+from bus.metrics import OUTBOX_OLDEST_AGE, OUTBOX_PENDING
 from bus.queue_stats import publish_gauges, queue_stats
 from bus.topology import Topology
 from bus.tracing import TracingMiddleware
@@ -50,30 +50,16 @@ def install(app: FastAPI, config: HotupdateConfig, database: CmdbDatabase, consu
     token_sha256 = config.telemetry.metrics_token_sha256
     queues = [topology.queue(entry.service) for entry in configured_services(config)]
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        checks = {"consumer": consumer.ready}
-        try:
-            await asyncio.wait_for(asyncio.to_thread(outbox_stats, database), timeout=5)
-            checks["database"] = True
-        except Exception as exc:
-            log.warning("cmdb readiness: the database does not answer: %r", exc)
-            checks["database"] = False
-        ok = all(checks.values())
-        READY.labels(component="cmdb").set(1 if ok else 0)
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+    async def check() -> dict[str, bool]:
+        return {"consumer": consumer.ready,
+                "database": await answers("the database", "cmdb", lambda: outbox_stats(database))}
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        if not metrics_allowed(request.client.host if request.client else None,
-                               request.headers.get("authorization"), token_sha256):
-            return Response("metrics are served to loopback, or with the metrics token\n", status_code=403)
+    async def refresh() -> None:
         try:
             pending, age = await asyncio.to_thread(outbox_stats, database)
             OUTBOX_PENDING.set(pending)
             OUTBOX_OLDEST_AGE.set(age)
-        except Exception as exc:
+        except Exception as exc:  # the database is away: the outbox gauges keep their last values
             log.warning("cmdb metrics: outbox unavailable: %r", exc)
         connection = consumer.connection
         if connection is not None and connection.connected.is_set():
@@ -81,5 +67,5 @@ def install(app: FastAPI, config: HotupdateConfig, database: CmdbDatabase, consu
                 publish_gauges(await asyncio.wait_for(queue_stats(connection, queues), timeout=3))
             except Exception as exc:  # the broker is away: the queue gauges keep their last values
                 log.debug("cmdb metrics: queue depths unavailable: %r", exc)
-        body, content_type = exposition()
-        return Response(body, media_type=content_type)
+
+    add_routes(app, "cmdb", check=check, refresh=refresh, metrics_token_sha256=token_sha256)

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from bus.consumer import Reject
 from bus.envelope import Envelope
 from bus.events import (
+    CATALOGUE,
     AnalysisVerdict,
     BatchFinished,
     CdnDirFinished,
@@ -353,11 +354,16 @@ def _waiting(
     return row
 
 
-# The request each kind of report answers: the row's column holding the current one, and its type.
+def _every_version(event: type[Event]) -> tuple[str, ...]:
+    """The type names of every version of ``event``'s name: a request queued before an upgrade is still one."""
+    return tuple(e.type_name() for e in CATALOGUE if e.event_name == event.event_name)
+
+
+# The request each kind of report answers: the row's column holding the current one, and its types.
 _REQUEST_OF_CAUSE = {
-    "pull_event_id": ("pull requested", PullRequested.type_name()),
-    "push_event_id": ("push requested", PushRequested.type_name()),
-    "update_event_id": ("update requested", UpdateRequested.type_name()),
+    "pull_event_id": ("pull requested", _every_version(PullRequested)),
+    "push_event_id": ("push requested", _every_version(PushRequested)),
+    "update_event_id": ("update requested", _every_version(UpdateRequested)),
 }
 
 
@@ -372,13 +378,13 @@ def _chain_problem(session: Session, row: HotUpdate, env: Envelope, cause: str |
         return (f"chain: {env.type} {env.id} names update {row.id} but is not in its chain "
                 f"(correlationid {env.correlationid!r})")
     column = cause or "update_event_id"
-    what, request_type = _REQUEST_OF_CAUSE[column]
+    what, request_types = _REQUEST_OF_CAUSE[column]
     if env.causationid is not None and env.causationid == getattr(row, column):
         return None
     earlier = env.causationid is not None and session.scalar(
         select(OutboxMessage.id).where(
             OutboxMessage.event_id == env.causationid, OutboxMessage.update_id == row.id,
-            OutboxMessage.event_type == request_type,
+            OutboxMessage.event_type.in_(request_types),
         )
     )
     if earlier:

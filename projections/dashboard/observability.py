@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from bus.metrics import READY, exposition, metrics_allowed, projection_wrote
+from bus.health_routes import add_routes, answers
+from bus.metrics import projection_wrote
 from projections.models import LoggedEvent, as_utc
 
 log = logging.getLogger(__name__)
@@ -41,28 +41,12 @@ def install(app: FastAPI, engine: Engine, *, metrics_token_sha256: str | None) -
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
-        try:
-            await asyncio.wait_for(asyncio.to_thread(_ping, engine), timeout=5)
-            ok = True
-        except Exception as exc:
-            log.warning("dashboard readiness: the projection database does not answer: %r", exc)
-            ok = False
-        READY.labels(component="dashboard").set(1 if ok else 0)
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": {"database": ok}},
-                            status_code=200 if ok else 503)
+    async def check() -> dict[str, bool]:
+        return {"database": await answers("the projection database", "dashboard", lambda: _ping(engine))}
 
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
-        if not metrics_allowed(request.client.host if request.client else None,
-                               request.headers.get("authorization"), metrics_token_sha256):
-            return Response("metrics are served to loopback, or with the metrics token\n", status_code=403)
-        try:
-            newest = await asyncio.to_thread(_newest_event_time, engine)
-            if newest is not None:
-                projection_wrote(newest)
-        except Exception as exc:
-            log.warning("dashboard metrics: the projection log is unavailable: %r", exc)
-        body, content_type = exposition()
-        return Response(body, media_type=content_type)
+    async def refresh() -> None:
+        newest = await asyncio.to_thread(_newest_event_time, engine)
+        if newest is not None:
+            projection_wrote(newest)
+
+    add_routes(app, "dashboard", check=check, refresh=refresh, metrics_token_sha256=metrics_token_sha256)

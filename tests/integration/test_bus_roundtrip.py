@@ -34,7 +34,7 @@ async def test_every_event_type_round_trips_through_the_broker(amqp_url):
         back = Envelope.from_bytes(msg.body)
         assert back == env
         decoded = DEFAULT_REGISTRY.decode(back)  # older versions arrive upcast, keeping every field they had
-        assert decoded.model_dump(include=set(type(event).model_fields)) == event.model_dump()
+        assert _upcast_keeps(decoded.model_dump(), event.model_dump()), (decoded, event)
         assert msg.delivery_mode == 2  # persistent
 
 
@@ -86,3 +86,13 @@ def test_sync_publisher_reports_an_unreachable_broker_as_an_error():
     pub = SyncPublisher("amqp://guest:guest@127.0.0.1:1/", retry_seconds=0.5)
     with pytest.raises(PublishError, match="unreachable"):
         pub.publish(_envelope(EXAMPLES[0]))
+
+
+def _upcast_keeps(new: object, old: object) -> bool:
+    """``new`` holds every field of ``old`` with its value, at any depth (nested models included); the
+    fields a later version added, ``old`` lacks, and the upcast fills them in (a default or a derived value)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return all(k in new and _upcast_keeps(new[k], v) for k, v in old.items())
+    if isinstance(old, list) and isinstance(new, list):
+        return len(old) == len(new) and all(_upcast_keeps(n, o) for n, o in zip(new, old, strict=True))
+    return new == old

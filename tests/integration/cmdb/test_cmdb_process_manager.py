@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import update as sql_update
 
 from bus.consumer import Reject
 from bus.envelope import Envelope, derived_event_id
@@ -14,6 +15,7 @@ from domain.config import HotupdateConfig
 from producers.cmdb import service
 from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.database import CmdbDatabase
+from producers.cmdb.models import HotUpdate, OutboxMessage
 from producers.cmdb.process_manager import (
     HANDLERS,
     on_batch_finished,
@@ -322,3 +324,16 @@ def test_an_update_awaiting_analysis_says_so_and_shows_the_verdict_on_its_batch(
     assert stored.last_batch["analysis"]["verdict"] == "fail"
     assert stored.last_batch["analysis"]["link"] == "https://grafana.example.com/d/x"
     assert stored.reason == "analysis of batch 1 failed (ssss-monitor): error rate 4.2%"
+
+
+def test_a_result_answering_a_request_queued_before_an_upgrade_is_still_accepted(database, config):
+    """A repeated push across an upgrade: the first request went out as update.requested v2, the current
+    one is newer; a result answering the first still chains back to the CMDB's own request."""
+    update_id, request = _requested(database, config)
+    with database.transaction() as session:
+        session.execute(sql_update(OutboxMessage).where(OutboxMessage.event_id == request.id)
+                        .values(event_type="hotupdate.update.requested.v2"))
+        session.execute(sql_update(HotUpdate).where(HotUpdate.id == update_id)
+                        .values(update_event_id="a-later-request"))
+    on_ip_finished(incoming(ip_finished(request, "127.0.0.11")), database)  # no Reject
+    assert row(database, update_id).state == State.RUNNING
