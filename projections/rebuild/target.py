@@ -26,6 +26,10 @@ from projections.models import GENESIS_HASH, VIEW_TABLES, AppliedEvent, LoggedEv
 log = logging.getLogger(__name__)
 
 
+SQLITE_CACHE_KIB = 65_536
+"""The SQLite target's page cache while it is built (it grows to this, whatever the log's length)."""
+
+
 class RebuildError(Exception):
     """The rebuild cannot be done as asked (the reason is fit to show the operator)."""
 
@@ -53,7 +57,10 @@ def target_engine(url: str) -> Engine:
             except sqlite3.OperationalError:  # another connection has the file open: keep the write-ahead log
                 log.info("rebuild: the target is open elsewhere; it keeps its write-ahead log")
             cursor.execute("PRAGMA synchronous=OFF")
-            cursor.execute("PRAGMA cache_size=-262144")  # KiB: the log's unique indexes take random keys
+            # KiB. The log's unique indexes take random keys, so a bigger cache saves page reads, but the
+            # cache is what a rebuild's memory grows with as the file does: 64 MiB bounds it early
+            # (at 256 MiB, RSS still grew from 479 to 565 MiB between 200,000 and 1,000,000 events).
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cursor.close()
 
     return engine
