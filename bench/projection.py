@@ -227,7 +227,7 @@ async def main(updates: int, prefetch: int, max_batch: int, kinds: list[str]) ->
         "confirmed), then the rest are acked with one `ack(multiple=True)` when no other delivery below the "
         "batch's last tag is still unacked on the channel, else one by one. Malformed, provenance, replayed and "
         "unhandled messages are dealt with before gathering, as for single handlers. (2) The database work runs "
-        "in a worker process the service starts itself (`python -m projections.ingest_worker`, not "
+        "in a worker process the service starts itself (`python -m projections.ingest.worker`, not "
         "multiprocessing, so no main module is re-imported), fed the messages' bytes over a pipe; it decodes them "
         "and calls `ingest_batch`, and answers only after the commit, so nothing acked is uncommitted. It dies with "
         "the service (PR_SET_PDEATHSIG, and the end of its stdin); a worker that died fails its batches (retried) "
@@ -252,7 +252,7 @@ async def main(updates: int, prefetch: int, max_batch: int, kinds: list[str]) ->
         "and 1,260–1,400 on PostgreSQL through the broker over three runs. Profiled: SQLAlchemy building each "
         "row's parameters for the executemany of a batch's new view rows was ≈ 15 % of `ingest_batch`; those "
         "rows now go as plain tuples on the DBAPI cursor with the columns' own bind processors applied by hand "
-        "(`projections/bulk_insert.py`, shared with the replay): `ingest_batch` alone on SQLite went from "
+        "(`projections/view/bulk_insert.py`, shared with the rebuild): `ingest_batch` alone on SQLite went from "
         "0.35–0.54 to 0.30–0.34 ms CPU per event in three paired runs (old and new code alternating); this "
         "benchmark's own runs of the new code gave 0.38 and 0.53 ms, an hour apart: the machine's speed moves "
         "by a third",

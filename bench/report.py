@@ -21,7 +21,7 @@ HEADER = """# Benchmarks
 Speed and memory goals are measured here, never in timed tests. Every figure is taken against
 a floor run in the same invocation on the same machine (a bare library loop, or the same work
 done directly), and reported as a ratio and as absolute numbers. Run them with
-`.venv/bin/python -m bench.<name>` (`bench.bus`, `bench.executor`, `bench.projection`, `bench.replay`,
+`.venv/bin/python -m bench.<name>` (`bench.bus`, `bench.executor`, `bench.projection`, `bench.replay`, `bench.paired`,
 `bench.dashboard`, `bench.soak`, `bench.ssh`); each rewrites its own
 section below.
 """

@@ -19,7 +19,8 @@ from cli.bus_commands import amqp_url_argument
 from domain.config import ConfigError, load_config
 from domain.db import make_engine
 from projections import log as event_log
-from projections.audit import LogFilter, export_log, parse_time, read_head, verify_export_file
+from projections.log.export import LogFilter, export_log, parse_time, verify_export_file
+from projections.log.store import read_head
 
 _LISTED_UNAPPLIED = 20
 
@@ -50,7 +51,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     until.add_argument("--until-time", type=_time, metavar="ISO",
                        help="replay what the log had received by then (UTC unless the time has a zone)")
     replay.add_argument("--force", action="store_true", help="replace the target's projection data if it has any")
-    replay.add_argument("--batch-size", type=int, default=500, help="events per transaction")
+    replay.add_argument("--batch-size", type=int, default=10_000,
+                        help="events per transaction (held in memory at once)")
     replay.add_argument("--progress", action="store_true", help="draw the progress bar even if stderr is no TTY")
     replay.add_argument("--publish", action="store_true",
                         help="re-publish the selected slice to the exchange, marked as replayed, instead of rebuilding")
@@ -209,8 +211,9 @@ class ProgressBar:
         filled = self._width if total <= 0 else min(self._width, self._width * done // total)
         rate = done / max(now - self._start, 1e-6)
         line = f"[{'#' * filled}{'.' * (self._width - filled)}] {done}/{total} events {rate:,.0f}/s"
-        # Blank out what is left of a longer line drawn before (the rate can get shorter).
-        self._stream.write("\r" + line.ljust(self._drawn_length))
+        # Blank out a longer line drawn before (the rate can get shorter), leaving the cursor after the new one.
+        blank = "\r" + " " * self._drawn_length if len(line) < self._drawn_length else ""
+        self._stream.write(blank + "\r" + line)
         self._stream.flush()
         self._drawn_at, self._drawn_length = now, len(line)
 
@@ -248,23 +251,19 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _rebuild(args: argparse.Namespace, url: str) -> int:
-    from projections.replay import ReplayError, ReplayStopped, SourceLogBroken, replay
+    from projections.rebuild import RebuildError, SourceLogBroken, rebuild
 
     if args.until_time is not None:
         print(f"replaying what the log had received by {args.until_time.isoformat()}", file=sys.stderr)
     bar = _progress_bar(args)
     try:
-        result = replay(url, args.into, until_position=args.until_position, until_time=args.until_time,
-                        force=args.force, batch_size=args.batch_size, progress=bar)
+        result = rebuild(url, args.into, until_position=args.until_position, until_time=args.until_time,
+                         force=args.force, window=args.batch_size, progress=bar)
     except SourceLogBroken as exc:
         _close(bar)
         print(exc, file=sys.stderr)
         return 1
-    except ReplayStopped as exc:
-        _close(bar)
-        print(f"replay failed: {exc}", file=sys.stderr)
-        return 1
-    except ReplayError as exc:
+    except RebuildError as exc:
         _close(bar)
         print(f"replay refused: {exc}", file=sys.stderr)
         return 2
@@ -281,14 +280,14 @@ def _rebuild(args: argparse.Namespace, url: str) -> int:
 def _publish(args: argparse.Namespace, url: str) -> int:
     from bus.publisher import PublishError, SyncPublisher
     from bus.topology import Topology
-    from projections.replay import ReplayError, publish_slice
+    from projections.log.republish import RepublishError, publish_slice
 
     engine = make_engine(url)
     bar = _progress_bar(args)
     try:
         with SyncPublisher(args.amqp_url, Topology(args.namespace)) as publisher:
             count = publish_slice(engine, publisher, _selection(args), progress=bar)
-    except (PublishError, ReplayError) as exc:
+    except (PublishError, RepublishError) as exc:
         _close(bar)
         print(f"replay --publish stopped: {exc}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ then parks it; a parked message reaches :meth:`Projection.on_reject`, which reco
 the dashboard. If the transaction as a whole fails, every event of the batch is retried.
 
 By default the batches are ingested by a worker process of the service's own
-(:mod:`projections.ingest_worker`, fed the messages' bytes), so the database work runs on
+(:mod:`projections.ingest.worker`, fed the messages' bytes), so the database work runs on
 another core than the event loop instead of taking turns with it for the GIL; with
 ``ingest_in_worker=False`` they are ingested in a thread of this process.
 """
@@ -31,7 +31,7 @@ from bus.registry import DEFAULT_REGISTRY
 from bus.topology import SINGLE_ACTIVE_CONSUMER, ServiceQueue, Topology
 from domain.db import make_engine, upgrade
 from projections.ingest import Outcome, ingest_batch, record_rejection
-from projections.ingest_worker import IngestWorker
+from projections.ingest.worker import IngestWorker
 
 log = logging.getLogger(__name__)
 

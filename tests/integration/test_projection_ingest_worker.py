@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from projections import ingest
 from projections import log as event_log
-from projections.ingest_worker import IngestWorker, IngestWorkerError, decode_batch, encode_batch
+from projections.ingest.worker import IngestWorker, IngestWorkerError, decode_batch, encode_batch
 from projections.models import AppliedEvent
 from tests.projection_support import hot_client_flow, hot_server_flow, ip_finished, item, migrated_engine
 
@@ -100,7 +100,7 @@ def test_the_worker_dies_with_its_service_even_on_kill_9(tmp_path):
     migrated_engine(url).dispose()
     service = textwrap.dedent(f"""
         import asyncio, sys
-        from projections.ingest_worker import IngestWorker
+        from projections.ingest.worker import IngestWorker
 
         async def main():
             worker = IngestWorker({url!r})

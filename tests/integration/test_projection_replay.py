@@ -25,8 +25,9 @@ from cli.audit_cmd import ProgressBar
 from cli.main import main
 from projections import log as event_log
 from projections.ingest import ingest_batch
+from projections.log.republish import LOG_POSITION_HEADER
 from projections.models import UpdateRow
-from projections.replay import LOG_POSITION_HEADER, ReplayError, SourceLogBroken, TargetNotEmpty, replay
+from projections.rebuild import RebuildError, SourceLogBroken, TargetNotEmpty, rebuild
 from tests.audit_support import history, ingest_history, log_of, received, view_of
 from tests.busprobe import Probe
 from tests.projection_support import hot_server_flow, item, migrated_engine
@@ -51,15 +52,13 @@ def batches():
         pytest.param("sqlite", "postgres", marks=pytest.mark.postgres),
     ],
 )
-@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
-def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind,
-                                                              reader_process):
+def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind):
     source_url = _url(source_kind, request, tmp_path, "live.db")
     target_url = _url(target_kind, request, tmp_path, "replayed.db")
     live = migrated_engine(source_url)
     ingest_history(live, batches)
 
-    result = replay(source_url, target_url, batch_size=7, reader_process=reader_process)
+    result = rebuild(source_url, target_url, window=7)
 
     target = migrated_engine(target_url)
     live_log = log_of(live)
@@ -80,7 +79,7 @@ def test_the_same_log_replayed_twice_and_in_other_batch_sizes_gives_the_same_vie
     views = []
     for n, size in enumerate((1, 50, 500)):
         target = f"sqlite:///{tmp_path / f'replay{n}.db'}"
-        replay(source_url, target, batch_size=size)
+        rebuild(source_url, target, window=size)
         views.append((view_of(migrated_engine(target)), log_of(migrated_engine(target))))
     assert views[0] == views[1] == views[2]
 
@@ -93,7 +92,7 @@ def test_a_replay_until_a_time_shows_the_view_the_dashboard_showed_then(tmp_path
     ingest_history(then, batches[:cut])
 
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
-    result = replay(source_url, target_url, until_time=received(cut - 1))  # batch cut-1's received time, inclusive
+    result = rebuild(source_url, target_url, until_time=received(cut - 1))  # batch cut-1's received time, inclusive
 
     target = migrated_engine(target_url)
     assert view_of(target) == view_of(then)
@@ -111,15 +110,14 @@ def test_a_replay_until_a_position_equals_a_projection_that_took_only_that_prefi
     ingest_batch(prefix, [item(_envelope(row["envelope"])) for row in logged[:until]])
 
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
-    result = replay(source_url, target_url, until_position=until)
+    result = rebuild(source_url, target_url, until_position=until)
 
     assert result.last_position == result.events == until
     assert view_of(migrated_engine(target_url)) == view_of(prefix)
 
 
-@pytest.mark.parametrize(("window", "reader_process"), [(1, False), (7, False), (13, False), (40, False), (7, True),
-                                                       (40, True)])
-def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches, window, reader_process):
+@pytest.mark.parametrize("window", [1, 7, 13, 40])
+def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches, window):
     """Windows end in the middle of updates (the next window reads them back and updates them) and
     next to the event the view cannot take (left out, the events around it applied)."""
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
@@ -127,7 +125,7 @@ def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches,
     ingest_history(live, batches)
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
 
-    result = replay(source_url, target_url, batch_size=3, window=window, reader_process=reader_process)
+    result = rebuild(source_url, target_url, window=window)
 
     target = migrated_engine(target_url)
     assert [u.type for u in result.unapplied] == ["hotupdate.ip.finished.v1"]
@@ -138,9 +136,7 @@ def test_a_replay_in_small_windows_equals_the_live_projection(tmp_path, batches,
         assert event_log.verify(s).ok
 
 
-@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
-def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unapplied(tmp_path, batches,
-                                                                                   reader_process):
+def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unapplied(tmp_path, batches):
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     live = migrated_engine(source_url)
     ingest_history(live, batches)
@@ -153,7 +149,7 @@ def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unappli
         event_log.store_head(s, head)
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
 
-    result = replay(source_url, target_url, reader_process=reader_process)
+    result = rebuild(source_url, target_url)
 
     target = migrated_engine(target_url)
     assert [(u.event_id, u.reason.split(":")[0]) for u in result.unapplied][-1] == ("retired-event",
@@ -173,17 +169,16 @@ def test_a_target_with_data_is_refused_unless_forced(tmp_path, batches):
     live = migrated_engine(source_url)
     ingest_history(live, batches)
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
-    replay(source_url, target_url, until_position=5)
+    rebuild(source_url, target_url, until_position=5)
     with pytest.raises(TargetNotEmpty, match="projection_event_log"):
-        replay(source_url, target_url)
-    replay(source_url, target_url, force=True)
+        rebuild(source_url, target_url)
+    rebuild(source_url, target_url, force=True)
     assert view_of(migrated_engine(target_url)) == view_of(live)
-    with pytest.raises(ReplayError, match="is the source"):
-        replay(source_url, source_url.replace("live.db", "./live.db"), force=True)
+    with pytest.raises(RebuildError, match="is the source"):
+        rebuild(source_url, source_url.replace("live.db", "./live.db"), force=True)
 
 
-@pytest.mark.parametrize("reader_process", [False, True], ids=["read-here", "reader-process"])
-def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, batches, reader_process):
+def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, batches):
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     live = migrated_engine(source_url)
     ingest_history(live, batches)
@@ -193,7 +188,7 @@ def test_a_tampered_source_stops_the_replay_at_the_broken_position(tmp_path, bat
                      {"e": stored.replace('"source":"', '"source":"forged/', 1)})
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
     with pytest.raises(SourceLogBroken) as broken:
-        replay(source_url, target_url, batch_size=5, reader_process=reader_process)
+        rebuild(source_url, target_url, window=5)
     assert broken.value.position == 12 and broken.value.replayed == 11
     assert log_of(migrated_engine(target_url))["head"][0] == 11  # what verified is kept, and verifies
 

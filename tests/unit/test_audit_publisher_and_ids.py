@@ -21,8 +21,8 @@ from domain.db import alembic_config, make_engine, upgrade
 from producers.cmdb.models import HotUpdate
 from producers.cmdb.senders import expected_senders, sender_problem
 from projections import log as event_log
-from projections.audit import LogFilter, export_log, verify_export
 from projections.ingest import ConflictingDuplicate, ingest_batch
+from projections.log.export import LogFilter, export_log, verify_export
 from projections.models import GENESIS_HASH, LoggedEvent
 from tests.cmdb_support import config_dict
 from tests.projection_support import hot_server_flow, item
@@ -215,9 +215,8 @@ def test_only_the_updates_ops_manager_and_the_projects_receiver_may_report(tmp_p
     assert sender_problem(shared, env, "guest", _row()) is None  # development: cannot tell anyone apart
 
 
-@pytest.mark.parametrize("reader_process", [False, True], ids=["in-process", "reader-process"])
-def test_a_rebuild_keeps_each_publisher_and_its_log_verifies(url, tmp_path, reader_process):
-    from projections.replay import replay
+def test_a_rebuild_keeps_each_publisher_and_its_log_verifies(url, tmp_path):
+    from projections.rebuild import rebuild
 
     flow = hot_server_flow()
     _log_as_before_publishers(url, flow[:3])
@@ -230,7 +229,7 @@ def test_a_rebuild_keeps_each_publisher_and_its_log_verifies(url, tmp_path, read
     finally:
         engine.dispose()
     target_url = f"sqlite:///{tmp_path / 'rebuilt.db'}"
-    result = replay(url, target_url, batch_size=4, reader_process=reader_process)
+    result = rebuild(url, target_url, window=4)
     assert result.events == len(flow) and not result.unapplied
     target = make_engine(target_url)
     try:

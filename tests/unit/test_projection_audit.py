@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from cli.main import main
-from projections.audit import LogFilter, export_log, verify_export
+from projections.log.export import LogFilter, export_log, verify_export
 from tests.audit_support import history, ingest_history, log_of, received
 from tests.projection_support import migrated_engine
 

@@ -1,11 +1,11 @@
-"""The fast batch path (one INSERT per table, cached rows, one derive per update) gives what the careful path gives."""
+"""A batch taken in one go (one transaction, one derive per update) gives what the same events give one by one."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from projections import ingest, view
@@ -50,7 +50,7 @@ def test_batches_taken_in_one_go_give_the_same_log_and_view_as_event_by_event(ur
         for start in range(0, len(shuffled), batch):
             chunk = shuffled[start:start + batch]
             a = ingest.ingest_batch(fast, chunk, clock=clock)
-            b = ingest._ingest_careful(careful, [(env, event, "") for env, event in chunk], clock)
+            b = [o for one in chunk for o in ingest.ingest_batch(careful, [one], clock=clock)]
             assert [(o.status, o.position) for o in a] == [(o.status, o.position) for o in b]
         assert _state(fast) == _state(careful)
     finally:
@@ -71,28 +71,22 @@ def test_a_batch_with_an_unappliable_event_keeps_the_rest(tmp_path):
     engine.dispose()
 
 
-def test_a_big_batch_with_one_bad_event_is_narrowed_down_and_only_a_small_part_goes_event_by_event(
-        tmp_path, monkeypatch):
+def test_a_big_batch_with_one_bad_event_is_narrowed_down_by_halves_not_done_event_by_event(tmp_path):
     from tests.projection_support import ip_finished
 
     flows = [hot_server_flow(updateid=f"u-{n}", failing=()) for n in range(8)]
     good = [it for flow in flows for it in flow]
     bad = ip_finished(flows[3][4][0], "fe80::1%" + "x" * 200, "game", {"qq_9": True}, offset=40, minutes=9)
     batch = [*good[:60], item(bad), *good[60:]]
-    careful_sizes: list[int] = []
-    careful = ingest._ingest_careful
-
-    def counting(engine, items, clock):
-        careful_sizes.append(len(items))
-        return careful(engine, items, clock)
-
-    monkeypatch.setattr(ingest, "_ingest_careful", counting)
     narrowed, reference = (migrated_engine(f"sqlite:///{tmp_path / name}") for name in ("n.db", "r.db"))
+    transactions: list[int] = []
+    event.listen(narrowed, "begin", lambda _conn: transactions.append(1))
     clock = lambda: ingest.utcnow().replace(year=2026, month=11, day=24, hour=7, minute=0, second=0, microsecond=0)  # noqa: E731
     try:
         outcomes = ingest.ingest_batch(narrowed, batch, clock=clock)
-        assert careful_sizes and max(careful_sizes) <= 32 < len(batch)
-        expected = careful(reference, [(env, event, "") for env, event in batch], clock)
+        # halves: two tries per level of a binary search for the one bad event, not one per event
+        assert len(transactions) <= 2 * len(batch).bit_length() + 2 < len(batch)
+        expected = [o for one in batch for o in ingest.ingest_batch(reference, [one], clock=clock)]
         assert [(o.status, o.position) for o in outcomes] == [(o.status, o.position) for o in expected]
         assert [o.status for o in outcomes].count("failed") == 1 and outcomes[60].status == "failed"
         assert _state(narrowed) == _state(reference)

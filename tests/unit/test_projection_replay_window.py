@@ -1,6 +1,6 @@
-"""The in-memory replay (projections.replay_window) derives what the live projection derives with SQL.
+"""A rebuild, window by window (projections.rebuild), derives what the live projection derived batch by batch.
 
-Updates whose counts need every rule of :func:`projections.view.refresh`: targets the completion
+Updates whose counts need every rule of :func:`projections.view.derive.derive`: targets the completion
 says never ran (pending vs not run), failed and succeeded targets, an update without a completion,
 replayed in one window and in windows that split every update.
 """
@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from projections import log as event_log
 from projections.ingest import ingest_batch
-from projections.replay import replay
+from projections.rebuild import rebuild
 from tests.audit_support import log_of, view_of
 from tests.projection_support import (
     aborted_client_flow,
@@ -33,7 +33,7 @@ def test_counts_stage_and_status_replayed_in_memory_equal_the_live_ones(tmp_path
         ingest_batch(live, items[start:start + 4])
     target_url = f"sqlite:///{tmp_path / 'replayed.db'}"
 
-    result = replay(source_url, target_url, window=window)
+    result = rebuild(source_url, target_url, window=window)
 
     target = migrated_engine(target_url)
     assert result.applied == result.events == len(items) and not result.unapplied
@@ -56,7 +56,7 @@ def test_a_replayed_sqlite_file_is_left_with_its_write_ahead_log_like_every_othe
     ingest_batch(migrated_engine(source_url), hot_server_flow())
     target = tmp_path / "replayed.db"
 
-    replay(source_url, f"sqlite:///{target}")
+    rebuild(source_url, f"sqlite:///{target}")
 
     with sqlite3.connect(target) as connection:  # not through make_engine, which would set it
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -1,11 +1,11 @@
 """The projection's database work in a process of its own, fed batches of envelope bytes over a pipe.
 
 Why a process: the consumer runtime (parse, validate, dispatch, ack) and the ingest
-(:func:`projections.ingest.ingest_batch`) are both CPU-bound Python; in one process the GIL
+(:func:`projections.ingest.batch.ingest_batch`) are both CPU-bound Python; in one process the GIL
 runs them on one core in turn, and hands it back and forth between the event loop and an
 ingest thread. Here the worker ingests batch N while the event loop takes in batch N+1.
 
-The worker is started explicitly (``python -m projections.ingest_worker``, not
+The worker is started explicitly (``python -m projections.ingest.worker``, not
 multiprocessing: its spawn start re-imports the caller's main module) with pipes for stdin
 and stdout. Frames are a 4-byte big-endian length and a payload:
 
@@ -15,7 +15,7 @@ and stdout. Frames are a 4-byte big-endian length and a payload:
   bytes, followed by a 4-byte length and the UTF-8 broker-verified publisher of its delivery
   (``Incoming.publisher``: the worker logs it, covered by the hash chain); the reply is JSON:
   ``{"outcomes": [[event_id, status, position, error], ...]}``,
-  or ``{"error": ...}`` if a transaction failed as a whole (see :func:`projections.ingest.ingest_batch`).
+  or ``{"error": ...}`` if a transaction failed as a whole (see :func:`projections.ingest.batch.ingest_batch`).
 
 A reply is written only after the batch committed, and the service acks a message only
 after the reply: nothing acked is uncommitted. If the service dies (even by kill -9), the
@@ -41,7 +41,7 @@ from typing import IO, Any
 from bus.envelope import Envelope, EnvelopeError
 from bus.events import Event
 from bus.registry import DEFAULT_REGISTRY
-from projections.ingest import ConflictingDuplicate, Outcome, OutcomeStatus, ingest_batch
+from projections.ingest.batch import ConflictingDuplicate, Outcome, OutcomeStatus, ingest_batch
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class IngestWorker:
                 return
             # An argument list, and the interpreter running the service, so the same installed code runs.
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "projections.ingest_worker",
+                sys.executable, "-m", "projections.ingest.worker",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             )
             self._proc = proc

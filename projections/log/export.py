@@ -19,20 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from sqlalchemy import ColumnElement, Row, func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from projections import log as event_log
-from projections.models import GENESIS_HASH, LoggedEvent, LogHead, as_utc
+from projections.log.chain import LOG_COLUMNS, Chain, ChainRow
+from projections.log.store import read_head, read_rows
+from projections.models import LoggedEvent, as_utc
 
 FORMAT = "hotupdate.log.export"
 FORMAT_VERSION = 2  # 2: event lines carry the row's verified ``publisher`` (absent on rows logged before it)
 _READABLE_VERSIONS = (1, 2)
-_CHUNK = 1000
-_EVENT_FIELDS = (
-    "position", "event_id", "type", "updateid", "project", "area", "received_at", "prev_hash", "hash", "envelope",
-    "publisher",
-)
+_EVENT_FIELDS = ("position", "event_id", "type", "updateid", "project", "area", "received_at", "prev_hash", "hash",
+                 "envelope")
 
 
 def parse_time(text: str) -> datetime:
@@ -112,28 +110,11 @@ class LogFilter:
         )
 
 
-def read_head(session: Session) -> tuple[int, str]:
-    """The log's last position and hash as the head row records them ((0, genesis) for an empty log)."""
-    head = session.execute(select(LogHead.position, LogHead.hash).where(LogHead.id == event_log.HEAD_ID)).first()
-    return (0, GENESIS_HASH) if head is None else (int(head.position), str(head.hash))
-
-
-def iter_rows(
-    session: Session, selection: LogFilter, *, after: int = 0, up_to: int | None = None
-) -> Iterator[Row[Any]]:
-    """The selected log rows in position order, read in chunks (the log may be large)."""
-    last = after
-    while True:
-        query = select(*(getattr(LoggedEvent, f) for f in _EVENT_FIELDS)).where(
-            LoggedEvent.position > last, *selection.conditions()
-        )
-        if up_to is not None:
-            query = query.where(LoggedEvent.position <= up_to)
-        batch = session.execute(query.order_by(LoggedEvent.position).limit(_CHUNK)).all()
-        if not batch:
-            return
-        yield from batch
-        last = batch[-1].position
+def iter_rows(session: Session, selection: LogFilter, *, after: int = 0, up_to: int | None = None
+              ) -> Iterator[dict[str, Any]]:
+    """The selected log rows in position order, by column name (read in chunks: the log may be large)."""
+    for values in read_rows(session, after=after, up_to=up_to, where=selection.conditions()):
+        yield dict(zip(LOG_COLUMNS, values, strict=True))
 
 
 # --- export -------------------------------------------------------------------------------
@@ -180,13 +161,11 @@ def export_log(
     write(header)
     written = 0
     for row in iter_rows(session, selection, up_to=head[0]):
-        write({
-            "position": row.position, "event_id": row.event_id, "type": row.type, "updateid": row.updateid,
-            "project": row.project, "area": row.area, "received_at": _iso(row.received_at),
-            "prev_hash": row.prev_hash, "hash": row.hash, "envelope": row.envelope,
-            # Absent for a row logged before publishers were recorded (its hash does not cover one).
-            **({} if row.publisher is None else {"publisher": row.publisher}),
-        })
+        line = {name: row[name] for name in _EVENT_FIELDS}
+        line["received_at"] = _iso(row["received_at"])
+        if row["publisher"] is not None:  # absent for a row logged before publishers were recorded
+            line["publisher"] = row["publisher"]
+        write(line)
         written += 1
     if written != count:  # only if someone changes committed rows under us
         raise RuntimeError(f"the log changed during the export: counted {count} rows, read {written}")
@@ -237,8 +216,7 @@ class _Walk:
 
     header: dict[str, Any]
     selection: LogFilter
-    prev_position: int = 0
-    prev_hash: str = GENESIS_HASH
+    chain: Chain = field(default_factory=Chain)
     count: int = 0
     links: int = 0
     first: int | None = None
@@ -252,15 +230,13 @@ class _Walk:
         if not isinstance(doc, dict) or doc.get("kind") is not None:
             raise _Broken("not an event line (a header or trailer in the middle of the file?)", line)
         row = _chain_row(doc, line)
-        if row.position <= self.prev_position:
-            raise _Broken(f"position {row.position} does not follow {self.prev_position}: lines were reordered "
+        if row.position <= self.chain.position:
+            raise _Broken(f"position {row.position} does not follow {self.chain.position}: lines were reordered "
                           "or repeated", line, row.position)
-        follows = row.position == self.prev_position + 1
-        if self.selection.is_empty and not follows:  # a whole-log export has every row
-            raise _Broken(f"expected position {self.prev_position + 1} next, found {row.position}: rows are "
-                          "missing", line, row.position)
-        # Where the predecessor is in the file, the row must link to it; else its own prev_hash stands.
-        problem = event_log.row_problem(row, row.position, self.prev_hash if follows else row.prev_hash)
+        follows = row.position == self.chain.position + 1
+        # Where the predecessor is in the file, the row must link to it; else its own prev_hash stands
+        # (a whole-log export has every row: a gap there is missing rows).
+        problem = self.chain.follow(row, gaps=not self.selection.is_empty)
         if problem:
             raise _Broken(problem, line, row.position)
         fields = json.loads(row.envelope)
@@ -272,12 +248,11 @@ class _Walk:
             raise _Broken("the row does not match the export's filter", line, row.position)
         self.links += 1 if follows else 0  # position 1 follows the genesis hash
         self.first = self.first if self.first is not None else row.position
-        self.prev_position, self.prev_hash = row.position, row.hash
         self.count += 1
         self.publishers[row.publisher] = self.publishers.get(row.publisher, 0) + 1
 
 
-def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
+def _chain_row(doc: dict[str, Any], line: int) -> ChainRow:
     position = doc.get("position")
     if not isinstance(position, int) or isinstance(position, bool) or position < 1:
         raise _Broken("no valid position", line)
@@ -290,7 +265,7 @@ def _chain_row(doc: dict[str, Any], line: int) -> event_log.ChainRow:
     publisher = doc.get("publisher")
     if publisher is not None and not isinstance(publisher, str):
         raise _Broken("field publisher is not a string", line, position)
-    return event_log.ChainRow(position=position, publisher=publisher, **values)
+    return ChainRow(position=position, publisher=publisher, **values)
 
 
 def _time_field(doc: dict[str, Any], key: str, line: int, position: int | None) -> datetime:
@@ -363,7 +338,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_trailer(raw: bytes | None, line: int, walk: _Walk, body_sha256: str) -> None:
-    after = f"after position {walk.prev_position}" if walk.count else "after the header"
+    after = f"after position {walk.chain.position}" if walk.count else "after the header"
     try:
         doc = json.loads(raw) if raw is not None and raw.endswith(b"\n") else None
     except ValueError:
@@ -374,14 +349,14 @@ def _check_trailer(raw: bytes | None, line: int, walk: _Walk, body_sha256: str) 
     if not (header["count"] == doc.get("count") == walk.count):
         raise _Broken(f"the header says {header['count']} events and the trailer {doc.get('count')!r}, "
                       f"but the file holds {walk.count}: lines were removed or added", line)
-    last = walk.prev_position if walk.count else None
+    last = walk.chain.position if walk.count else None
     if (header["first_position"], header["last_position"]) != (walk.first, last):
         raise _Broken(f"the header says positions {header['first_position']}..{header['last_position']}, "
                       f"the file holds {walk.first}..{last}", line)
     if doc.get("sha256") != body_sha256:
         raise _Broken("the sha256 of the lines before the trailer is not the trailer's: the file was edited", line)
     head_position, head_hash = header["log_head"]["position"], header["log_head"]["hash"]
-    if walk.count and last == head_position and walk.prev_hash != head_hash:
+    if walk.count and last == head_position and walk.chain.hash != head_hash:
         raise _Broken("the last row's hash is not the log head's hash recorded at export time", line, last)
     if walk.selection.is_empty and (last or 0) != head_position:
         raise _Broken(f"a whole-log export must end at the head's position {head_position}, "
