@@ -18,7 +18,7 @@ from sqlalchemy import JSON, text
 from domain.db import alembic_config, make_engine, upgrade
 from projections.ingest import ingest_batch
 from projections.models import Base
-from projections.replay import replay
+from projections.rebuild import rebuild
 from tests.projection_support import aborted_server_flow, hot_client_flow, hot_server_flow, migrated_engine
 
 
@@ -61,7 +61,7 @@ def test_live_and_rebuilt_views_store_absent_json_values_as_sql_null(tmp_path):
     for start in range(0, len(items), 3):
         ingest_batch(live, items[start:start + 3])
     live.dispose()
-    replay(f"sqlite:///{live_path}", f"sqlite:///{rebuilt_path}")
+    rebuild(f"sqlite:///{live_path}", f"sqlite:///{rebuilt_path}")
 
     live_counts, rebuilt_counts = _stored_json_nulls(live_path), _stored_json_nulls(rebuilt_path)
     assert live_counts == rebuilt_counts

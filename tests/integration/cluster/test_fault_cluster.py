@@ -28,7 +28,7 @@ from demo.world import SERVERS
 from domain.db import make_engine
 from projections import log as event_log
 from projections.queries import update_detail_json
-from projections.replay import replay
+from projections.rebuild import rebuild
 from tests.rabbit_cluster import RabbitCluster
 from tests.system import (
     BUMP,
@@ -152,7 +152,7 @@ def test_an_update_survives_a_killed_broker_node_projection_and_cmdb(system, clu
     assert verified.count == len(log)
 
     rebuilt = tmp_path / "rebuilt.db"
-    replay(f"sqlite:///{projection_db}", f"sqlite:///{rebuilt}")
+    rebuild(f"sqlite:///{projection_db}", f"sqlite:///{rebuilt}")
     assert _dashboard_view(rebuilt, update_id) == _dashboard_view(projection_db, update_id)
     # The stored rows too, as stored (an empty JSON column is SQL NULL in both: projections/models.py).
     diff = view_diff(view_snapshot(rebuilt, update_id), view_snapshot(projection_db, update_id))
