@@ -24,11 +24,11 @@ import aio_pika
 from bench import observability
 from bench.report import Section, write
 from bus.consumer import ConsumerService
-from bus.envelope import Envelope
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.envelope import Envelope
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from domain.config import TelemetryConfig
 

@@ -39,10 +39,10 @@ from sqlalchemy import insert
 
 from bench.projection_events import FILES, decode, stream
 from bench.report import Section, write
-from bus.envelope import Envelope
-from bus.events import IpFinished, ServerResult, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.envelope import Envelope
+from bus.contract.events import IpFinished, ServerResult, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from domain.db import make_engine, upgrade
 from projections.ingest import ingest_batch
 from projections.models import UpdateRow

@@ -41,10 +41,10 @@ import yaml
 
 from bench.bus import drop_vhost, fresh_vhost
 from bench.report import Section, write
-from bus.envelope import Envelope
-from bus.events import FileEntry, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.envelope import Envelope
+from bus.contract.events import FileEntry, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import Topology, binding, declare_exchanges
 from consumers.ops_executor.templates import ServerTemplates
 from domain.config import RunnerConfig

@@ -49,7 +49,7 @@ import bench.projection
 from bench.bus import drop_vhost, fresh_vhost
 from bench.projection import consume_service, database
 from bench.projection_events import stream
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.topology import Topology
 
 async def routed_preload(url, queue, payloads):

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     CdnDirFinished,
     CdnTarget,
     Event,
@@ -36,8 +36,8 @@ from bus.events import (
     UpdateRequested,
     UpdateStarted,
 )
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 
 T0 = datetime(2026, 11, 24, 6, 0, 0, tzinfo=UTC)
 FILES = [

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from bench.projection_events import Stamper, hot_client_template, hot_server_template
 from bench.report import Section, write
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from domain.db import make_engine, upgrade
 from projections import log as event_log
 from projections.models import GENESIS_HASH, LoggedEvent, LogHead, UpdateRow

@@ -39,10 +39,10 @@ from pathlib import Path
 import asyncssh
 
 from bench.report import Section, write
-from bus.envelope import Envelope
-from bus.events import Event, FileEntry, IpFinished, UpdateCompleted, UpdateRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event, FileEntry, IpFinished, UpdateCompleted, UpdateRequested
+from bus.contract.registry import make_envelope
 from bus.handling import child_envelope
-from bus.registry import make_envelope
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.runner import StagedFile
 from consumers.ops_executor.ssh_runner import (

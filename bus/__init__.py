@@ -1,4 +1,4 @@
-"""The only package that knows AMQP: envelope, catalogue, topology, publishing, consuming."""
+"""The bus: its message contract (bus.contract, no AMQP) and the transport, the only code that knows AMQP."""
 
 from pathlib import Path
 

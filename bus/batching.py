@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from bus.events import Event
+from bus.contract.events import Event
 from bus.handling import Incoming
 
 log = logging.getLogger(__name__)

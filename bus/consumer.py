@@ -36,8 +36,9 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from bus import tracing
 from bus.batching import AckLedger, Delivery, Gatherer
 from bus.connection import connect_robust
-from bus.envelope import Envelope, EnvelopeError
-from bus.events import Event
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.events import Event
+from bus.contract.registry import DEFAULT_REGISTRY, Registry
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
@@ -55,7 +56,6 @@ from bus.redelivery import (
     rejected_reason,
     safe_nack,
 )
-from bus.registry import DEFAULT_REGISTRY, Registry
 from bus.topology import ServiceQueue, Topology, declare_service
 
 log = logging.getLogger(__name__)

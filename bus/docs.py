@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from bus.asyncapi import render_asyncapi
-from bus.envelope import EXTENSION_NAME_PATTERN, EXTENSION_SCHEMA, Envelope, routing_key
-from bus.events import CATALOGUE, RULES_BEYOND_JSON_SCHEMA, Event
-from bus.examples import EXAMPLES
-from bus.registry import make_envelope
+from bus.contract.envelope import EXTENSION_NAME_PATTERN, EXTENSION_SCHEMA, Envelope, routing_key
+from bus.contract.events import CATALOGUE, RULES_BEYOND_JSON_SCHEMA, Event
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.topology import Topology
 
 _EXAMPLE_BY_TYPE = {type(e): e for e in EXAMPLES}

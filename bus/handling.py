@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from bus.envelope import Envelope, derived_event_id
-from bus.events import Event
-from bus.registry import event_data, schema_uri
+from bus.contract.envelope import Envelope, derived_event_id
+from bus.contract.events import Event
+from bus.contract.registry import event_data, schema_uri
 from bus.tracing import child_extensions
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)

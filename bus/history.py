@@ -25,7 +25,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from bus.connection import connect
-from bus.envelope import Envelope, EnvelopeError
+from bus.contract.envelope import Envelope, EnvelopeError
 from bus.topology import Topology, declare_exchanges
 
 MAX_AGE = "90D"

@@ -1,6 +1,6 @@
 """The secret a component derives its event ids with, so nobody else can predict them.
 
-A derived id (:func:`bus.envelope.derived_event_id`) must be the same each time the component
+A derived id (:func:`bus.contract.envelope.derived_event_id`) must be the same each time the component
 that derives it re-runs a handler (downstream dedupes re-emitted events by id), and must not be
 computable by anyone else: an id anyone can compute from a parent id shown on the dashboard can
 be squatted by a decoy published first (issue 15). So the id is an HMAC under a key only the

@@ -3,7 +3,7 @@
 The runtime marks an event processed after its handler returned (its emitted events
 already confirmed by the broker) and before acking it. A redelivered event found here
 is acked without running the handler again, if it is the same fact (the same
-:func:`bus.envelope.fact_hash`). The same id with different content is a conflict: two
+:func:`bus.contract.envelope.fact_hash`). The same id with different content is a conflict: two
 different events claim one id (a decoy, or a broken producer); the runtime parks it with a
 reason starting ``conflict:`` for an operator, never acks it as "already handled".
 """
@@ -18,7 +18,7 @@ from sqlalchemy import DateTime, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from bus.envelope import CONFLICT_PREFIX, Envelope, fact_hash
+from bus.contract.envelope import CONFLICT_PREFIX, Envelope, fact_hash
 from domain.db import Base, make_engine, upgrade
 
 

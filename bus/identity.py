@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bus.envelope import Envelope
-from bus.events import CATALOGUE, TEAM_PRODUCER, Event
+from bus.contract.envelope import Envelope
+from bus.contract.events import CATALOGUE, TEAM_PRODUCER, Event
 from domain.config import HotupdateConfig
 
 USER_PREFIX = "hotupdate"

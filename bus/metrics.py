@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
-from bus.events import CdnDirFinished, Event, IpFinished, UpdateCompleted
+from bus.contract.events import CdnDirFinished, Event, IpFinished, UpdateCompleted
 
 _SERVICE_EVENT = ("service", "event")
 # Handlers run from a millisecond (a projection row) to minutes (an IP's hot update, a push).

@@ -28,8 +28,8 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 from aiormq.exceptions import AMQPChannelError, AMQPConnectionError, ChannelInvalidStateError, DeliveryError
 
 from bus.connection import connect_blocking, connect_robust
-from bus.envelope import Envelope
-from bus.events import Event
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event
 from bus.handling import child_envelope
 from bus.topology import UNROUTABLE_ARGUMENTS, Topology, declare_exchanges
 from domain.broker_address import split_broker_urls

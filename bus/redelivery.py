@@ -19,7 +19,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.metrics import ConsumerMetrics
 from bus.publisher import AsyncPublisher, PublishError
 from bus.topology import ServiceQueue, Topology

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, Excha
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from bus.connection import connect
-from bus.events import Event
+from bus.contract.events import Event
 from domain.broker_address import redact, split_broker_urls
 
 if TYPE_CHECKING:

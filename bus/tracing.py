@@ -1,7 +1,7 @@
 """Distributed traces: W3C trace context in each envelope, OpenTelemetry spans around handlers.
 
 The trace context travels as the CloudEvents distributed-tracing extension: the ``traceparent``
-and ``tracestate`` extension attributes of the envelope (:data:`bus.envelope.FORWARDED_EXTENSIONS`),
+and ``tracestate`` extension attributes of the envelope (:data:`bus.contract.envelope.FORWARDED_EXTENSIONS`),
 which a child event inherits from its cause (:func:`child_extensions`).
 
 Off unless the operator names an OTLP endpoint (``telemetry.traces_endpoint``). Off means the
@@ -33,13 +33,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from bus.envelope import FORWARDED_EXTENSIONS
+from bus.contract.envelope import FORWARDED_EXTENSIONS
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import Sampler
 
-    from bus.envelope import Envelope
+    from bus.contract.envelope import Envelope
     from domain.config import TelemetryConfig
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
-from bus.events import Event
+from bus.contract.events import Event
 from bus.handling import Handler
 
 T = TypeVar("T")

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.docs import write_docs
-from bus.envelope import Envelope, EnvelopeError
 from bus.permissions import (
     GrantError,
     Rabbitmqctl,
@@ -21,7 +22,6 @@ from bus.permissions import (
     team_grant,
 )
 from bus.publisher import PublishError, SyncPublisher, broker_login
-from bus.registry import DEFAULT_REGISTRY
 from bus.topology import Topology, declare_all
 from domain.config import DEFAULT_AMQP_URL, ConfigError, broker_address_from_env, load_config
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from bus.envelope import CONFLICT_PREFIX
+from bus.contract.envelope import CONFLICT_PREFIX
 from bus.parking import ParkingQueues
 from bus.topology import Topology
 from cli.bus_commands import amqp_url_argument

@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from sqlalchemy import Engine
 
 from bus.consumer import ConsumerService, Rejection
-from bus.events import CATALOGUE, Event
+from bus.contract.events import CATALOGUE, Event
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.handling import Emitter, Handler, Incoming
 from bus.identity import Identity
 from bus.metrics import projection_wrote
-from bus.registry import DEFAULT_REGISTRY
 from bus.topology import SINGLE_ACTIVE_CONSUMER, ServiceQueue, Topology
 from domain.db import make_engine, upgrade
 from projections.ingest import Outcome, ingest_batch, record_rejection

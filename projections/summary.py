@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from bus.envelope import CONFLICT_PREFIX
+from bus.contract.envelope import CONFLICT_PREFIX
 from projections.models import (
     LoggedEvent,
     RejectedEvent,

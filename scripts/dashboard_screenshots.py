@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.projection_events import hot_client_template, hot_server_template
-from bus.envelope import Envelope
-from bus.registry import DEFAULT_REGISTRY
+from bus.contract.envelope import Envelope
+from bus.contract.registry import DEFAULT_REGISTRY
 from projections.dashboard import create_app
 from projections.ingest import ingest_batch
 from tests.projection_support import DASHBOARD_AUTH, LiveServer, dashboard_access, hot_server_flow, migrated_engine

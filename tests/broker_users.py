@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.topology import Topology
 from tests.broker import Broker
 

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import select
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     BatchFinished,
     BatchFinishedV1,
     CdnDirFinished,
@@ -29,8 +29,8 @@ from bus.events import (
     UpdateCompleted,
     UpdateStarted,
 )
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.handling import Incoming, child_envelope
-from bus.registry import DEFAULT_REGISTRY
 from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED
 from domain.config import HotupdateConfig, parse_config
 from producers.cmdb.auth import hash_token

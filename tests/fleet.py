@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bus.envelope import Envelope
-from bus.events import UpdateRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import UpdateRequested
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.state import StateStore
 from domain.config import HotupdateConfig

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bus.envelope import Envelope
-from bus.events import CdnTarget, FileEntry, UpdateRequested
-from bus.registry import make_envelope
+from bus.contract.envelope import Envelope
+from bus.contract.events import CdnTarget, FileEntry, UpdateRequested
+from bus.contract.registry import make_envelope
 from domain.allowed import DEFAULT_ERLANG_CMD_ALLOWED
 from domain.config import HotupdateConfig
 from domain.layout import incoming_dir

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from bench.projection_events import ERL_OK, FAILED, FILES, OK, T0, TARGET  # one sample data set
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     CdnDirFinished,
     CdnTarget,
     Event,
@@ -21,8 +21,8 @@ from bus.events import (
     UpdateRequested,
     UpdateStarted,
 )
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from domain.db import make_engine, upgrade
 
 SERVERS = {
@@ -173,7 +173,7 @@ class LiveServer:
 
 def control_events(request: Envelope, start_offset: int = 20) -> dict[str, Envelope]:
     """Issue 9's events about ``request``'s update, keyed by a short name (times after the flow's)."""
-    from bus.events import BatchConfirmed, BatchFinished, UpdateAbortRequested, UpdateStalled
+    from bus.contract.events import BatchConfirmed, BatchFinished, UpdateAbortRequested, UpdateStalled
 
     def child(event: Event, offset: int, minutes: float, key: str = "", source: str = "hotupdate/ops_executor/ops1"):
         return at(child_envelope(request, event, source=source, offset=start_offset + offset, key=key), minutes)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from bus.envelope import Envelope
-from bus.events import Event
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event
+from bus.contract.registry import make_envelope
 from bus.handling import Incoming, child_envelope
-from bus.registry import make_envelope
 
 E = TypeVar("E", bound=Event)
 

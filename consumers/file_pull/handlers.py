@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bus.events import FileEntry, FilesPulled, PullFailed, PullRequested
+from bus.contract.events import FileEntry, FilesPulled, PullFailed, PullRequested
 from bus.handling import Emitter, Incoming
 from bus.wiring import Handlers
 from consumers.file_pull.paths import pull_paths

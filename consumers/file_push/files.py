@@ -11,7 +11,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.events import FileEntry
+from bus.contract.events import FileEntry
 from domain.md5 import file_md5
 from domain.types import check_relative_path
 

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bus.events import FilesPushed, PushFailed, PushRequested, RsyncTargetRef, RsyncTargetResult
+from bus.contract.events import FilesPushed, PushFailed, PushRequested, RsyncTargetRef, RsyncTargetResult
 from bus.handling import Emitter, Incoming
 from bus.wiring import Handlers
 from consumers.file_push.files import FileCheckError, check_files

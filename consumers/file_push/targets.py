@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bus.events import RsyncTargetRef
+from bus.contract.events import RsyncTargetRef
 from consumers.file_push.rsync import DaemonModule
 from domain.config import ProjectConfig, RsyncTarget
 from domain.types import UpdateType

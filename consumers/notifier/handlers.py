@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from bus.events import Event
+from bus.contract.events import Event
 from bus.handling import Emitter, Incoming
 from bus.wiring import Handlers
 from consumers.notifier.dispatcher import Dispatcher

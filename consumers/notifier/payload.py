@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from bus.envelope import Envelope, canonical_json
-from bus.events import Event
+from bus.contract.envelope import Envelope, canonical_json
+from bus.contract.events import Event
 from consumers.notifier.triggers import Trigger
 from domain.config import NotificationKind
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.envelope import Envelope, canonical_json
-from bus.events import Event, IpFinished, UpdateCompleted
+from bus.contract.envelope import Envelope, canonical_json
+from bus.contract.events import Event, IpFinished, UpdateCompleted
 
 
 def seed_callback(envelope: Envelope, event: Event) -> dict[str, Any] | None:

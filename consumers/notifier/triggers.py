@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from bus.events import Event, IpFinished, Outcome, PullFailed, PushFailed, UpdateCompleted, UpdateStalled
+from bus.contract.events import Event, IpFinished, Outcome, PullFailed, PushFailed, UpdateCompleted, UpdateStalled
 from domain.config import NotificationKind
 
 E = TypeVar("E", bound=Event)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.envelope import Envelope
-from bus.events import UpdateCompleted, UpdateRequested, UpdateStarted
-from bus.registry import DEFAULT_REGISTRY
+from bus.contract.envelope import Envelope
+from bus.contract.events import UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.registry import DEFAULT_REGISTRY
 from consumers.ops_executor.hot_server import ip_units, ips_of
 from consumers.ops_executor.records import UpdateRecord
 from consumers.ops_executor.state import StateStore

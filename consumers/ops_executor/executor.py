@@ -45,10 +45,10 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from pydantic import TypeAdapter, ValidationError
 
-from bus.envelope import Envelope
-from bus.events import UpdateRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import UpdateRequested
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.handling import Emitter
-from bus.registry import DEFAULT_REGISTRY
 from consumers.ops_executor.answer import answer_from_record, completed_event, started_event
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater
 from consumers.ops_executor.hot_server import ServerJob, ServerUpdater

@@ -19,7 +19,7 @@ import logging
 from datetime import UTC, datetime
 
 from bus.consumer import Reject
-from bus.events import AnalysisVerdict, BatchConfirmed, UpdateAbortRequested, UpdateRequested
+from bus.contract.events import AnalysisVerdict, BatchConfirmed, UpdateAbortRequested, UpdateRequested
 from bus.handling import Emitter, Incoming
 from bus.wiring import Handlers
 from consumers.ops_executor.executor import EmitterFor, Executor

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.events import FileEntry, ServerResult
+from bus.contract.events import FileEntry, ServerResult
 from consumers.ops_executor.runner import CopyStopped, StagedFile, run_argv
 from consumers.ops_executor.templates import purge_argv
 from domain.md5 import file_md5

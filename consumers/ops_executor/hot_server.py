@@ -25,7 +25,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.events import IpFinished, RolloutPlanV2, ServerResult, UpdateServerList
+from bus.contract.events import IpFinished, RolloutPlanV2, ServerResult, UpdateServerList
 from consumers.ops_executor.records import ServerKey, ServerOutcome
 from consumers.ops_executor.rollout import plan_batches
 from consumers.ops_executor.runner import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from bus.events import FileEntry
+from bus.contract.events import FileEntry
 from consumers.ops_executor.runner import StagedFile
 from domain.md5 import file_md5
 

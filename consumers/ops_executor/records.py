@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from bus.events import ServerResult
+from bus.contract.events import ServerResult
 
 UpdateStatus = Literal["running", "waiting", "finished", "failed", "interrupted"]
 BatchNext = Literal["continue", "stop", "await_confirm", "await_analysis", "done"]

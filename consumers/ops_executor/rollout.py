@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Literal, TypeVar
 
-from bus.events import Outcome, RolloutPlanV2
+from bus.contract.events import Outcome, RolloutPlanV2
 from consumers.ops_executor.records import AbortRecord, BatchNext, VerdictRecord
 
 T = TypeVar("T")

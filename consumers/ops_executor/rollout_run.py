@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from bus.events import RolloutPlanV2, UpdateRequested
+from bus.contract.events import RolloutPlanV2, UpdateRequested
 from consumers.ops_executor.answer import completed_event
 from consumers.ops_executor.records import BatchRecord, VerdictRecord
 from consumers.ops_executor.rollout import analysis_gate, analysis_stop_text, completion_text, next_step, outcome_of

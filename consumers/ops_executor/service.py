@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from bus.consumer import ConsumerService, HandlerTable
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.handling import Emitter
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore

@@ -15,7 +15,7 @@ import asyncio
 import functools
 from collections.abc import Callable
 
-from bus.events import ServerResult
+from bus.contract.events import ServerResult
 from consumers.ops_executor.records import (
     AbortRecord,
     BatchRecord,

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bus.events import ServerResult
+from bus.contract.events import ServerResult
 from consumers.ops_executor.records import (
     AbortRecord,
     BatchRecord,

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bus.events import BatchFinished, CdnDirFinished, CdnTarget, Event, ServerResult, UpdateRequested
+from bus.contract.events import BatchFinished, CdnDirFinished, CdnTarget, Event, ServerResult, UpdateRequested
 from bus.handling import Emitter
 from bus.metrics import record_result
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater

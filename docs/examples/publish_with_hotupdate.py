@@ -3,9 +3,9 @@
 import os
 import uuid
 
-from bus.events import PullRequested
+from bus.contract.events import PullRequested
+from bus.contract.registry import make_envelope
 from bus.publisher import PublishError, SyncPublisher
-from bus.registry import make_envelope
 
 url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 event = PullRequested(update_type="hot_server", version="004200000", area_name="台湾", requested_by="release-bot")

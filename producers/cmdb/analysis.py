@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from bus.events import AnalysisVerdict
+from bus.contract.events import AnalysisVerdict
 from bus.handling import Incoming
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.models import HotUpdate

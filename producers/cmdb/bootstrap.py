@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI
 
 from bus.consumer import ConsumerService, HandlerTable
-from bus.events import TEAM_PRODUCER, Event
+from bus.contract.events import TEAM_PRODUCER, Event
 from bus.handling import Emitter, Handler, Incoming
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore

@@ -17,7 +17,7 @@ from typing import Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.metrics import OUTBOX_PUBLISHED
 from producers.cmdb.database import OUTBOX_TOUCHED, CmdbDatabase
 from producers.cmdb.models import OutboxMessage, utcnow

@@ -36,8 +36,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bus.consumer import Reject
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     CATALOGUE,
     AnalysisVerdict,
     BatchFinished,

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bus.consumer import Reject
-from bus.events import ReleaseAnnounced
+from bus.contract.events import ReleaseAnnounced
 from bus.handling import Incoming
 from domain.config import HotupdateConfig
 from producers.cmdb import service

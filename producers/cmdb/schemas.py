@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from bus.events import FileEntry, RolloutPlanV2
+from bus.contract.events import FileEntry, RolloutPlanV2
 from domain.types import RelativeFileName, ServerName, UpdateType, Version
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bus.consumer import Reject
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.identity import component_user, instances_serving
 from domain.config import HotupdateConfig
 from producers.cmdb.database import CmdbDatabase

@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope, derived_event_id
-from bus.events import (
+from bus.contract.envelope import Envelope, derived_event_id
+from bus.contract.events import (
     BatchConfirmed,
     Event,
     FileEntry,
@@ -38,7 +38,8 @@ from bus.events import (
     RolloutPlanV2,
     UpdateAbortRequested,
 )
-from bus.registry import make_envelope
+from bus.contract.registry import make_envelope
+from bus.tracing import current_extensions
 from domain.allowed import command_refusals, describe
 from domain.config import HotupdateConfig
 from domain.types import UpdateType
@@ -89,6 +90,11 @@ class PushUpdate:
     update_server_list: Mapping[str, Mapping[str, Sequence[str]]] | None = None  # instead of servers
 
 
+def new_envelope(event: Event, **fields: Any) -> Envelope:
+    """An envelope the CMDB starts: inside an operator's request (its server span) it joins that trace."""
+    return make_envelope(event, extensions=current_extensions(), **fields)
+
+
 def start_update(database: CmdbDatabase, config: HotupdateConfig, cmd: StartUpdate, requested_by: str) -> str:
     """Record a new update and queue *pull requested*; returns the update id."""
     with database.transaction() as session:
@@ -127,7 +133,7 @@ def add_update(
         requested_by=requested_by,
     )
     sequence = 1 if causationid else 0  # after the announcement (sequence 0) when it has one
-    envelope = make_envelope(
+    envelope = new_envelope(
         event, source=SOURCE, updateid=update_id, project=cmd.project, area=area.code, sequence=sequence,
         causationid=causationid, correlationid=correlationid,
     )
@@ -178,7 +184,7 @@ def push_update(
             targets=refs,
             requested_by=requested_by,
         )
-        envelope = make_envelope(
+        envelope = new_envelope(
             event,
             source=SOURCE,
             updateid=row.id,
@@ -320,7 +326,7 @@ def _start_linked(
         PullRequested, update_type=parent.update_type, version=version, area_name=parent.area_name,
         client_type=parent.client_type, requested_by=requested_by,
     )
-    envelope = make_envelope(
+    envelope = new_envelope(
         pull, source=SOURCE, updateid=update_id, project=parent.project, area=parent.area_code, sequence=0
     )
     now = utcnow()
@@ -356,7 +362,7 @@ def _start_linked(
 
 def _own_envelope(row: HotUpdate, event: Event, *, event_id: str | None = None) -> Envelope:
     """An event the CMDB adds to a requested update's chain (caused by its *update requested*)."""
-    return make_envelope(
+    return new_envelope(
         event, source=SOURCE, updateid=row.id, project=row.project, area=row.area_code,
         sequence=row.next_sequence(), causationid=row.update_event_id, event_id=event_id,
     )

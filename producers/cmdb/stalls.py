@@ -18,14 +18,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
-from bus.envelope import derived_event_id
-from bus.events import UpdateStalled
-from bus.registry import make_envelope
+from bus.contract.envelope import derived_event_id
+from bus.contract.events import UpdateStalled
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.expected import missing_targets
 from producers.cmdb.models import HotUpdate, TargetResult, as_utc, utcnow
 from producers.cmdb.outbox import enqueue
-from producers.cmdb.service import SOURCE
+from producers.cmdb.service import SOURCE, new_envelope
 from producers.cmdb.states import WATCHED_FOR_STALLS
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,7 @@ def _report(database: CmdbDatabase, update_id: str, stall_after_seconds: float, 
         reported = set(session.scalars(select(TargetResult.target).where(TargetResult.update_id == row.id)).all())
         silent = missing_targets(row, reported)
         event = UpdateStalled(silent_targets=silent, last_event_at=last, stalled_after_seconds=stall_after_seconds)
-        envelope = make_envelope(
+        envelope = new_envelope(
             event, source=SOURCE, updateid=row.id, project=row.project, area=row.area_code,
             sequence=row.next_sequence(), causationid=row.update_event_id,
             event_id=derived_event_id(row.update_event_id, event.type_name(), last.isoformat(), secret=database.id_key),

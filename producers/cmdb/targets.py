@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bus.events import CdnTarget, RsyncTargetRef
+from bus.contract.events import CdnTarget, RsyncTargetRef
 from domain.allowed import Refusal, describe, server_refusals, update_refusals
 from domain.config import ProjectConfig
 from domain.types import ServerGroup, UpdateType

@@ -27,8 +27,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bus.consumer import Conflict
-from bus.envelope import CONFLICT_PREFIX, FACT_FIELDS, Envelope
-from bus.events import Event
+from bus.contract.envelope import CONFLICT_PREFIX, FACT_FIELDS, Envelope
+from bus.contract.events import Event
 from projections import log as event_log
 from projections import view
 from projections.models import AppliedEvent, LoggedEvent
@@ -207,7 +207,7 @@ def _conflict(envelope: Envelope, position: int, first_publisher: str | None, pu
 
 
 def _same_fact(logged: str, envelope: Envelope) -> bool:
-    """Whether ``envelope`` is the fact logged as ``logged`` (:data:`bus.envelope.FACT_FIELDS`)."""
+    """Whether ``envelope`` is the fact logged as ``logged`` (:data:`bus.contract.envelope.FACT_FIELDS`)."""
     first = json.loads(logged)
     again = envelope.model_dump(mode="json", exclude_none=True)
     return all(first.get(name) == again.get(name) for name in FACT_FIELDS)

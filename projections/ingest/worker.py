@@ -38,9 +38,9 @@ from collections import deque
 from collections.abc import Sequence
 from typing import IO, Any
 
-from bus.envelope import Envelope, EnvelopeError
-from bus.events import Event
-from bus.registry import DEFAULT_REGISTRY
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.events import Event
+from bus.contract.registry import DEFAULT_REGISTRY
 from projections.ingest.batch import ConflictingDuplicate, Outcome, OutcomeStatus, ingest_batch
 
 log = logging.getLogger(__name__)

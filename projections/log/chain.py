@@ -3,7 +3,7 @@
 Each row's ``hash`` is ``sha256(prev_hash_bytes + canonical_envelope_bytes [+ b"\\x00" +
 publisher])`` in hex, where ``prev_hash_bytes`` are the 32 raw bytes of the previous row's hash
 (32 zero bytes before the first row), the envelope bytes are
-:meth:`bus.envelope.Envelope.to_bytes`, and ``publisher`` is the UTF-8 broker user that
+:meth:`bus.contract.envelope.Envelope.to_bytes`, and ``publisher`` is the UTF-8 broker user that
 RabbitMQ verified for the delivery (``Incoming.publisher``; empty if the publisher set none).
 Rows logged before publishers were recorded have ``publisher`` NULL and their hash covers
 the envelope alone, so they verify as they were written; every row logged since carries a

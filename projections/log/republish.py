@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope, EnvelopeError
+from bus.contract.envelope import Envelope, EnvelopeError
 from bus.publisher import REPLAYED_HEADER
 from projections.log.chain import Chain, ChainRow
 from projections.log.export import LogFilter, iter_rows

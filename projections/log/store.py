@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, DateTime, func, select, update
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from projections.log.chain import AT, Chain, ChainRow, chain_hash
 from projections.models import GENESIS_HASH, LoggedEvent, LogHead, as_utc
 

@@ -25,9 +25,9 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
-from bus.events import Event
-from bus.registry import DEFAULT_REGISTRY
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event
+from bus.contract.registry import DEFAULT_REGISTRY
 from domain.db import make_engine, upgrade
 from projections import log as event_log
 from projections import view

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from bus.envelope import Envelope
-from bus.events import Event, UpdateStalled
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event, UpdateStalled
 from projections.models import UpdateRow
 from projections.view.derive import derive
 from projections.view.order import earliest, latest, when, wins

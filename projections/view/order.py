@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from projections.models import UpdateRow, as_utc
 
 

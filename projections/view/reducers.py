@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from bus.envelope import Envelope
-from bus.events import FileEntry, RsyncTargetResult
+from bus.contract.envelope import Envelope
+from bus.contract.events import FileEntry, RsyncTargetResult
 from projections.models import BatchRow, CdnDirRow, FileRow, IpRow, RsyncTargetRow, ServerRow
 from projections.view.order import fits, later, order_key, text, when
 from projections.view.rows import ViewRows

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from bus.asyncapi import render_asyncapi
+from bus.contract.events import CATALOGUE
 from bus.docs import render_schemas
-from bus.events import CATALOGUE
 from tests.asyncapi_support import parse_asyncapi
 
 pytestmark = [pytest.mark.slow]

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy.orm import Session
 
 from bus.consumer import ConsumerService
-from bus.envelope import derived_event_id
-from bus.events import UpdateRequested, UpdateStarted
+from bus.contract.envelope import derived_event_id
+from bus.contract.events import UpdateRequested, UpdateStarted
 from bus.handling import Emitter, Incoming
 from bus.idempotency import ProcessedStore
 from bus.redelivery import REASON_HEADER

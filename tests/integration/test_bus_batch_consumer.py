@@ -8,11 +8,11 @@ import aio_pika
 import pytest
 
 from bus.consumer import ConsumerService, Reject, Rejection
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher
 from bus.redelivery import REASON_HEADER
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from tests.busprobe import Probe
 

@@ -9,12 +9,12 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from bus.consumer import ConsumerService, Rejection
-from bus.events import FilesPulled, PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import FilesPulled, PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher, SyncPublisher
 from bus.redelivery import REASON_HEADER
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding
 from tests.busprobe import Probe
 
@@ -63,7 +63,7 @@ async def test_handled_event_emits_a_child_event_linked_to_its_cause(amqp_url):
             (msg,) = await probe.wait_for(1)
     finally:
         await service.stop()
-    from bus.envelope import Envelope
+    from bus.contract.envelope import Envelope
 
     child = Envelope.from_bytes(msg.body)
     assert handler.seen == [parent.id]

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
+from bus.contract.events import PullRequested
 from bus.topology import ServiceQueue, binding
 from tests.broker import Broker
 

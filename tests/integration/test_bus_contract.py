@@ -10,11 +10,11 @@ from cloudevents.core.bindings import rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
 from bus.consumer import ConsumerService
-from bus.envelope import Envelope
-from bus.events import FilesPulled, PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.envelope import Envelope
+from bus.contract.events import FilesPulled, PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import event_data
 from bus.redelivery import ATTEMPT_HEADER, REASON_HEADER
-from bus.registry import event_data
 from bus.topology import ServiceQueue, Topology, binding
 from tests.busprobe import Probe
 

@@ -11,11 +11,11 @@ import pytest
 
 from bus.connection import FailoverConnection, connect_blocking
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.handling import Emitter, Incoming
 from bus.publisher import AsyncPublisher, SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding
 from tests.busprobe import Probe
 from tests.rabbit_node import RabbitNode, free_port, start_node

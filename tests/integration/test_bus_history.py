@@ -11,10 +11,10 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from bus.examples import EXAMPLES
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.history import declare_history, ensure_history, read_history
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import Topology
 from cli.history_cmd import parse_start
 

@@ -10,13 +10,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.identity import Identity
 from bus.parking import ParkingQueues
 from bus.permissions import apply_grant, team_grant
 from bus.publisher import AsyncPublisher, PublishError, SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from cli.main import main as cli_main
 from tests.busprobe import Probe

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.examples import EXAMPLES, HOT_CLIENT_REQUEST
+from bus.contract.envelope import Envelope
+from bus.contract.examples import EXAMPLES, HOT_CLIENT_REQUEST
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher, PublishError, SyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import Topology
 from tests.busprobe import Probe
 

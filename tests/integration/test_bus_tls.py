@@ -14,11 +14,11 @@ import pytest
 
 from bus.connection import connect_blocking, connect_robust
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.handling import Emitter, Incoming
 from bus.publisher import AsyncPublisher, PublishError, SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding
 from domain.broker_address import with_tls_files
 from tests.rabbit_node import Pki, RabbitNode, ServerTls, make_pki, start_node

@@ -10,10 +10,10 @@ import pika
 import pytest
 
 from bus.connection import connect_blocking
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import PublishError, SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from bus.unroutable import UnroutableGauge, UnroutableQueue
 from cli.main import main

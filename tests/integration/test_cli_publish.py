@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from bus.examples import EXAMPLES
-from bus.registry import make_envelope
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from tests.busprobe import Probe
 
 pytestmark = [pytest.mark.rabbit]

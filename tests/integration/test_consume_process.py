@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bus.envelope import Envelope
-from bus.events import FilesPulled, PullRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import FilesPulled, PullRequested
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import binding
 from tests.busprobe import Probe
 

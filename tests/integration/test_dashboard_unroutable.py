@@ -7,9 +7,9 @@ import asyncio
 import httpx
 import pytest
 
-from bus.examples import EXAMPLES
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import Topology, declare_all
 from bus.unroutable import UnroutableGauge
 from domain.db import upgrade

@@ -21,7 +21,7 @@ import pika
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from bus.topology import Topology
 from tests.system import (
     BUMP,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import FilesPulled, PullFailed, PullRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import FilesPulled, PullFailed, PullRequested
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import binding
 from consumers.file_pull import copy as copy_module
 from consumers.file_pull.handlers import handle_pull_requested

@@ -8,10 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import FileEntry, FilesPulled, FilesPushed, PullRequested, PushFailed, PushRequested, RsyncTargetRef
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
+    FileEntry,
+    FilesPulled,
+    FilesPushed,
+    PullRequested,
+    PushFailed,
+    PushRequested,
+    RsyncTargetRef,
+)
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import binding
 from consumers.file_pull.handlers import handle_pull_requested
 from consumers.file_pull.service import build_service as build_pull_service

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bus.envelope import Envelope
+from bus.contract.envelope import Envelope
 from consumers.file_pull.service import build_service as build_pull
 from consumers.file_push.service import build_service as build_push
 from demo.rsyncd import RsyncDaemon, free_port

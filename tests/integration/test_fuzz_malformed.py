@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bus.consumer import ConsumerService
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     Event,
     FileEntry,
     FilesPulled,
@@ -36,9 +36,9 @@ from bus.events import (
     UpdateCompleted,
     UpdateRequested,
 )
+from bus.contract.registry import make_envelope
 from bus.identity import identity_from_config
 from bus.redelivery import REASON_HEADER
-from bus.registry import make_envelope
 from bus.topology import Topology
 from demo.world import AREA_CODE, PROJECT, SERVER_VERSION, World, build
 from domain.config import HotupdateConfig, load_config

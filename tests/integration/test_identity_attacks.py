@@ -21,15 +21,15 @@ import httpx
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.envelope import Envelope
-from bus.events import FilesPulled, IpFinished, PullFailed, PullRequested, UpdateAbortRequested
-from bus.examples import EXAMPLES
+from bus.contract.envelope import Envelope
+from bus.contract.events import FilesPulled, IpFinished, PullFailed, PullRequested, UpdateAbortRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.handling import Incoming
 from bus.identity import identity_from_config
 from bus.parking import ParkedMessage, ParkingQueues
 from bus.permissions import apply_grant, team_grant
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding
 from consumers.file_pull.service import build_service as build_file_pull
 from producers.cmdb.app import run as run_cmdb

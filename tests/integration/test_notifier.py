@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bus.envelope import Envelope
-from bus.events import Event, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted
+from bus.contract.envelope import Envelope
+from bus.contract.events import Event, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted
+from bus.contract.registry import make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from cli import notifier_cmd
 from consumers.notifier.service import NotifierService, build_service
 from consumers.notifier.store import DeliveryRecord, DeliveryStore

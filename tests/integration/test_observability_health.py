@@ -13,12 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus.consumer import ConsumerService, Reject
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.health import HealthListener
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, binding
 
 pytestmark = [pytest.mark.rabbit]

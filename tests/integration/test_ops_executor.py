@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from bus.events import Event, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.events import Event, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
 from consumers.ops_executor.executor import Executor, UpdateInterrupted
 from consumers.ops_executor.state import StateStore
 from demo.erlang import ErlangNodes, compile_module, process_alive

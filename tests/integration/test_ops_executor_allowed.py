@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import CdnTarget, FileEntry, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.envelope import Envelope
+from bus.contract.events import CdnTarget, FileEntry, IpFinished, UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY
 from bus.topology import Topology, binding
 from consumers.ops_executor.service import build_service
 from demo.erlang import ErlangNodes, compile_module, process_alive

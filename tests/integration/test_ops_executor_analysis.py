@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import AnalysisVerdict, BatchFinished, Event, UpdateCompleted
+from bus.contract.envelope import Envelope
+from bus.contract.events import AnalysisVerdict, BatchFinished, Event, UpdateCompleted
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.handling import Incoming
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from bus.topology import binding
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.handlers import handle_analysis_verdict

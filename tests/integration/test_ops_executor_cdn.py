@@ -6,7 +6,7 @@ import hashlib
 import sys
 import uuid
 
-from bus.events import CdnDirFinished, UpdateCompleted, UpdateStarted
+from bus.contract.events import CdnDirFinished, UpdateCompleted, UpdateStarted
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.state import StateStore
 from tests.ops_world import OPS, PROJECT, World, hot_client_request

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     BatchFinished,
     CdnDirFinished,
     Event,

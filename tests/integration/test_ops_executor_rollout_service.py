@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     BatchConfirmed,
     BatchFinished,
     CdnDirFinished,
@@ -20,8 +20,8 @@ from bus.events import (
     UpdateRequestedV2,
     UpdateStarted,
 )
+from bus.contract.registry import DEFAULT_REGISTRY, event_data, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, event_data, make_envelope
 from bus.topology import binding
 from consumers.ops_executor.service import build_service
 from consumers.ops_executor.state import StateStore

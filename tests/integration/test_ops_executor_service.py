@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import CdnDirFinished, Event, IpFinished, UpdateCompleted, UpdateStarted
+from bus.contract.envelope import Envelope
+from bus.contract.events import CdnDirFinished, Event, IpFinished, UpdateCompleted, UpdateStarted
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY
 from bus.topology import Topology, binding
 from consumers.ops_executor.service import build_service
 from consumers.ops_executor.state import StateStore

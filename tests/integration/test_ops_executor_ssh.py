@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.events import IpFinished
+from bus.contract.events import IpFinished
 from consumers.ops_executor.ssh_runner import SshRunner
 from domain.config import HotupdateConfig, RunnerConfig
 from tests import sshd

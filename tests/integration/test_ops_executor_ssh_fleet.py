@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.events import IpFinished
+from bus.contract.events import IpFinished
 from consumers.ops_executor.runner import INTERRUPTED_UNKNOWN, StagedFile
 from consumers.ops_executor.ssh_runner import STAGING_ROOT, SshRunner
 from demo.erlang import process_alive

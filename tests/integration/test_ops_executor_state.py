@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from bus.events import ServerResult
+from bus.contract.events import ServerResult
 from consumers.ops_executor.records import BatchRecord, ServerOutcome
 from consumers.ops_executor.state_tables import StateTables
 from domain.db import alembic_config, make_engine

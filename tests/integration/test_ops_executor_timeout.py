@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from bus.events import IpFinished, UpdateCompleted
+from bus.contract.events import IpFinished, UpdateCompleted
 from consumers.ops_executor.executor import Executor
 from consumers.ops_executor.hot_client import CdnJob, CdnUpdater
 from consumers.ops_executor.runner import StagedFile

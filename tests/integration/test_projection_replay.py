@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from bus.consumer import ConsumerService
-from bus.events import CATALOGUE
+from bus.contract.events import CATALOGUE
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.handling import Incoming
 from bus.publisher import REPLAYED_HEADER, AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY
 from bus.topology import ServiceQueue
 from cli.audit_cmd import ProgressBar
 from cli.main import main
@@ -159,7 +159,7 @@ def test_a_logged_event_the_catalogue_no_longer_knows_is_copied_and_left_unappli
 
 
 def _envelope(stored: str):
-    from bus.envelope import Envelope
+    from bus.contract.envelope import Envelope
 
     return Envelope.from_bytes(stored.encode())
 

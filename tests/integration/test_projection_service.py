@@ -13,10 +13,10 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope
-from bus.events import BatchFinishedV1, Event, UpdateRequested, UpdateRequestedV2
+from bus.contract.envelope import Envelope
+from bus.contract.events import BatchFinishedV1, Event, UpdateRequested, UpdateRequestedV2
+from bus.contract.registry import event_data, schema_uri
 from bus.publisher import AsyncPublisher
-from bus.registry import event_data, schema_uri
 from bus.topology import ServiceQueue, Topology, declare_all
 from projections import log as event_log
 from projections.dashboard import create_app

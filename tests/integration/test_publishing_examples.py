@@ -17,8 +17,8 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 @pytest.mark.parametrize("script", ["publish_with_pika.py", "publish_with_hotupdate.py"])
 async def test_documented_example_publishes_a_valid_event(amqp_url, script):
-    from bus.envelope import Envelope
-    from bus.registry import DEFAULT_REGISTRY
+    from bus.contract.envelope import Envelope
+    from bus.contract.registry import DEFAULT_REGISTRY
 
     async with Probe(amqp_url) as probe:
         await probe.bind("snqxz.#")

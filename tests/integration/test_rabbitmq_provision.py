@@ -8,11 +8,11 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
-from bus.events import IpFinished, PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import IpFinished, PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.permissions import Rabbitmqctl, apply_grants
 from bus.publisher import AsyncPublisher, PublishError, SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, declare_all
 from cli.main import main as cli_main
 from tests.identity_support import provisioned

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import PullRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import PullRequested
 from bus.topology import binding
 from producers.cmdb.app import run as run_cmdb
 from producers.cmdb.auth import hash_token

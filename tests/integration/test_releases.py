@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import PullRequested, ReleaseAnnounced, ReleaseFile
+from bus.contract.envelope import Envelope
+from bus.contract.events import PullRequested, ReleaseAnnounced, ReleaseFile
+from bus.contract.registry import make_envelope
 from bus.parking import ParkingQueues
 from bus.permissions import apply_grant, team_grant
 from bus.publisher import AsyncPublisher, PublishError, broker_login
-from bus.registry import make_envelope
 from bus.topology import binding
 from producers.cmdb.app import run as run_cmdb
 from producers.cmdb.auth import hash_token

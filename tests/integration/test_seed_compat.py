@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     FileEntry,
     IpFinished,
     PullFailed,
@@ -28,8 +28,8 @@ from bus.events import (
     UpdateCompleted,
     UpdateRequested,
 )
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from consumers.notifier.service import build_service
 from domain.config import parse_config
 from producers.cmdb.api import create_app

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from cli.main import main
 

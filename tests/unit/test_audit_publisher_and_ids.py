@@ -12,7 +12,7 @@ from sqlalchemy import MetaData, Table, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from bus.consumer import Conflict
-from bus.envelope import derived_event_id, fact_hash
+from bus.contract.envelope import derived_event_id, fact_hash
 from bus.id_keys import id_key_from_url
 from bus.idempotency import ProcessedStore
 from bus.identity import component_user

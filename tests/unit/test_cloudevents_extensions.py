@@ -8,11 +8,11 @@ import pytest
 from cloudevents.core.bindings import rabbitmq
 from cloudevents.core.v1.event import CloudEvent
 
-from bus.envelope import Envelope, EnvelopeError
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import DEFAULT_REGISTRY, event_data, schema_uri
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, event_data, schema_uri
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 PULL = EXAMPLES[0]

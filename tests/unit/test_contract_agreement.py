@@ -24,11 +24,11 @@ import regress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.events import RULES_BEYOND_JSON_SCHEMA, UpdateRequested
+from bus.contract.examples import EXAMPLES, HOT_CLIENT_REQUEST
+from bus.contract.registry import DEFAULT_REGISTRY, event_data
 from bus.docs import render_schemas
-from bus.envelope import Envelope, EnvelopeError
-from bus.events import RULES_BEYOND_JSON_SCHEMA, UpdateRequested
-from bus.examples import EXAMPLES, HOT_CLIENT_REQUEST
-from bus.registry import DEFAULT_REGISTRY, event_data
 
 SCHEMAS = {name.removesuffix(".json"): json.loads(text) for name, text in render_schemas().items()}
 _EXAMPLE = {name: schema["examples"][0] for name, schema in SCHEMAS.items()}

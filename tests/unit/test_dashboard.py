@@ -176,9 +176,9 @@ async def test_the_rejected_list_and_live_state(client):
 
 
 async def test_an_update_page_shows_batches_abort_not_run_and_its_retry(tmp_path):
-    from bus.events import UpdateCompleted, UpdateRequested
+    from bus.contract.events import UpdateCompleted, UpdateRequested
+    from bus.contract.registry import make_envelope
     from bus.handling import child_envelope
-    from bus.registry import make_envelope
     from tests.projection_support import FILES, control_events
 
     url = f"sqlite:///{tmp_path / 'control.db'}"

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
-from bus.events import UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.events import UpdateCompleted, UpdateRequested, UpdateStarted
+from bus.contract.registry import make_envelope
 from bus.handling import child_envelope
-from bus.registry import make_envelope
 from projections import queries
 from projections.dashboard import create_app
 from projections.dashboard.app import PAGE_SIZES

@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from bus.contract.events import CATALOGUE
 from bus.docs import render_events_md, render_schemas
-from bus.events import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[2]
 

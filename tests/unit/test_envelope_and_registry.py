@@ -8,8 +8,8 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import ValidationError
 
-from bus.envelope import Envelope, EnvelopeError, derived_event_id, split_type
-from bus.events import (
+from bus.contract.envelope import Envelope, EnvelopeError, derived_event_id, split_type
+from bus.contract.events import (
     CATALOGUE,
     BatchFinished,
     Event,
@@ -22,9 +22,9 @@ from bus.events import (
     UpdateRequested,
     UpdateRequestedV1,
 )
-from bus.examples import EXAMPLES, HOT_CLIENT_REQUEST
+from bus.contract.examples import EXAMPLES, HOT_CLIENT_REQUEST
+from bus.contract.registry import DEFAULT_REGISTRY, InvalidEventData, Registry, UnknownEventType, make_envelope
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, InvalidEventData, Registry, UnknownEventType, make_envelope
 
 
 def _env(event: Event = EXAMPLES[0], **kw: Any) -> Envelope:

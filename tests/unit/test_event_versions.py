@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from bus.docs import render_schemas
-from bus.envelope import Envelope
-from bus.events import (
+from bus.contract.envelope import Envelope
+from bus.contract.events import (
     CATALOGUE,
     BatchFinished,
     BatchFinishedV1,
@@ -22,8 +21,9 @@ from bus.events import (
     UpdateRequested,
     UpdateRequestedV2,
 )
-from bus.examples import EXAMPLES
-from bus.registry import DEFAULT_REGISTRY, InvalidEventData, make_envelope
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import DEFAULT_REGISTRY, InvalidEventData, make_envelope
+from bus.docs import render_schemas
 
 # sha256 of each superseded version's schema as it was published (update.requested v2 and
 # batch.finished v1: as at a554fbc, before issue 17 changed them in place).

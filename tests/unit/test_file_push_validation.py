@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bus.events import FileEntry, RsyncTargetRef
+from bus.contract.events import FileEntry, RsyncTargetRef
 from consumers.file_push.rsync import DaemonModule, parse_bytes_sent, rsync_command
 from consumers.file_push.targets import resolve_targets
 from domain.config import ProjectConfig, RsyncTarget

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from bus.envelope import Envelope, EnvelopeError
-from bus.events import CATALOGUE, TEAM_PRODUCER
-from bus.examples import EXAMPLES
+from bus.contract.envelope import Envelope, EnvelopeError
+from bus.contract.events import CATALOGUE, TEAM_PRODUCER
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.identity import identity_from_config
 from bus.permissions import provision_grants, routing_keys_pattern
 from bus.publisher import broker_login
-from bus.registry import make_envelope
 from cli.bus_commands import vhost_of
 from domain.config import HotupdateConfig, parse_config
 from tests.identity_support import rig_config

@@ -9,8 +9,8 @@ from typing import get_args
 
 import pytest
 
-from bus.events import CATALOGUE, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted, UpdateStalled
-from bus.registry import make_envelope
+from bus.contract.events import CATALOGUE, PullFailed, PushFailed, RsyncTargetResult, UpdateCompleted, UpdateStalled
+from bus.contract.registry import make_envelope
 from consumers.notifier.payload import notification_for
 from consumers.notifier.sending import backoff_seconds, classify
 from consumers.notifier.service import notifier_bindings, service_name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.events import RolloutPlanV2
+from bus.contract.events import RolloutPlanV2
 from consumers.ops_executor.hot_server import ip_units, unit_batches
 from consumers.ops_executor.records import AbortRecord
 from consumers.ops_executor.rollout import completion_text, next_step, outcome_of, plan_batches

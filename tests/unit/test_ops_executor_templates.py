@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bus.events import UpdateRequested, UpdateServerList
+from bus.contract.events import UpdateRequested, UpdateServerList
 from consumers.ops_executor.executor import refusal, summary
 from consumers.ops_executor.hot_server import ip_units
 from consumers.ops_executor.templates import (

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from bus.events import CATALOGUE, IpFinished, ReleaseAnnounced, ReleaseFile, UpdateCompleted
+from bus.contract.events import CATALOGUE, IpFinished, ReleaseAnnounced, ReleaseFile, UpdateCompleted
+from bus.contract.registry import DEFAULT_REGISTRY, make_envelope
 from bus.handling import child_envelope
-from bus.registry import DEFAULT_REGISTRY, make_envelope
 from projections import view
 from projections.ingest import ConflictingDuplicate, ingest_batch
 from projections.models import AppliedEvent, CdnDirRow, FileRow, IpRow, LoggedEvent, ServerRow, UpdateRow
@@ -234,7 +234,7 @@ def test_an_event_whose_reducer_failed_is_applied_when_retried(engine, monkeypat
 
 
 def test_a_pull_failure_fails_the_update_and_a_later_success_at_the_same_step_outranks_it(engine):
-    from bus.events import PullFailed
+    from bus.contract.events import PullFailed
 
     flow = hot_server_flow()
     pull = flow[0][0]
@@ -337,8 +337,8 @@ def test_a_stall_report_marks_the_update_stalled_until_it_progresses(engine):
 
 
 def test_a_retry_is_linked_to_the_update_it_was_made_from(engine):
-    from bus.events import UpdateRequested
-    from bus.registry import make_envelope
+    from bus.contract.events import UpdateRequested
+    from bus.contract.registry import make_envelope
     from tests.projection_support import FILES
 
     flow = hot_server_flow()

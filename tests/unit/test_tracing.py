@@ -15,11 +15,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bus import tracing
-from bus.envelope import Envelope
-from bus.events import PullRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import PullRequested
+from bus.contract.registry import make_envelope
 from bus.handling import child_envelope
 from bus.metrics import metrics_allowed
-from bus.registry import make_envelope
+from producers.cmdb.service import new_envelope
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -80,11 +81,11 @@ def test_a_handler_span_continues_the_envelope_and_its_children_carry_the_span(t
     assert Envelope.from_bytes(child.to_bytes()) == child  # an extension like any other on the wire
 
 
-def test_a_chain_started_in_a_span_joins_its_trace_unless_the_caller_brings_one(traced) -> None:
+def test_a_chain_the_cmdb_starts_in_a_span_joins_its_trace_and_one_brought_keeps_its_own(traced) -> None:
     _, provider = traced
     with provider.get_tracer("test").start_as_current_span("POST /updates") as request_span:
-        started = _request()
-        brought = _request(traceparent=TRACEPARENT)
+        started = new_envelope(EVENT, source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn")
+        brought = _request(traceparent=TRACEPARENT)  # the contract adds no trace of its own
     assert started.extensions["traceparent"].split("-")[1] == format(request_span.get_span_context().trace_id, "032x")
     assert brought.extensions == {"traceparent": TRACEPARENT}
 

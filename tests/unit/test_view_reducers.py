@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from bus.events import CATALOGUE
-from bus.registry import DEFAULT_REGISTRY
+from bus.contract.events import CATALOGUE
+from bus.contract.registry import DEFAULT_REGISTRY
 from projections.models import CdnDirRow, IpRow, ServerRow, UpdateRow
 from projections.view import REDUCERS, MemoryRows, ReducerFailed, ViewLimitError, fold
 from tests.projection_support import (

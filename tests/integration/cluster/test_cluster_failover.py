@@ -10,12 +10,12 @@ import pytest
 
 from bus.connection import FailoverConnection
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.handling import Emitter, Incoming
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from tests.rabbit_cluster import RabbitCluster
 from tests.rabbit_node import free_port

@@ -10,12 +10,12 @@ from collections import Counter
 import pytest
 
 from bus.consumer import ConsumerService
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.handling import Emitter, Incoming
 from bus.idempotency import ProcessedStore
 from bus.publisher import AsyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.postgres, pytest.mark.slow, pytest.mark.cluster]

@@ -12,10 +12,10 @@ import pika.exceptions
 import pytest
 
 from bus.connection import connect
-from bus.events import PullRequested
-from bus.examples import EXAMPLES
+from bus.contract.events import PullRequested
+from bus.contract.examples import EXAMPLES
+from bus.contract.registry import make_envelope
 from bus.publisher import SyncPublisher
-from bus.registry import make_envelope
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from bus.unroutable import UnroutableQueue
 from tests.rabbit_cluster import RabbitCluster

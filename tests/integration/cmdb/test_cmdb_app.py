@@ -17,8 +17,8 @@ import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from bus.envelope import Envelope, derived_event_id
-from bus.events import UpdateRequested
+from bus.contract.envelope import Envelope, derived_event_id
+from bus.contract.events import UpdateRequested
 from bus.id_keys import id_key_from_url
 from bus.publisher import AsyncPublisher
 from cli.cmdb_cmd import register

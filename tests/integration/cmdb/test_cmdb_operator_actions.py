@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from bus.envelope import Envelope
-from bus.events import FileEntry, RolloutPlanV2, UpdateRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import FileEntry, RolloutPlanV2, UpdateRequested
 from domain.config import HotupdateConfig
 from producers.cmdb import service
 from producers.cmdb.api import create_app

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from bus.envelope import Envelope
-from bus.events import BatchFinished, BatchFinishedV1, UpdateRequested
+from bus.contract.envelope import Envelope
+from bus.contract.events import BatchFinished, BatchFinishedV1, UpdateRequested
 from bus.publisher import AsyncPublisher
 from cli.cmdb_cmd import register
 from consumers.notifier.service import build_service

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import update as sql_update
 
 from bus.consumer import Reject
-from bus.envelope import Envelope, derived_event_id
-from bus.events import AnalysisVerdict, PushRequested, UpdateRequested, UpdateStarted
-from bus.registry import make_envelope
+from bus.contract.envelope import Envelope, derived_event_id
+from bus.contract.events import AnalysisVerdict, PushRequested, UpdateRequested, UpdateStarted
+from bus.contract.registry import make_envelope
 from domain.config import HotupdateConfig
 from producers.cmdb import service
 from producers.cmdb.analysis import on_analysis_verdict

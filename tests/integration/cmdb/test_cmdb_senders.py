@@ -19,8 +19,8 @@ from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bus.envelope import Envelope, derived_event_id
-from bus.events import UpdateCompleted, UpdateRequested
+from bus.contract.envelope import Envelope, derived_event_id
+from bus.contract.events import UpdateCompleted, UpdateRequested
 from bus.id_keys import id_key_from_url
 from bus.identity import component_user
 from bus.redelivery import REASON_HEADER

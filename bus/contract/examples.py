@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from bus.events import (
+from bus.contract.events import (
     AnalysisVerdict,
     BatchConfirmed,
     BatchFinished,

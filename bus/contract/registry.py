@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_core import SchemaValidator
 
-from bus.envelope import FORWARDED_EXTENSIONS, Envelope, EnvelopeError, describe_validation_error, split_type
-from bus.events import CATALOGUE, Event
-from bus.tracing import current_extensions
+from bus.contract.envelope import Envelope, EnvelopeError, describe_validation_error, split_type
+from bus.contract.events import CATALOGUE, Event
 
 E = TypeVar("E", bound=Event)
 
@@ -143,10 +142,11 @@ def make_envelope(
     event_id: str | None = None,
     extensions: dict[str, Any] | None = None,
 ) -> Envelope:
-    """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own)."""
-    # A chain started inside a span (a CMDB request) joins its trace, unless the caller brings a trace context.
-    given = extensions or {}
-    traced = {} if any(name in given for name in FORWARDED_EXTENSIONS) else current_extensions()
+    """Wrap an event payload in its envelope (a fresh one starts a correlation chain of its own).
+
+    ``extensions``: CloudEvents extensions to carry, such as a trace context (the CMDB passes its
+    request span's, :func:`bus.tracing.current_extensions`); the contract itself knows no tracing.
+    """
     env = Envelope(
         specversion="1.0",
         id=event_id or str(uuid.uuid4()),
@@ -161,8 +161,7 @@ def make_envelope(
         correlationid=correlationid or updateid,
         causationid=causationid,
         data=event_data(event),
-        **traced,
-        **given,
+        **(extensions or {}),
     )
     return env
 
