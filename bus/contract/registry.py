@@ -116,6 +116,10 @@ class Registry:
         except ValidationError as exc:  # an upcaster bug, not the sender's: say so
             raise InvalidEventData(f"upcasting {envelope.type} failed: {describe_validation_error(exc)}") from None
 
+    def type_names_of(self, name: str) -> tuple[str, ...]:
+        """The type names of every version of event ``name``, oldest first."""
+        return tuple(model.type_name() for (n, _v), model in sorted(self.models.items()) if n == name)
+
     def all_types(self) -> list[str]:
         return sorted(model.type_name() for model in self.models.values())
 

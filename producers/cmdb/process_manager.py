@@ -38,7 +38,6 @@ from sqlalchemy.orm import Session
 from bus.consumer import Reject
 from bus.contract.envelope import Envelope
 from bus.contract.events import (
-    CATALOGUE,
     AnalysisVerdict,
     BatchFinished,
     CdnDirFinished,
@@ -58,6 +57,7 @@ from bus.contract.events import (
     UpdateRequested,
     UpdateStarted,
 )
+from bus.contract.registry import DEFAULT_REGISTRY
 from bus.handling import Incoming, child_envelope
 from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.database import CmdbDatabase
@@ -354,16 +354,12 @@ def _waiting(
     return row
 
 
-def _every_version(event: type[Event]) -> tuple[str, ...]:
-    """The type names of every version of ``event``'s name: a request queued before an upgrade is still one."""
-    return tuple(e.type_name() for e in CATALOGUE if e.event_name == event.event_name)
-
-
-# The request each kind of report answers: the row's column holding the current one, and its types.
+# The request each kind of report answers: the row's column holding the current one, and its types
+# (every version: a request queued before an upgrade is still one the CMDB sent).
 _REQUEST_OF_CAUSE = {
-    "pull_event_id": ("pull requested", _every_version(PullRequested)),
-    "push_event_id": ("push requested", _every_version(PushRequested)),
-    "update_event_id": ("update requested", _every_version(UpdateRequested)),
+    "pull_event_id": ("pull requested", DEFAULT_REGISTRY.type_names_of(PullRequested.event_name)),
+    "push_event_id": ("push requested", DEFAULT_REGISTRY.type_names_of(PushRequested.event_name)),
+    "update_event_id": ("update requested", DEFAULT_REGISTRY.type_names_of(UpdateRequested.event_name)),
 }
 
 
