@@ -7,6 +7,7 @@ round-trip tests, so every documented example is proven to validate.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from bus.contract.events import (
     AnalysisVerdict,
@@ -52,6 +53,21 @@ _NOT_APPLIED = ServerResult(data="更新失败,不执行erl命令: exit 1: cp: c
                                  "'/data/game/127.0.0.11/qq_1/ebin/role_server.beam': No space left on device",
                             status=False)  # the seed's text, then why
 
+# One hot_server request, as each version of *update requested* carries it (v2 and v3 add a rollout plan).
+_HOT_SERVER_REQUEST: dict[str, Any] = {
+    "update_type": "hot_server",
+    "version": "004200000",
+    "ops_manager": "ops1",
+    "update_file_list": _FILES,
+    "requested_by": "alice",
+    "update_server_list": {
+        "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
+        "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
+        "cross_center": {"127.0.0.31": ["center_1"]},
+    },
+    "erlang_cmd_list": ["c:l(role_server)."],
+}
+
 EXAMPLES: tuple[Event, ...] = (
     PullRequested(update_type="hot_server", version="004200000", area_name="大陆", requested_by="alice"),
     FilesPulled(
@@ -87,45 +103,13 @@ EXAMPLES: tuple[Event, ...] = (
         failed_targets=["ssss_cn"],
         reason="1 of 1 rsync targets failed",
     ),
-    UpdateRequestedV1(
-        update_type="hot_server",
-        version="004200000",
-        ops_manager="ops1",
-        update_file_list=_FILES,
-        requested_by="alice",
-        update_server_list={
-            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
-            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
-            "cross_center": {"127.0.0.31": ["center_1"]},
-        },
-        erlang_cmd_list=["c:l(role_server)."],
-    ),
+    UpdateRequestedV1(**_HOT_SERVER_REQUEST),
     UpdateRequestedV2(
-        update_type="hot_server",
-        version="004200000",
-        ops_manager="ops1",
-        update_file_list=_FILES,
-        requested_by="alice",
-        update_server_list={
-            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
-            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
-            "cross_center": {"127.0.0.31": ["center_1"]},
-        },
-        erlang_cmd_list=["c:l(role_server)."],
+        **_HOT_SERVER_REQUEST,
         rollout=RolloutPlan(batch_size=2, pause_seconds=30, on_failure="confirm"),
     ),
     UpdateRequested(
-        update_type="hot_server",
-        version="004200000",
-        ops_manager="ops1",
-        update_file_list=_FILES,
-        requested_by="alice",
-        update_server_list={
-            "game": {"127.0.0.11": ["qq_1", "qq_2"], "127.0.0.12": ["qq_3", "qq_4"]},
-            "cross": {"127.0.0.21": ["cross_1", "cross_2"]},
-            "cross_center": {"127.0.0.31": ["center_1"]},
-        },
-        erlang_cmd_list=["c:l(role_server)."],
+        **_HOT_SERVER_REQUEST,
         rollout=RolloutPlanV2(batch_size=2, pause_seconds=30, on_failure="confirm", analysis_timeout_seconds=900),
     ),
     UpdateStarted(
