@@ -12,14 +12,17 @@ a scrape reads); :func:`exposition` renders it for the ``/metrics`` routes.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from bus.contract.events import CdnDirFinished, Event, IpFinished, UpdateCompleted
 
@@ -28,17 +31,6 @@ _SERVICE_EVENT = ("service", "event")
 _HANDLER_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 60, 300, 900)
 _UPDATE_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 
-EVENTS_CONSUMED = Counter("hotupdate_events_consumed_total",
-                          "Deliveries taken from the service's queue (malformed ones as event=\"malformed\")",
-                          _SERVICE_EVENT)
-EVENTS_HANDLED = Counter("hotupdate_events_handled_total", "Events a handler handled successfully", _SERVICE_EVENT)
-EVENTS_RETRIED = Counter("hotupdate_events_retried_total", "Failed handlings sent to a delay queue for a retry",
-                         _SERVICE_EVENT)
-EVENTS_PARKED = Counter("hotupdate_events_parked_total", "Events moved to the service's parking queue",
-                        _SERVICE_EVENT)
-HANDLER_SECONDS = Histogram("hotupdate_handler_duration_seconds",
-                            "Time a handler (or a batch handler, per event) took, successful or not",
-                            _SERVICE_EVENT, buckets=_HANDLER_BUCKETS)
 BATCH_SECONDS = Histogram("hotupdate_batch_duration_seconds",
                           "Time a batch handler took for one batch (batch services: the projection)", ("service",),
                           buckets=_HANDLER_BUCKETS)
@@ -87,56 +79,119 @@ def _lag() -> float:
 PROJECTION_LAG.set_function(_lag)
 
 
+class _Tally:
+    """What one consumer service did with one event type: plain numbers, read at scrape time."""
+
+    __slots__ = ("buckets", "consumed", "created", "handled", "parked", "retried", "seconds")
+
+    def __init__(self) -> None:
+        self.consumed = self.handled = self.retried = self.parked = 0
+        self.buckets = [0] * (len(_HANDLER_BUCKETS) + 1)  # per bucket, not cumulative; the last is +Inf
+        self.seconds = 0.0
+        self.created = time.time()
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(_HANDLER_BUCKETS, seconds)] += 1  # le: the first bound >= seconds
+        self.seconds += seconds
+
+
+# Every (service, event) the consumer runtime counted in this process. The runtime counts on each
+# delivery, so its counters are plain numbers (≈ 0.1 µs an increment) that a collector turns into
+# Prometheus metric families at scrape time, rather than prometheus_client's locked values (≈ 1 µs
+# each: the runtime's no-op-handler benchmark pays four of them an event; BENCHMARKS.md, section 1b).
+# The runtime increments them on its event loop's thread only; a scrape in another thread copies
+# them under the GIL and may read one delivery's counts half-applied, never a torn number.
+_TALLIES: dict[tuple[str, str], _Tally] = {}
+
+
+class _ConsumerCollector:
+    """prometheus_client custom collector of the runtime's tallies (names as docs/observability.md lists them)."""
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> list[Metric]:
+        families = self._families()
+        consumed, handled, retried, parked, latency = families
+        bounds = [repr(float(b)) for b in _HANDLER_BUCKETS] + ["+Inf"]  # "0.001", "1.0": as Histogram writes them
+        for (service, event), tally in list(_TALLIES.items()):
+            labels = [service, event]
+            consumed.add_metric(labels, tally.consumed, created=tally.created)
+            handled.add_metric(labels, tally.handled, created=tally.created)
+            retried.add_metric(labels, tally.retried, created=tally.created)
+            parked.add_metric(labels, tally.parked, created=tally.created)
+            cumulative = list(itertools.accumulate(list(tally.buckets)))
+            latency.add_metric(labels, list(zip(bounds, cumulative, strict=True)), tally.seconds)
+        return list(families)
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, CounterMetricFamily,
+                             HistogramMetricFamily]:
+        labels = list(_SERVICE_EVENT)
+        return (
+            CounterMetricFamily("hotupdate_events_consumed_total",
+                                "Deliveries taken from the service's queue (malformed ones as event=\"malformed\")",
+                                labels=labels),
+            CounterMetricFamily("hotupdate_events_handled_total", "Events a handler handled successfully",
+                                labels=labels),
+            CounterMetricFamily("hotupdate_events_retried_total",
+                                "Failed handlings sent to a delay queue for a retry", labels=labels),
+            CounterMetricFamily("hotupdate_events_parked_total", "Events moved to the service's parking queue",
+                                labels=labels),
+            HistogramMetricFamily("hotupdate_handler_duration_seconds",
+                                  "Time a handler (or a batch handler, per event) took, successful or not",
+                                  labels=labels),
+        )
+
+
+REGISTRY.register(_ConsumerCollector())
+
+
 @dataclass
 class ConsumerMetrics:
-    """The counters of one consumer service, with each (service, event) child looked up once.
+    """The counters of one consumer service, with each event's tally looked up once.
 
     ``enabled=False`` makes every call a no-op (the benchmarks' "off" side).
     """
 
     service: str
     enabled: bool = True
-    _children: dict[tuple[str, str], tuple[Counter, Counter, Counter, Counter, Histogram]] = field(
-        default_factory=dict, repr=False)
+    _tallies: dict[str, _Tally] = field(default_factory=dict, repr=False)
 
-    def _of(self, event: str) -> tuple[Counter, Counter, Counter, Counter, Histogram]:
-        children = self._children.get((self.service, event))
-        if children is None:
-            labels = {"service": self.service, "event": event}
-            children = (EVENTS_CONSUMED.labels(**labels), EVENTS_HANDLED.labels(**labels),
-                        EVENTS_RETRIED.labels(**labels), EVENTS_PARKED.labels(**labels),
-                        HANDLER_SECONDS.labels(**labels))
-            self._children[(self.service, event)] = children
-        return children
+    def _of(self, event: str) -> _Tally:
+        tally = self._tallies.get(event)
+        if tally is None:
+            tally = self._tallies[event] = _TALLIES.setdefault((self.service, event), _Tally())
+        return tally
 
     def consumed(self, event: str) -> None:
         if self.enabled:
-            self._of(event)[0].inc()
+            self._of(event).consumed += 1
 
     def handled(self, event: str, seconds: float) -> None:
         if self.enabled:
-            children = self._of(event)
-            children[1].inc()
-            children[4].observe(seconds)
+            tally = self._of(event)
+            tally.handled += 1
+            tally.observe(seconds)
 
     def handled_batch(self, events: list[str]) -> None:
         """Events a batch handler handled (their time is the batch's: hotupdate_batch_duration_seconds)."""
         if self.enabled:
             for event, count in collections.Counter(events).items():
-                self._of(event)[1].inc(count)
+                self._of(event).handled += count
 
     def failed(self, event: str, seconds: float) -> None:
         """A handling that raised: its time counts in the latency too."""
         if self.enabled:
-            self._of(event)[4].observe(seconds)
+            self._of(event).observe(seconds)
 
     def retried(self, event: str) -> None:
         if self.enabled:
-            self._of(event)[2].inc()
+            self._of(event).retried += 1
 
     def parked(self, event: str) -> None:
         if self.enabled:
-            self._of(event)[3].inc()
+            self._of(event).parked += 1
 
 
 def record_result(event: Event, started: float | None = None) -> None:

@@ -16,12 +16,14 @@ Sampling is parent-based: the first span of a trace (a CMDB request, an event th
 ``traceparent``) is kept with probability ``telemetry.traces_sample_ratio``, and every later hop
 follows that decision, which the ``traceparent``'s flags carry. So an update is traced whole or
 not at all. A handler of an event whose ``traceparent`` says "not sampled" runs without a span
-at all, and its children carry that same ``traceparent`` on: an unsampled update costs each hop a
-look at the flags (a non-recording span cost ≈ 10 µs; BENCHMARKS.md, section 1b).
+at all (nor do the remote commands it runs), and its children carry that same ``traceparent`` on:
+an unsampled update costs each hop a look at the flags and a context flag, about a microsecond,
+where a non-recording span cost ≈ 10 µs (BENCHMARKS.md, section 1b).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACER_NAME = "hotupdate"
+_HEX = frozenset("0123456789abcdefABCDEF")
 _MAX_LINKS = 128  # a batch span links to at most this many of its events' contexts
 # The OpenTelemetry SDK's own sampler variables: when the operator sets them, they win over the config.
 SAMPLER_ENV = "OTEL_TRACES_SAMPLER"
@@ -60,6 +63,13 @@ class _State:
 
 
 _STATE = _State()  # process-wide, as OpenTelemetry's own tracer provider is
+
+# True while a handler of an unsampled event runs (and in the tasks it starts, which copy the
+# context): its remote commands make no span, which with no parent would start a trace of their own
+# and hand its id to the events emitted after them, and its children carry the event's traceparent.
+# A flag costs a fraction of a microsecond where attaching the unsampled parent's context for the
+# SDK to make non-recording spans under would cost a parse of the traceparent on every event.
+_UNSAMPLED = contextvars.ContextVar("hotupdate_unsampled_handler", default=False)
 
 
 def enabled() -> bool:
@@ -123,10 +133,9 @@ def _unsampled(envelope: Envelope) -> bool:
     traceparent = (envelope.model_extra or {}).get("traceparent")
     if not isinstance(traceparent, str) or len(traceparent) != 55 or traceparent[52] != "-":
         return False
-    try:
-        return not int(traceparent[53:], 16) & 0x01
-    except ValueError:
-        return False
+    # The sampled flag is bit 0 of the flags byte, so of its last hex digit; a malformed traceparent
+    # (not hex) is not "unsampled": the SDK's extract then starts a new trace for it.
+    return traceparent[54] in "02468aceACE" and traceparent[53] in _HEX
 
 
 def _context_of(envelope: Envelope) -> otel_context.Context | None:
@@ -151,8 +160,15 @@ def _event_attributes(envelope: Envelope, service: str) -> dict[str, str]:
 def handling(envelope: Envelope, service: str) -> Iterator[None]:
     """Run a handler inside a consumer span continuing the envelope's trace (nothing when tracing is off)."""
     tracer = _STATE.tracer
-    if tracer is None or (_STATE.drops_unsampled_parents and _unsampled(envelope)):
-        yield  # no span: the events emitted carry the envelope's unsampled context on (child_extensions)
+    if tracer is None:
+        yield
+        return
+    if _STATE.drops_unsampled_parents and _unsampled(envelope):
+        token = _UNSAMPLED.set(True)  # no span: the events emitted carry the envelope's context on
+        try:
+            yield
+        finally:
+            _UNSAMPLED.reset(token)
         return
     with tracer.start_as_current_span(
         f"{envelope.event_name} process", context=_context_of(envelope), kind=trace.SpanKind.CONSUMER,
@@ -183,9 +199,10 @@ def handling_batch(envelopes: Sequence[Envelope], service: str) -> Iterator[None
 
 @contextmanager
 def span(name: str, attributes: Mapping[str, str | int | bool] | None = None) -> Iterator[None]:
-    """An internal span (a remote command, an rsync) in the current trace; nothing when tracing is off."""
+    """An internal span (a remote command, an rsync) in the current trace; nothing when tracing is off
+    or the trace is not sampled."""
     tracer = _STATE.tracer
-    if tracer is None:
+    if tracer is None or _UNSAMPLED.get():
         yield
         return
     with tracer.start_as_current_span(name, attributes=dict(attributes or {})):
@@ -200,7 +217,7 @@ def _injected() -> dict[str, str]:
 
 def child_extensions(parent: Envelope) -> dict[str, Any]:
     """The trace extensions of an event caused by ``parent``: the current span's, else the parent's as they came."""
-    if _STATE.tracer is not None and (current := _injected()):
+    if _STATE.tracer is not None and not _UNSAMPLED.get() and (current := _injected()):
         return current
     extensions = parent.model_extra or {}
     return {name: extensions[name] for name in FORWARDED_EXTENSIONS if name in extensions}

@@ -122,6 +122,23 @@ def test_the_sampling_decision_is_made_where_the_trace_starts_and_followed_after
         tracing.disable()
 
 
+def test_a_remote_command_in_an_unsampled_handler_starts_no_trace_of_its_own() -> None:
+    # Every root is kept here, so a command span under no parent would start a new, recorded trace
+    # and hand its id to the events emitted after it: the update would be traced in pieces.
+    try:
+        exporter = _sampled_at(1.0)
+        unsampled = _request(traceparent=UNSAMPLED)
+        with tracing.handling(unsampled, "ops_executor.ops1"), tracing.span("ssh 10.0.0.1", {"server": "s1"}):
+            child = _child(unsampled)
+        assert exporter.get_finished_spans() == ()
+        assert child.extensions == {"traceparent": UNSAMPLED}
+        with tracing.span("outside any handler"):  # a span with no handler around it is a root, kept
+            pass
+        assert len(exporter.get_finished_spans()) == 1
+    finally:
+        tracing.disable()
+
+
 def test_a_sampler_that_ignores_parents_still_records_under_an_unsampled_one(monkeypatch) -> None:
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
     try:
