@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from bus.id_keys import id_key_from_url
 from domain.config import HotupdateConfig
-from producers.cmdb import compat, releases, service
+from producers.cmdb import compat, reads, releases, service
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.deps import CmdbContext, ConfigDep, DatabaseDep, OperatorDep
 from producers.cmdb.errors import (
@@ -69,13 +69,13 @@ def start_update(body: StartUpdateRequest, operator: OperatorDep, db: DatabaseDe
 @router.get("/{update_id}")
 def get_update(update_id: str, _operator: OperatorDep, db: DatabaseDep) -> UpdateResponse:
     """The update's state, files, targets and what each target reported."""
-    return service.get_update(db, update_id)
+    return reads.get_update(db, update_id)
 
 
 @router.get("/{update_id}/files")
 def get_files(update_id: str, _operator: OperatorDep, db: DatabaseDep) -> FilesResponse:
     """The pulled files, to choose from before pushing."""
-    state, files = service.pulled_files(db, update_id)
+    state, files = reads.pulled_files(db, update_id)
     return FilesResponse(id=update_id, state=state, files=files)
 
 

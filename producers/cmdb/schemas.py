@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from bus.contract.events import FileEntry, RolloutPlanV2
 from domain.types import RelativeFileName, ServerName, UpdateType, Version
+from producers.cmdb.models import as_utc
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
+"""A time the CMDB stored (UTC), aware in every response: SQLite hands it back naive."""
 
 
 class _Body(BaseModel):
@@ -73,7 +77,7 @@ class TargetResultResponse(BaseModel):
     target: str
     ok: bool
     detail: dict[str, Any]
-    reported_at: datetime | None
+    reported_at: UtcDatetime | None
 
 
 class UpdateResponse(BaseModel):
@@ -100,21 +104,21 @@ class UpdateResponse(BaseModel):
     update_targets: dict[str, Any] | None
     narrowed: bool
     erlang_cmd_list: list[str]
-    created_at: datetime | None
-    updated_at: datetime | None
-    pulled_at: datetime | None
-    push_requested_at: datetime | None
-    pushed_at: datetime | None
-    update_requested_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDatetime | None
+    updated_at: UtcDatetime | None
+    pulled_at: UtcDatetime | None
+    push_requested_at: UtcDatetime | None
+    pushed_at: UtcDatetime | None
+    update_requested_at: UtcDatetime | None
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
     relation: str | None = Field(default=None, description="retry_failed or rollback of parent_id")
     rollout: dict[str, Any] | None = None
     outcome: str | None = Field(default=None, description="the executor's: succeeded, failed, stopped, aborted")
     not_run: list[str] = Field(default_factory=list, description="targets the executor never started")
     last_batch: dict[str, Any] | None = Field(default=None, description="the latest batch finished")
-    last_event_at: datetime | None = None
-    stalled_for: datetime | None = Field(
+    last_event_at: UtcDatetime | None = None
+    stalled_for: UtcDatetime | None = Field(
         default=None, description="set to last_event_at when that silence was reported as a stall"
     )
     missing_targets: list[str] = Field(

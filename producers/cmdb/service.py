@@ -1,4 +1,4 @@
-"""What operators can do with hot updates: start, push, look, and control a running one.
+"""What operators can do with hot updates: start, push, and control a running one (looking: producers.cmdb.reads).
 
 Each call is one transaction. A call that publishes writes the state change and the
 event into the outbox together, so a refused request publishes nothing and an accepted
@@ -45,11 +45,12 @@ from domain.config import HotupdateConfig
 from domain.types import UpdateType
 from producers.cmdb.areas import project_config, resolve_area
 from producers.cmdb.database import CmdbDatabase
-from producers.cmdb.errors import BadState, InvalidChoice, NotAllowed, NotFound
-from producers.cmdb.expected import failed_or_unrun, missing_targets
-from producers.cmdb.models import HotUpdate, TargetResult, as_utc, utcnow
+from producers.cmdb.errors import BadState, InvalidChoice, NotAllowed
+from producers.cmdb.expected import failed_or_unrun
+from producers.cmdb.models import HotUpdate, TargetResult, utcnow
 from producers.cmdb.outbox import enqueue
-from producers.cmdb.schemas import TargetResultResponse, UpdateResponse
+from producers.cmdb.reads import load, view
+from producers.cmdb.schemas import UpdateResponse
 from producers.cmdb.states import (
     CAN_ABORT,
     CAN_CONFIRM,
@@ -166,7 +167,7 @@ def push_update(
 ) -> UpdateResponse:
     """Confirm the push of the chosen pulled files to the area's rsync targets; queue *push requested*."""
     with database.transaction() as session:
-        row = _load(session, update_id, lock=True)
+        row = load(session, update_id, lock=True)
         require(update_id, row.state, CAN_PUSH, "push")
         chosen = _chosen_files(row, cmd.files)
         proj = project_config(config, row.project)
@@ -205,25 +206,25 @@ def push_update(
         row.push_event_id = envelope.id
         row.push_requested_at = utcnow()
         enqueue(session, envelope)
-        return _view(session, row)
+        return view(session, row)
 
 
 def abort_update(database: CmdbDatabase, update_id: str, requested_by: str, reason: str = "") -> UpdateResponse:
     """Ask the executor to start nothing more; queue *update abort requested*."""
     with database.transaction() as session:
-        row = _load(session, update_id, lock=True)
+        row = load(session, update_id, lock=True)
         require(update_id, row.state, CAN_ABORT, "abort")
         event = _event(UpdateAbortRequested, requested_by=requested_by, reason=reason)
         enqueue(session, _own_envelope(row, event))
         row.state = State.ABORTING
         row.reason = f"abort requested by {requested_by}" + (f": {reason}" if reason else "")
-        return _view(session, row)
+        return view(session, row)
 
 
 def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> UpdateResponse:
     """The go-ahead for the batch after the failed one; queue *batch confirmed*."""
     with database.transaction() as session:
-        row = _load(session, update_id, lock=True)
+        row = load(session, update_id, lock=True)
         require(update_id, row.state, CAN_CONFIRM, "confirm")
         last = row.last_batch or {}
         if last.get("next") != "await_confirm":  # the state says it waits; the batch must say so too
@@ -235,7 +236,7 @@ def confirm_batch(database: CmdbDatabase, update_id: str, confirmed_by: str) -> 
         row.state = State.RUNNING
         row.reason = f"batch {batch} confirmed by {confirmed_by}"
         row.last_event_at = utcnow()  # the executor's silence is measured from the go-ahead
-        return _view(session, row)
+        return view(session, row)
 
 
 def retry_failed(
@@ -244,7 +245,7 @@ def retry_failed(
 ) -> UpdateResponse:
     """A new update of the same version and files on exactly the failed or not-run servers (CDN dirs)."""
     with database.transaction() as session:
-        parent = _load(session, update_id, lock=True)
+        parent = load(session, update_id, lock=True)
         require(update_id, parent.state, CAN_RETRY_FAILED, "retry-failed")
         results = session.scalars(select(TargetResult).where(TargetResult.update_id == parent.id)).all()
         targets = failed_or_unrun(parent, results)
@@ -256,7 +257,7 @@ def retry_failed(
             erlang_cmd_list=list(parent.erlang_cmd_list or []), targets=targets, requested_by=requested_by,
             rollout=rollout,
         )
-        return _view(session, child)
+        return view(session, child)
 
 
 def roll_back(
@@ -265,7 +266,7 @@ def roll_back(
 ) -> UpdateResponse:
     """A new update applying the previous completed version of the same project/area/type to the same targets."""
     with database.transaction() as session:
-        parent = _load(session, update_id, lock=True)
+        parent = load(session, update_id, lock=True)
         require(update_id, parent.state, CAN_ROLL_BACK, "rollback")
         previous = previous_completed(session, parent)
         if previous is None:
@@ -279,7 +280,7 @@ def roll_back(
             erlang_cmd_list=list(previous.erlang_cmd_list or []), targets=dict(parent.update_targets or {}),
             requested_by=requested_by, rollout=rollout,
         )
-        return _view(session, child)
+        return view(session, child)
 
 
 def previous_completed(session: Session, row: HotUpdate) -> HotUpdate | None:
@@ -368,29 +369,6 @@ def _own_envelope(row: HotUpdate, event: Event, *, event_id: str | None = None) 
     )
 
 
-def get_update(database: CmdbDatabase, update_id: str) -> UpdateResponse:
-    """The update's state, files, targets and what each target reported."""
-    with database.transaction() as session:
-        return _view(session, _load(session, update_id))
-
-
-def pulled_files(database: CmdbDatabase, update_id: str) -> tuple[str, list[FileEntry]]:
-    """The update's state and the files the version receiver pulled; BadState until the pull has finished."""
-    with database.transaction() as session:
-        row = _load(session, update_id)
-        if row.files is None:
-            why = f": {row.reason}" if row.reason else ""
-            raise BadState(f"update {update_id} has no pulled files: it is {row.state}{why}")
-        return row.state, [FileEntry.model_validate(f) for f in row.files]
-
-
-def _load(session: Session, update_id: str, *, lock: bool = False) -> HotUpdate:
-    row = session.get(HotUpdate, update_id, with_for_update=lock)
-    if row is None:
-        raise NotFound(f"no hot update with id {update_id!r}")
-    return row
-
-
 def _chosen_files(row: HotUpdate, names: Sequence[str] | None) -> list[FileEntry]:
     pulled = [FileEntry.model_validate(f) for f in row.files or []]
     if names is None:
@@ -418,50 +396,3 @@ def _event(model: type[E], **fields: Any) -> E:
             f"{'.'.join(str(p) for p in err['loc']) or 'request'}: {err['msg']}" for err in exc.errors()[:5]
         )
         raise InvalidChoice(problems) from None
-
-
-def _view(session: Session, row: HotUpdate) -> UpdateResponse:
-    results = session.scalars(
-        select(TargetResult).where(TargetResult.update_id == row.id).order_by(TargetResult.kind, TargetResult.target)
-    ).all()
-    return UpdateResponse(
-        id=row.id,
-        parent_id=row.parent_id,
-        project=row.project,
-        area_name=row.area_name,
-        area_code=row.area_code,
-        update_type=row.update_type,
-        client_type=row.client_type,
-        version=row.version,
-        requested_by=row.requested_by,
-        push_requested_by=row.push_requested_by,
-        state=row.state,
-        reason=row.reason,
-        final_data=row.final_data,
-        files=row.files,
-        chosen_files=row.chosen_files,
-        rsync_targets=row.rsync_targets,
-        ops_manager=row.ops_manager,
-        update_targets=row.update_targets,
-        narrowed=row.narrowed,
-        erlang_cmd_list=list(row.erlang_cmd_list or []),
-        created_at=as_utc(row.created_at),
-        updated_at=as_utc(row.updated_at),
-        pulled_at=as_utc(row.pulled_at),
-        push_requested_at=as_utc(row.push_requested_at),
-        pushed_at=as_utc(row.pushed_at),
-        update_requested_at=as_utc(row.update_requested_at),
-        started_at=as_utc(row.started_at),
-        finished_at=as_utc(row.finished_at),
-        relation=row.relation,
-        rollout=row.rollout,
-        outcome=row.outcome,
-        not_run=list(row.not_run or []),
-        last_batch=row.last_batch,
-        last_event_at=as_utc(row.last_event_at),
-        stalled_for=as_utc(row.stalled_for),
-        missing_targets=missing_targets(row, {r.target for r in results})
-        if row.update_requested_at is not None else [],
-        results=[TargetResultResponse(kind=r.kind, target=r.target, ok=r.ok, detail=r.detail,
-                                         reported_at=as_utc(r.reported_at)) for r in results],
-    )

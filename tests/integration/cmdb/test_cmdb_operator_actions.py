@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from bus.contract.envelope import Envelope
 from bus.contract.events import FileEntry, RolloutPlanV2, UpdateRequested
 from domain.config import HotupdateConfig
-from producers.cmdb import service
+from producers.cmdb import reads, service
 from producers.cmdb.api import create_app
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.errors import BadState
@@ -95,7 +95,7 @@ def test_the_rollout_plan_of_the_push_is_carried_into_update_requested(database,
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     assert RolloutPlanV2.model_validate(request.data["rollout"]) == plan
     assert request.data.get("parent_id") is None and request.data.get("relation") is None
-    assert service.get_update(database, update_id).rollout == plan.model_dump(mode="json")
+    assert reads.get_update(database, update_id).rollout == plan.model_dump(mode="json")
 
 
 def test_without_a_plan_the_request_has_no_rollout(database, config):
@@ -147,7 +147,7 @@ def test_confirm_after_a_batch_awaiting_it_queues_the_next_batch_number(database
     update_id, request = _requested(database, config, push=PushUpdate(rollout=plan))
     on_ip_finished(incoming(ip_finished(request, "127.0.0.11", ok=False)), database)
     on_batch_finished(incoming(batch_finished(request, 1, 4, "await_confirm", ["127.0.0.11"], failed=1)), database)
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert view.state == State.AWAITING_CONFIRM
     assert view.last_batch is not None and view.last_batch["next"] == "await_confirm"
     assert "confirm to run batch 2" in (view.reason or "")

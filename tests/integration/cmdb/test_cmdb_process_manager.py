@@ -12,7 +12,7 @@ from bus.contract.envelope import Envelope, derived_event_id
 from bus.contract.events import AnalysisVerdict, PushRequested, UpdateRequested, UpdateStarted
 from bus.contract.registry import make_envelope
 from domain.config import HotupdateConfig
-from producers.cmdb import service
+from producers.cmdb import reads, service
 from producers.cmdb.analysis import on_analysis_verdict
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.models import HotUpdate, OutboxMessage
@@ -198,7 +198,7 @@ def test_execution_events_move_the_update_to_running_then_completed(database, co
     assert saved.state == State.COMPLETED
     assert saved.final_data == "全部完成"
     assert saved.finished_at is not None
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert [(r.target, r.ok) for r in view.results] == [
         ("127.0.0.11", True), ("127.0.0.12", True), ("127.0.0.21", True), ("127.0.0.31", True)
     ]
@@ -214,7 +214,7 @@ def test_failed_ip_and_failed_completion_mark_the_update_failed(database, config
     saved = row(database, update_id)
     assert saved.state == State.FAILED
     assert saved.reason == "部分失败 (1 failed, 3 ok)"
-    result = next(r for r in service.get_update(database, update_id).results if r.target == "127.0.0.12")
+    result = next(r for r in reads.get_update(database, update_id).results if r.target == "127.0.0.12")
     assert (result.kind, result.target, result.ok) == ("ip", "127.0.0.12", False)
     assert result.detail["update_data"]["qq_3"] == {"data": "更新失败,不执行erl命令", "status": False}
 
@@ -223,15 +223,15 @@ def test_a_completion_before_some_results_says_what_is_missing_until_they_arrive
     update_id, request = _requested(database, config)
     on_ip_finished(incoming(ip_finished(request, "127.0.0.12", ok=False)), database)
     on_update_completed(incoming(update_completed(request, ok=False)), database)
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert view.state == State.FINISHING
     assert view.missing_targets == ["127.0.0.11", "127.0.0.21", "127.0.0.31"]
     assert "no result yet from 3 target(s): 127.0.0.11, 127.0.0.21, 127.0.0.31" in (view.reason or "")
     for offset, ip in enumerate(("127.0.0.11", "127.0.0.21"), start=3):
         on_ip_finished(incoming(ip_finished(request, ip, offset=offset)), database)
-    assert service.get_update(database, update_id).missing_targets == ["127.0.0.31"]
+    assert reads.get_update(database, update_id).missing_targets == ["127.0.0.31"]
     on_ip_finished(incoming(ip_finished(request, "127.0.0.31", offset=5)), database)
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert (view.state, view.missing_targets, view.reason) == (State.FAILED, [], "部分失败 (1 failed, 3 ok)")
     assert view.finished_at is not None
 
@@ -264,7 +264,7 @@ def test_a_redelivered_ip_result_is_recorded_once(database, config):
     result = ip_finished(request, "127.0.0.11")
     on_ip_finished(incoming(result), database)
     on_ip_finished(incoming(result, redelivered=True), database)
-    assert len(service.get_update(database, update_id).results) == 1
+    assert len(reads.get_update(database, update_id).results) == 1
 
 
 def test_a_result_arriving_after_completion_is_still_recorded(database, config):
@@ -272,11 +272,11 @@ def test_a_result_arriving_after_completion_is_still_recorded(database, config):
     on_update_completed(incoming(update_completed(request)), database)
     on_cdn_dir_finished(incoming(cdn_dir_finished(request, "s1")), database)
     on_update_started(incoming(update_started(request)), database)  # late: changes nothing
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert view.state == State.FINISHING
     assert view.missing_targets == ["res.ssss.chuangyunet.com/t1"]
     on_cdn_dir_finished(incoming(cdn_dir_finished(request, "t1", offset=3)), database)
-    view = service.get_update(database, update_id)
+    view = reads.get_update(database, update_id)
     assert view.state == State.COMPLETED
     assert [(r.kind, r.target) for r in view.results] == [
         ("cdn_dir", "res.ssss.chuangyunet.com/s1"), ("cdn_dir", "res.ssss.chuangyunet.com/t1")

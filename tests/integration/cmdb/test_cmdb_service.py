@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from bus.idempotency import ProcessedEvent  # noqa: F401  (its table is part of the metadata compared)
 from domain.config import HotupdateConfig
 from domain.db import Base
-from producers.cmdb import service
+from producers.cmdb import reads, service
 from producers.cmdb.database import CmdbDatabase
 from producers.cmdb.errors import AmbiguousArea, BadState, InvalidChoice, NotConfigured, NotFound, UnknownProject
 from producers.cmdb.process_manager import on_files_pulled
@@ -155,6 +155,6 @@ def test_pushing_twice_is_refused(database, config):
 def test_pulled_files_are_readable_once_pulled(database, config):
     update_id = service.start_update(database, config, SSSS_SERVER, requested_by="alice")
     with pytest.raises(BadState, match="no pulled files: it is pull_requested"):
-        service.pulled_files(database, update_id)
+        reads.pulled_files(database, update_id)
     on_files_pulled(incoming(files_pulled(outbox(database)[0])), database)
-    assert service.pulled_files(database, update_id) == (State.PULLED, FILES)
+    assert reads.pulled_files(database, update_id) == (State.PULLED, FILES)
