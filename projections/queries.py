@@ -41,33 +41,6 @@ from projections.summary import (
 _CHANGED_LIMIT = 200
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def update_conditions(filters: UpdateFilters, projects: Projects = None) -> list[ColumnElement[bool]]:
     """The conditions on :class:`UpdateRow` of ``filters`` (all but paging), within ``projects``."""
     conditions: list[ColumnElement[bool]] = [] if projects is None else [UpdateRow.project.in_(projects)]
@@ -140,8 +113,8 @@ def list_rejected(session: Session, *, page: int = 1, page_size: int = 50, proje
     """Messages the projection parked (about ``projects``), newest first."""
     visible = _rejected_visible(projects)
     total = session.execute(select(func.count()).select_from(RejectedEvent).where(*visible)).scalar_one()
-    rows = session.scalars(
-        select(RejectedEvent).where(*visible).order_by(RejectedEvent.id.desc())
+    rows = session.execute(
+        select(*RejectedEvent.__table__.c).where(*visible).order_by(RejectedEvent.id.desc())
         .offset((page - 1) * page_size).limit(page_size)
     ).all()
     return RejectedPage(
@@ -191,7 +164,6 @@ def changes_since(session: Session, before: LiveState, now: LiveState, projects:
     if projects is not None and not unknown and not updates and not rejected_seen:
         return None  # only other projects changed: a reader of these hears nothing of it
     return LiveChange(**now.model_dump(), updates=None if unknown else sorted(updates))
-
 
 
 __all__ = ["RUNNING_STATUSES", "Projects", "changes_since", "facets", "list_rejected", "list_updates", "live_state",

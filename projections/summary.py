@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from bus.contract.envelope import CONFLICT_PREFIX
-from projections.models import (
-    LoggedEvent,
-    RejectedEvent,
-    UpdateRow,
-    as_utc,
-)
-from projections.schemas import (
-    RejectedOut,
-)
+from projections.models import LoggedEvent, RejectedEvent, UpdateRow, as_utc
+from projections.schemas import Counts, RejectedOut, TargetCounts, UpdateSummary
 
 RUNNING_STATUSES = ("in_progress", "awaiting_confirm", "stalled")
 """Statuses of an update that has not finished: the list shows these first."""
@@ -38,24 +31,18 @@ def _rejected_visible(projects: Projects) -> list[Any]:
                 *(RejectedEvent.routing_key.startswith(f"{p}.", autoescape=True) for p in projects))]
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return as_utc(value)
+def _rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
+    """:func:`_rejected_visible` for one row already read."""
+    return row.project in projects or any(row.routing_key.startswith(f"{p}.") for p in projects)
 
 
-def _must_utc(value: datetime) -> datetime:
-    converted = as_utc(value)
-    assert converted is not None
-    return converted
-
-
-_SUMMARY_NAMES = (
-    "updateid", "project", "area", "update_type", "version", "stage", "status", "requested_by", "final_result",
-    "final_data", "first_event_at", "last_event_at", "completed_at", "event_count",
-    "servers_expected", "servers_ok", "servers_failed", "servers_pending", "servers_not_run",
-    "ips_expected", "ips_ok", "ips_failed", "ips_pending", "ips_not_run",
-    "cdn_dirs_expected", "cdn_dirs_ok", "cdn_dirs_failed", "cdn_dirs_pending", "cdn_dirs_not_run",
-    "targets_requested", "targets_ok", "targets_failed", "files_count", "started_at",
-)
+_PLAIN = tuple(name for name in UpdateSummary.model_fields if name in UpdateRow.__table__.c)
+"""The summary's fields that are the update row's columns as they are."""
+_COUNTED: dict[str, type[BaseModel]] = {
+    "servers": Counts, "ips": Counts, "cdn_dirs": Counts, "rsync_targets": TargetCounts}
+"""The summary's counts: each ``<kind>_<field>`` column (``targets_...`` for the rsync targets)."""
+_SUMMARY_NAMES = (*_PLAIN, *(f"{kind.removeprefix('rsync_')}_{field}"
+                             for kind, model in _COUNTED.items() for field in model.model_fields))
 _SUMMARY_COLUMNS = tuple(getattr(UpdateRow, name) for name in _SUMMARY_NAMES)
 """What :func:`_summary_fields` reads: a list selects only these (not the detail's JSON columns)."""
 
@@ -65,42 +52,20 @@ def _summary_fields(u: Mapping[str, Any]) -> dict[str, Any]:
 
     The counts stay plain dicts: a page's summaries are validated in one go (a model per count,
     built in Python, cost more than the validation)."""
-    return {
-        "updateid": u["updateid"],
-        "project": u["project"],
-        "area": u["area"],
-        "update_type": u["update_type"],
-        "version": u["version"],
-        "stage": u["stage"],
-        "status": u["status"],
-        "requested_by": u["requested_by"],
-        "final_result": u["final_result"],
-        "final_data": u["final_data"],
-        "first_event_at": _must_utc(u["first_event_at"]),
-        "last_event_at": _must_utc(u["last_event_at"]),
-        "completed_at": _utc(u["completed_at"]),
-        "event_count": u["event_count"],
-        "servers": {"expected": u["servers_expected"], "ok": u["servers_ok"], "failed": u["servers_failed"],
-                    "pending": u["servers_pending"], "not_run": u["servers_not_run"]},
-        "ips": {"expected": u["ips_expected"], "ok": u["ips_ok"], "failed": u["ips_failed"],
-                "pending": u["ips_pending"], "not_run": u["ips_not_run"]},
-        "cdn_dirs": {"expected": u["cdn_dirs_expected"], "ok": u["cdn_dirs_ok"], "failed": u["cdn_dirs_failed"],
-                     "pending": u["cdn_dirs_pending"], "not_run": u["cdn_dirs_not_run"]},
-        "rsync_targets": {"requested": u["targets_requested"], "ok": u["targets_ok"], "failed": u["targets_failed"]},
-        "files_count": u["files_count"],
-        **_timing(u),
-        "progress": _progress(u),
-    }
+    fields = {name: u[name] for name in _PLAIN}
+    for kind, model in _COUNTED.items():
+        fields[kind] = {field: u[f"{kind.removeprefix('rsync_')}_{field}"] for field in model.model_fields}
+    return {**fields, **_timing(u), "progress": _progress(u)}
 
 
 def _timing(u: Mapping[str, Any]) -> dict[str, Any]:
     """Whether the update still runs, and when it started and finished (a failed pull or push
     finishes it at its last event: nothing follows)."""
     running = u["status"] in RUNNING_STATUSES
-    started = _utc(u["started_at"])
-    finished = None if running else _utc(u["completed_at"]) or _must_utc(u["last_event_at"])
-    begun = started or _must_utc(u["first_event_at"])
-    duration = None if finished is None else max(0.0, (finished - begun).total_seconds())
+    started, first, last = as_utc(u["started_at"]), as_utc(u["first_event_at"]), as_utc(u["last_event_at"])
+    finished = None if running else as_utc(u["completed_at"]) or last
+    begun = started or first
+    duration = None if finished is None or begun is None else max(0.0, (finished - begun).total_seconds())
     return {"running": running, "started_at": started, "finished_at": finished, "duration_seconds": duration}
 
 
@@ -124,14 +89,9 @@ def _summary_values(u: Any) -> dict[str, Any]:
     return dict(zip(_SUMMARY_NAMES, u, strict=True))
 
 
-def _rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
-    """:func:`_rejected_visible` for one row already read."""
-    return row.project in projects or any(row.routing_key.startswith(f"{p}.") for p in projects)
-
-
 def _rejected_out(session: Session, rows: Sequence[Any], projects: Projects = None) -> list[RejectedOut]:
-    """``rows``: :class:`RejectedEvent` instances or rows of its columns; an update they name is
-    ``update_known`` when it is in the view and of ``projects`` (a page the reader can open)."""
+    """``rows``: rows of :class:`RejectedEvent`'s columns; an update they name is ``update_known``
+    when it is in the view and of ``projects`` (a page the reader can open)."""
     ids = [r.event_id for r in rows if r.event_id]
     logged: set[str] = set()
     if ids:
@@ -141,19 +101,7 @@ def _rejected_out(session: Session, rows: Sequence[Any], projects: Projects = No
     if named:
         granted = [] if projects is None else [UpdateRow.project.in_(projects)]
         known.update(session.scalars(select(UpdateRow.updateid).where(UpdateRow.updateid.in_(named), *granted)).all())
-    return [
-        RejectedOut(
-            id=r.id, service=r.service, reason=r.reason, routing_key=r.routing_key, message_id=r.message_id,
-            event_id=r.event_id, event_type=r.event_type, updateid=r.updateid, project=r.project, area=r.area,
-            source=r.source, body=r.body, body_bytes=r.body_bytes, attempt=r.attempt,
-            first_parked_at=_must_utc(r.first_parked_at), last_parked_at=_must_utc(r.last_parked_at),
-            times=r.times, logged=r.event_id in logged, conflict=r.reason.startswith(CONFLICT_PREFIX),
-            update_known=r.updateid in known,
-        )
-        for r in rows
-    ]
-
-
-
-
-
+    return [RejectedOut.model_validate({**r._mapping, "logged": r.event_id in logged,
+                                        "conflict": r.reason.startswith(CONFLICT_PREFIX),
+                                        "update_known": r.updateid in known})
+            for r in rows]

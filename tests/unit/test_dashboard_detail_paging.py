@@ -98,9 +98,12 @@ def _rank(reported, ok, not_run) -> int:
 
 def test_server_and_ip_pages_follow_the_full_failed_first_sort(engine):
     with Session(engine) as s:
-        whole = queries.update_detail(s, UPDATEID)  # no limits: every row, sorted in Python
+        whole = queries.update_detail(s, UPDATEID)  # no limits: every row
     servers, ips = _servers(whole), _ips(whole)
     assert len(servers) == IPS * len(SERVER_NAMES) and len(ips) == IPS
+    # the full sort, in Python (code-point order of IP and name)
+    assert servers == sorted(servers, key=lambda r: (_rank(r[2], r[3], r[4]), r[0], r[1]))
+    assert ips == sorted(ips, key=lambda r: (0 if r[2] is False else _rank(r[1], r[2], r[3]), r[0]))
     assert sorted({_rank(r, ok, nr) for _, _, r, ok, nr in servers}) == [0, 1, 2, 3]  # every rank is there
     assert [(ip, name) for ip, name, *_ in servers[:2]] == [("10.0.0.1", "a_1"), ("10.0.0.10", "Z_1")]
     for size in (1, 7, 100, 1000):
@@ -122,6 +125,7 @@ def test_rows_outside_the_views_usual_states_still_page_in_the_same_order(engine
     with Session(engine) as s:
         servers = _servers(queries.update_detail(s, UPDATEID))
     assert {"odd_reported", "odd_silent", "odd_never_ran"} <= {name for _, name, *_ in servers}
+    assert servers == sorted(servers, key=lambda r: (_rank(r[2], r[3], r[4]), r[0], r[1]))
     for size in (1, 13, 1000):
         assert _paged(engine, size, "servers") == servers
 
