@@ -89,23 +89,25 @@ def ingest_batch(
 
 
 def _ingest(engine: Engine, items: Sequence[_Item], clock: Callable[[], datetime]) -> list[Outcome]:
-    if len(items) > 1:
-        return _transaction(engine, items, clock, fold=True)
     try:
         return _transaction(engine, items, clock, fold=True)
-    except Exception as exc:  # the database refused what the event made of the view: log it unapplied
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    except Exception as exc:  # one event: the database refused what it made of the view: log it unapplied
+        if len(items) > 1 or _connection_lost(exc):
             raise
         logger.warning("projection: %s could not be applied: %r", items[0][0].id, exc)
         error = exc
     try:
         return [_unapplied(outcome, error) for outcome in _transaction(engine, items, clock, fold=False)]
     except Exception as exc:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        if _connection_lost(exc):
             raise
         envelope = items[0][0]
         logger.warning("projection: could not log %s %s: %r", envelope.type, envelope.id, exc)
         return [Outcome(envelope.id, "failed", None, exc)]
+
+
+def _connection_lost(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _unapplied(outcome: Outcome, error: Exception) -> Outcome:
