@@ -23,6 +23,7 @@ from projections.models import (
     ServerRow,
     UpdateRow,
 )
+from projections.queries import SUMMARY_COLUMNS, Projects, rejected_out, rejected_row_visible, summary
 from projections.schemas import (
     BatchStatus,
     CdnDirStatus,
@@ -34,14 +35,6 @@ from projections.schemas import (
     StageStep,
     UpdateDetail,
     UpdateSummary,
-)
-from projections.summary import (
-    _SUMMARY_COLUMNS,
-    Projects,
-    _rejected_out,
-    _rejected_row_visible,
-    _summary_fields,
-    _summary_values,
 )
 from projections.view import OPTIONAL_STAGES, STAGE_FIELDS
 
@@ -86,7 +79,7 @@ _DETAIL: dict[str, Any] = {
     .limit(bindparam("limit", type_=Integer())),
     "rejected": _of_update(RejectedEvent).order_by(RejectedEvent.id),
     "batches": _of_update(BatchRow).order_by(BatchRow.batch),
-    "children": select(*_SUMMARY_COLUMNS).where(UpdateRow.parent_updateid == _UPDATEID)
+    "children": select(*SUMMARY_COLUMNS).where(UpdateRow.parent_updateid == _UPDATEID)
     .order_by(UpdateRow.first_event_at),
 }
 """The detail's fixed queries, built once and run on the session's connection with the update's id:
@@ -224,12 +217,12 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
     cdn = sorted(conn.execute(_DETAIL["cdn_dirs"], uid).all(),
                  key=lambda r: _rank(r.status is False, bool(r.status), r.not_run))
     rejected = [r for r in conn.execute(_DETAIL["rejected"], uid).all()
-                if projects is None or _rejected_row_visible(r, projects)]
+                if projects is None or rejected_row_visible(r, projects)]
     children = [c for c in conn.execute(_DETAIL["children"], uid).all() if projects is None or c.project in projects]
     return UpdateDetail.model_validate({
         **{name: getattr(u, name) for name in _DETAIL_COLUMNS},
-        **_summary_fields(_summary_values(u)),
-        "children": [UpdateSummary.model_validate(_summary_fields(_summary_values(c))) for c in children],
+        **summary(u),
+        "children": [UpdateSummary.model_validate(summary(c)) for c in children],
         "batch_list": [BatchStatus.model_validate(b) for b in conn.execute(_DETAIL["batches"], uid)],
         "timeline": _timeline(u),
         "ip_list": [IpStatus.model_validate(r) for r in ips],
@@ -244,13 +237,13 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
         "file_list": [FileStatus.model_validate(r) for r in conn.execute(_DETAIL["files"], uid)],
         "events": [_logged_out(row) for row in _logged_rows(session, updateid, events_limit)],
         "events_total": conn.execute(_DETAIL["events_total"], uid).scalar_one(),
-        "rejected": _rejected_out(session, rejected, projects),
+        "rejected": rejected_out(session, rejected, projects),
     })
 
 
 _DETAIL_COLUMNS = tuple(name for name in UpdateDetail.model_fields
                         if name in UpdateRow.__table__.c and name not in UpdateSummary.model_fields)
-"""The detail's fields read as they are from the update's row (the summary's are :func:`_summary_fields`)."""
+"""The detail's fields read as they are from the update's row (the summary's: :func:`summary`)."""
 
 
 def _logged_rows(session: Session, updateid: str, limit: int) -> list[Any]:

@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.config import DashboardConfig
 from domain.db import make_engine
-from projections import queries, trends
+from projections import detail, queries, trends
 from projections.dashboard import charts, observability, render, signin
 from projections.dashboard.access import Viewer
 from projections.dashboard.signin import Reader
@@ -211,7 +211,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
     def read_json(fn: Callable[[Session], BaseModel]) -> Awaitable[Response]:
         # One trip to the thread pool for the session, the query and the serialisation (a sync
         # route with a session dependency took three), and the model is serialised once.
-        return read(lambda s: _json(fn(s)))
+        return read(lambda s: Response(fn(s).model_dump_json(), media_type="application/json"))
 
     def page(request: Request, name: str, db: Session, viewer: Viewer, live: LiveState, status_code: int = 200,
              **context: Any) -> HTMLResponse:
@@ -247,16 +247,16 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
                     servers_offset: Annotated[int, Query(ge=0)] = 0,
                     ips_offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
         live = queries.live_state(db)
-        detail = queries.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
-                                       servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
-                                       ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"],
-                                       projects=viewer.projects)
-        if detail is None:
+        u = detail.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
+                                  servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
+                                  ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"],
+                                  projects=viewer.projects)
+        if u is None:
             return page(request, "not_found.html", db, viewer, live, 404, view="update", updateid=updateid)
-        unit = detail.progress.unit if detail.progress else "servers"
-        spread = trends.finish_bins(db, updateid, unit, detail.started_at)
+        unit = u.progress.unit if u.progress else "servers"
+        spread = trends.finish_bins(db, updateid, unit, u.started_at)
         what = "CDN dirs" if unit == "cdn_dirs" else "IPs"
-        return page(request, "update.html", db, viewer, live, view="update", u=detail, updateid=updateid,
+        return page(request, "update.html", db, viewer, live, view="update", u=u, updateid=updateid,
                     finish_chart=charts.finish_times(spread, what), finish_what=what,
                     slowest=spread.slowest if spread else [], sizes=PAGE_SIZES)
 
@@ -291,27 +291,24 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         first raw events in log order (``events_limit``, default 20, ``events_total``), and its
         rejected events. The default pages are a screenful each (a raw event is ≈ 2 KiB): an update
         of 10,000 servers answers in a few ms; ask for more, or page, with the limits and offsets."""
-        def detail(s: Session) -> Response | None:
-            found = queries.update_detail_json(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
-                                               servers_limit=servers_limit, ips_offset=ips_offset,
-                                               ips_limit=ips_limit, projects=viewer.projects)
-            return None if found is None else Response(found, media_type="application/json")
-
-        response = await read(detail)
-        if response is None:
+        found = await read(partial(detail.update_detail_json, updateid=updateid, events_limit=events_limit,
+                                   servers_offset=servers_offset, servers_limit=servers_limit,
+                                   ips_offset=ips_offset, ips_limit=ips_limit, projects=viewer.projects))
+        if found is None:
             raise HTTPException(status_code=404, detail=f"no update {updateid!r}")
-        return response
+        return Response(found, media_type="application/json")
 
     @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
-    def api_rejected(viewer: Reader, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
-                     page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    async def api_rejected(viewer: Reader, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
+                           page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
-        return _json(queries.list_rejected(db, page=page_no, page_size=page_size, projects=viewer.projects))
+        return await read_json(partial(queries.list_rejected, page=page_no, page_size=page_size,
+                                       projects=viewer.projects))
 
     @app.get("/api/state", response_model=LiveState, tags=["live"])
-    def api_state(_viewer: Reader, db: Db) -> Response:
+    async def api_state(_viewer: Reader) -> Response:
         """The log's last position, the projection's change counter and the last rejection's id."""
-        return _json(queries.live_state(db))
+        return await read_json(queries.live_state)
 
     @app.get("/api/stream", response_class=EventSourceResponse, tags=["live"])
     async def api_stream(
@@ -357,10 +354,6 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         return Response(static[name], media_type=_STATIC[name], headers={"Cache-Control": "no-cache"})
 
     return app
-
-
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
 
 
 def _resume_state(last_event_id: str | None, position: int | None, version: int | None,
