@@ -10,7 +10,6 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import ColumnElement, func, not_, or_, select
 from sqlalchemy.orm import Session
 
@@ -54,11 +53,11 @@ def rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
 
 _PLAIN = tuple(name for name in UpdateSummary.model_fields if name in UpdateRow.__table__.c)
 """The summary's fields that are the update row's columns as they are."""
-_COUNTED: dict[str, type[BaseModel]] = {
-    "servers": Counts, "ips": Counts, "cdn_dirs": Counts, "rsync_targets": TargetCounts}
-"""The summary's counts: each ``<kind>_<field>`` column (``targets_...`` for the rsync targets)."""
-_SUMMARY_NAMES = (*_PLAIN, *(f"{kind.removeprefix('rsync_')}_{field}"
-                             for kind, model in _COUNTED.items() for field in model.model_fields))
+_COUNT_COLUMNS = {kind: {field: f"{prefix}_{field}" for field in model.model_fields} for kind, prefix, model in (
+    ("servers", "servers", Counts), ("ips", "ips", Counts), ("cdn_dirs", "cdn_dirs", Counts),
+    ("rsync_targets", "targets", TargetCounts))}
+"""The summary's counts: each kind's fields, and the update row's column holding each."""
+_SUMMARY_NAMES = (*_PLAIN, *(column for columns in _COUNT_COLUMNS.values() for column in columns.values()))
 SUMMARY_COLUMNS = tuple(getattr(UpdateRow, name) for name in _SUMMARY_NAMES)
 """What :func:`summary` reads: a list selects only these (not the detail's JSON columns)."""
 
@@ -74,20 +73,22 @@ def summary(row: Any) -> dict[str, Any]:
     else:
         u = dict(zip(_SUMMARY_NAMES, row, strict=True))
     fields = {name: u[name] for name in _PLAIN}
-    for kind, model in _COUNTED.items():
-        fields[kind] = {field: u[f"{kind.removeprefix('rsync_')}_{field}"] for field in model.model_fields}
+    for kind, columns in _COUNT_COLUMNS.items():
+        fields[kind] = {field: u[column] for field, column in columns.items()}
     return {**fields, **_timing(u), "progress": _progress(u)}
 
 
 def _timing(u: Mapping[str, Any]) -> dict[str, Any]:
-    """Whether the update still runs, and when it started and finished (a failed pull or push
-    finishes it at its last event: nothing follows)."""
+    """The update's times in UTC, whether it still runs, and when it started and finished (a failed
+    pull or push finishes it at its last event: nothing follows)."""
     running = u["status"] in RUNNING_STATUSES
     started, first, last = as_utc(u["started_at"]), as_utc(u["first_event_at"]), as_utc(u["last_event_at"])
-    finished = None if running else as_utc(u["completed_at"]) or last
+    completed = as_utc(u["completed_at"])
+    finished = None if running else completed or last
     begun = started or first
     duration = None if finished is None or begun is None else max(0.0, (finished - begun).total_seconds())
-    return {"running": running, "started_at": started, "finished_at": finished, "duration_seconds": duration}
+    return {"first_event_at": first, "last_event_at": last, "completed_at": completed, "running": running,
+            "started_at": started, "finished_at": finished, "duration_seconds": duration}
 
 
 def _progress(u: Mapping[str, Any]) -> dict[str, Any] | None:

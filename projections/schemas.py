@@ -65,6 +65,9 @@ class UpdateFilters(_Out):
 
 
 class UpdateSummary(_Out):
+    # Its times are made UTC by projections.queries.summary: a validator per time cost a list page a third
+    # of its validation.
+
     updateid: str
     project: str
     area: str
@@ -75,9 +78,9 @@ class UpdateSummary(_Out):
     requested_by: str | None
     final_result: bool | None
     final_data: str | None
-    first_event_at: Utc
-    last_event_at: Utc
-    completed_at: Utc | None
+    first_event_at: datetime
+    last_event_at: datetime
+    completed_at: datetime | None
     event_count: int
     servers: Counts
     ips: Counts
@@ -85,8 +88,8 @@ class UpdateSummary(_Out):
     rsync_targets: TargetCounts
     files_count: int
     running: bool = Field(False, description="not finished: in progress, awaiting an operator's go-ahead, or stalled")
-    started_at: Utc | None = Field(None, description="when the ops manager started the update")
-    finished_at: Utc | None = Field(None, description="completed, or the last event of an update that "
+    started_at: datetime | None = Field(None, description="when the ops manager started the update")
+    finished_at: datetime | None = Field(None, description="completed, or the last event of an update that "
                                                            "ended without completing (a failed pull or push)")
     duration_seconds: float | None = Field(None, description="started (else first event) to finished; "
                                                              "null while running")
