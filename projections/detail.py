@@ -23,7 +23,7 @@ from projections.models import (
     ServerRow,
     UpdateRow,
 )
-from projections.queries import SUMMARY_COLUMNS, Projects, rejected_out, rejected_row_visible, summary
+from projections.queries import SUMMARY_COLUMNS, Projects, rejected_out, rejected_visible, summary
 from projections.schemas import (
     BatchStatus,
     CdnDirStatus,
@@ -216,8 +216,8 @@ def update_detail(session: Session, updateid: str, *, events_limit: int = 1000, 
                                           servers_offset, servers_limit)
     cdn = sorted(conn.execute(_DETAIL["cdn_dirs"], uid).all(),
                  key=lambda r: _rank(r.status is False, bool(r.status), r.not_run))
-    rejected = [r for r in conn.execute(_DETAIL["rejected"], uid).all()
-                if projects is None or rejected_row_visible(r, projects)]
+    visible = rejected_visible(projects)  # the rejected page's rule, in SQL (a reader with every project: none)
+    rejected = conn.execute(_DETAIL["rejected"].where(*visible) if visible else _DETAIL["rejected"], uid).all()
     children = [c for c in conn.execute(_DETAIL["children"], uid).all() if projects is None or c.project in projects]
     return UpdateDetail.model_validate({
         **{name: getattr(u, name) for name in _DETAIL_COLUMNS},

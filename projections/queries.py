@@ -46,11 +46,6 @@ def rejected_visible(projects: Projects) -> list[Any]:
                 *(RejectedEvent.routing_key.startswith(f"{p}.", autoescape=True) for p in projects))]
 
 
-def rejected_row_visible(row: Any, projects: Collection[str]) -> bool:
-    """:func:`_rejected_visible` for one row already read."""
-    return row.project in projects or any(row.routing_key.startswith(f"{p}.") for p in projects)
-
-
 _PLAIN = tuple(name for name in UpdateSummary.model_fields if name in UpdateRow.__table__.c)
 """The summary's fields that are the update row's columns as they are."""
 _COUNT_COLUMNS = {kind: {field: f"{prefix}_{field}" for field in model.model_fields} for kind, prefix, model in (
