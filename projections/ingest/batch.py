@@ -55,10 +55,6 @@ class Outcome:
     position: int | None = None
     error: Exception | None = None
 
-    @property
-    def changed(self) -> bool:
-        return self.status in ("appended", "applied_late")
-
 
 _Item = tuple[Envelope, Event, str]  # an event, and the broker-verified user it was delivered from
 
@@ -174,7 +170,7 @@ def _transaction(engine: Engine, items: Sequence[_Item], clock: Callable[[], dat
             connection.execute(insert(AppliedEvent), [
                 {"event_id": envelope.id, "position": position, "updateid": envelope.updateid}
                 for _, envelope, _, position in to_fold])
-        if any(o.changed for o in outcomes):
+        if any(o.status in ("appended", "applied_late") for o in outcomes):  # what the live stream watches
             head.version += 1
         event_log.store_head(session, head)
     return outcomes
