@@ -116,7 +116,7 @@ async def consume_service(url: str, database_url: str, bodies: list[bytes], pref
     watcher = make_engine(database_url)
     stop = asyncio.Event()
     worker_pid, worker_cpu0 = None, 0.0
-    worker = projection.ingestor.worker
+    worker = projection.worker
     if worker is not None:  # started ahead, so its imports are not counted per event
         await worker.start()
         worker_pid = worker.pid
@@ -142,7 +142,7 @@ async def consume_service(url: str, database_url: str, bodies: list[bytes], pref
     if not verified.ok or verified.count != len(bodies) or n_updates != updates:
         raise RuntimeError(f"the projection is wrong: {verified.describe()}, {n_updates} updates of {updates}")
     n = len(bodies)
-    return n / elapsed, cpu * 1000 / n, worker_cpu * 1000 / n, projection.ingestor.batches
+    return n / elapsed, cpu * 1000 / n, worker_cpu * 1000 / n, projection.batches
 
 
 def ingest_direct(database_url: str, bodies: list[bytes], batch: int) -> tuple[float, float]:

@@ -36,12 +36,11 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 # --- the log ----------------------------------------------------------------------
 
-
-
 # An absent value is SQL NULL, never the JSON value null: the ORM writes an unset attribute as NULL
-# but an explicit None (and a rebuild's bulk insert, projections/bulk_insert.py) as 'null' unless told
+# but an explicit None (and a rebuild's bulk insert, projections/view/bulk_insert.py) as 'null' unless told
 # otherwise, and the two differ to SQL (IS NULL) and to a row-by-row comparison of two databases.
 OPTIONAL_JSON = JSON(none_as_null=True)
+
 
 class LoggedEvent(Base):
     """One event as received: position in the global order, canonical envelope, hash-chain link."""

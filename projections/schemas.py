@@ -1,18 +1,29 @@
-"""What the dashboard's JSON API returns (and its HTML pages render): read models of the status view."""
+"""What the dashboard's JSON API returns (and its HTML pages render): read models of the status view.
+
+A model whose fields are a table's columns is validated from the row itself (``from_attributes``):
+the fields here are the API's contract, the table may hold more (a row's ``result_key``).
+"""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from projections.models import as_utc
+
+Utc = Annotated[datetime, AfterValidator(as_utc)]
+"""A time as stored: SQLite hands back naive datetimes, and everything the projection stores is UTC."""
+Names = Annotated[list[str], BeforeValidator(lambda value: [] if value is None else value)]
+"""A JSON list column, where SQL NULL (never set) reads as empty."""
 
 UpdateStatus = Literal["in_progress", "awaiting_confirm", "stalled", "succeeded", "failed", "stopped", "aborted"]
 UpdateTypeName = Literal["hot_client", "hot_server"]
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
 
 class Counts(_Out):
@@ -54,6 +65,9 @@ class UpdateFilters(_Out):
 
 
 class UpdateSummary(_Out):
+    # Its times are made UTC by projections.queries.summary: a validator per time cost a list page a third
+    # of its validation.
+
     updateid: str
     project: str
     area: str
@@ -95,7 +109,7 @@ class UpdatePage(_Out):
 class StageStep(_Out):
     stage: str
     label: str
-    at: datetime | None
+    at: Utc | None
     reached: bool
     failed: bool
 
@@ -109,7 +123,7 @@ class IpStatus(_Out):
     ok: bool | None
     servers_ok: int
     servers_failed: int
-    finished_at: datetime | None
+    finished_at: Utc | None
 
 
 class ServerStatus(_Out):
@@ -124,7 +138,7 @@ class ServerStatus(_Out):
     update_text: str | None
     erl_status: bool | None
     erl_text: str | None
-    finished_at: datetime | None
+    finished_at: Utc | None
 
 
 class CdnDirStatus(_Out):
@@ -135,7 +149,7 @@ class CdnDirStatus(_Out):
     status: bool | None
     data: str | None
     reported_by: str | None
-    finished_at: datetime | None
+    finished_at: Utc | None
 
 
 class RsyncTargetStatus(_Out):
@@ -149,7 +163,7 @@ class RsyncTargetStatus(_Out):
     bytes: int | None
     seconds: float | None
     error: str | None
-    reported_at: datetime | None
+    reported_at: Utc | None
 
 
 class FileStatus(_Out):
@@ -164,14 +178,14 @@ class FileStatus(_Out):
 class BatchStatus(_Out):
     batch: int
     batches: int | None
-    ips: list[str]
-    cdn_dirs: list[str]
+    ips: Names
+    cdn_dirs: Names
     ok_count: int | None
     failed_count: int | None
     next: str | None
-    finished_at: datetime | None
+    finished_at: Utc | None
     confirmed_by: str | None
-    confirmed_at: datetime | None
+    confirmed_at: Utc | None
 
 
 class LoggedEventOut(_Out):
@@ -182,8 +196,8 @@ class LoggedEventOut(_Out):
     type: str
     source: str
     sequence: int
-    time: datetime
-    received_at: datetime
+    time: Utc
+    received_at: Utc
     applied: bool
     envelope: dict[str, Any]
     publisher: str | None = Field(
@@ -206,8 +220,8 @@ class RejectedOut(_Out):
     body: str
     body_bytes: int
     attempt: int
-    first_parked_at: datetime
-    last_parked_at: datetime
+    first_parked_at: Utc
+    last_parked_at: Utc
     times: int
     logged: bool = Field(description="an event with this id is in the log (it was fixed and requeued, or resent)")
     conflict: bool = Field(default=False, description="parked as a conflict: another event with this id and "
@@ -227,7 +241,7 @@ class UpdateDetail(UpdateSummary):
     area_name: str | None
     client_type: int | None
     ops_manager: str | None
-    erlang_cmd_list: list[str]
+    erlang_cmd_list: Names
     pull_requested_by: str | None
     push_requested_by: str | None
     update_requested_by: str | None
@@ -241,7 +255,7 @@ class UpdateDetail(UpdateSummary):
     completed_ok_count: int | None
     completed_failed_count: int | None
     outcome: str | None
-    not_run: list[str]
+    not_run: Names
     parent_updateid: str | None
     relation: str | None
     children: list[UpdateSummary] = Field(description="updates made from this one (retries, rollbacks)")
@@ -250,13 +264,13 @@ class UpdateDetail(UpdateSummary):
     batches_finished: int
     awaiting_batch: int | None
     batch_list: list[BatchStatus]
-    abort_requested_at: datetime | None
+    abort_requested_at: Utc | None
     abort_requested_by: str | None
     abort_reason: str | None
-    stalled_at: datetime | None
-    silent_targets: list[str]
+    stalled_at: Utc | None
+    silent_targets: Names
     stalled_after_seconds: float | None
-    last_progress_at: datetime | None
+    last_progress_at: Utc | None
     timeline: list[StageStep]
     ip_list: list[IpStatus] = Field(description="failed first, then silent, then never started, then ok "
                                                 "(one page of them)")

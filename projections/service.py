@@ -30,7 +30,7 @@ from bus.identity import Identity
 from bus.metrics import projection_wrote
 from bus.topology import SINGLE_ACTIVE_CONSUMER, ServiceQueue, Topology
 from domain.db import make_engine, upgrade
-from projections.ingest import Outcome, ingest_batch, record_rejection
+from projections.ingest import ingest_batch, record_rejection
 from projections.ingest.worker import IngestWorker
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ SERVICE = "projection"
 SOURCE = "hotupdate/projection"
 
 
-class Ingestor:
-    """Where the projection's batches are ingested: its worker process, or else a thread of this process."""
+class Projection:
+    """The projection's batch handler and reject hook over one database; its batches are ingested by its
+    worker process, or else in a thread of this process."""
 
-    def __init__(self, engine: Engine, worker: IngestWorker | None = None) -> None:
+    def __init__(self, engine: Engine, *, worker: IngestWorker | None = None) -> None:
         self.engine = engine
         self.worker = worker
         self.batches = 0  # batches ingested
@@ -54,17 +55,6 @@ class Ingestor:
             self._starting = asyncio.get_running_loop().create_task(self.worker.start(), name="ingest-worker-start")
             self._starting.add_done_callback(_log_start_failure)
 
-    async def ingest(self, batch: Sequence[Incoming[Event]]) -> list[Outcome]:
-        """Ingest ``batch`` (:func:`projections.ingest.ingest_batch`); one outcome per event, in order."""
-        if self.worker is not None:
-            outcomes = await self.worker.ingest([msg.body or msg.envelope.to_bytes() for msg in batch],
-                                                [msg.publisher for msg in batch])
-        else:
-            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch],
-                                               publishers=[m.publisher for m in batch])
-        self.batches += 1
-        return outcomes
-
     async def close(self) -> None:
         """Stop the worker once what it was sent is committed (the runtime has finished its batches by then)."""
         if self._starting is not None:
@@ -73,26 +63,20 @@ class Ingestor:
         if self.worker is not None:
             await self.worker.close()
 
-
-def _log_start_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("projection: the ingest worker did not start (retried with the next batch): %r", exc)
-
-
-class Projection:
-    """The projection's batch handler and reject hook over one database."""
-
-    def __init__(self, engine: Engine, *, worker: IngestWorker | None = None) -> None:
-        self.engine = engine
-        self.ingestor = Ingestor(engine, worker)
-
     async def handle_batch(self, batch: Sequence[Incoming[Event]]) -> list[Exception | None]:
-        """Log a batch of events and fold it into the view; each event's error, or None.
+        """Log a batch of events and fold it into the view (:func:`projections.ingest.ingest_batch`); each
+        event's error, or None.
 
         Raises if a transaction failed as a whole: the runtime retries the whole batch, and what
         was committed before is found logged and applied (a duplicate, changing nothing).
         """
-        outcomes = await self.ingestor.ingest(batch)
+        publishers = [m.publisher for m in batch]
+        if self.worker is not None:
+            outcomes = await self.worker.ingest([m.body or m.envelope.to_bytes() for m in batch], publishers)
+        else:
+            outcomes = await asyncio.to_thread(ingest_batch, self.engine, [(m.envelope, m.event) for m in batch],
+                                               publishers=publishers)
+        self.batches += 1
         log.debug("projection: batch of %d committed", len(batch))
         written = [m.envelope.time for m, o in zip(batch, outcomes, strict=True) if o.error is None]
         if written:
@@ -177,11 +161,16 @@ def build_service(
 
 async def run(consumer: ConsumerService, projection: Projection, stop: asyncio.Event) -> None:
     """Consume until ``stop``; in-flight batches are committed and acked before the worker and database go."""
-    projection.ingestor.start()
+    projection.start()
     try:
         await consumer.run_until(stop)
     finally:
         try:
-            await projection.ingestor.close()
+            await projection.close()
         finally:
             projection.engine.dispose()
+
+
+def _log_start_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("projection: the ingest worker did not start (retried with the next batch): %r", exc)

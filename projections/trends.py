@@ -14,9 +14,8 @@ from sqlalchemy import Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from projections.models import CdnDirRow, IpRow, UpdateRow, as_utc
-from projections.queries import update_conditions
+from projections.queries import RUNNING_STATUSES, Projects, update_conditions
 from projections.schemas import UpdateFilters
-from projections.summary import RUNNING_STATUSES, Projects
 
 OUTCOMES = ("succeeded", "failed", "stopped", "running")
 """The outcomes a day's updates are counted by (``stopped`` includes aborted), in the charts' stacking order."""

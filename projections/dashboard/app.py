@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -34,20 +33,17 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 from starlette.datastructures import MutableHeaders
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from domain.config import DashboardConfig
 from domain.db import make_engine
-from projections import queries, trends
-from projections.dashboard import charts, observability, signin
+from projections import detail, queries, trends
+from projections.dashboard import charts, observability, render, signin
 from projections.dashboard.access import Viewer
-from projections.dashboard.lang import lang_attribute, mark_chinese
 from projections.dashboard.signin import Reader
 from projections.schemas import LiveState, RejectedPage, UpdateDetail, UpdateFilters, UpdatePage
 from projections.view import STATUSES
@@ -147,42 +143,6 @@ def read_only_engine(database_url: str) -> Engine:
     return engine
 
 
-def _templates() -> Jinja2Templates:
-    env = Environment(
-        loader=FileSystemLoader(str(_HERE / "templates")),
-        autoescape=True,  # event content is other teams' text: always escaped
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["ts"] = _format_time
-    env.filters["pretty_json"] = lambda value: json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True)
-    env.filters["short"] = lambda value, n=8: value if len(value) <= n else value[:n] + "…"
-    env.filters["bytes"] = _format_bytes
-    env.filters["zh"] = mark_chinese
-    env.filters["zh_lang"] = lang_attribute
-    env.filters["duration"] = charts.duration
-    env.filters["iso"] = lambda value: "" if value is None else value.isoformat()
-    return Jinja2Templates(env=env)
-
-
-def _format_time(value: datetime | None) -> str:
-    if value is None:
-        return "—"
-    return value.strftime("%Y-%m-%d %H:%M:%S") + "Z"
-
-
-def _format_bytes(value: int | None) -> str:
-    if value is None:
-        return "—"
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} B"
-
-
 def _session(request: Request) -> Iterator[Session]:
     with Session(request.app.state.engine) as s:
         yield s
@@ -222,7 +182,7 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         gc.freeze()
         yield
 
-    templates = _templates()
+    templates = render.templates(_HERE / "templates")
     static = {name: (_HERE / "static" / name).read_bytes() for name in _STATIC}
 
     app = FastAPI(
@@ -251,66 +211,61 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
     def read_json(fn: Callable[[Session], BaseModel]) -> Awaitable[Response]:
         # One trip to the thread pool for the session, the query and the serialisation (a sync
         # route with a session dependency took three), and the model is serialised once.
-        return read(lambda s: _json(fn(s)))
+        return read(lambda s: Response(fn(s).model_dump_json(), media_type="application/json"))
 
-    def page(request: Request, name: str, db: Session, viewer: Viewer, status_code: int = 200, **context: Any
-             ) -> HTMLResponse:
-        # The live state is read before the page's data, so a change in between is reported by the stream.
-        context.setdefault("live", queries.live_state(db))
-        context.setdefault("rejected_total", queries.list_rejected(db, page_size=1, projects=viewer.projects).total)
+    def page(request: Request, name: str, db: Session, viewer: Viewer, live: LiveState, status_code: int = 200,
+             **context: Any) -> HTMLResponse:
+        # ``live`` is read before the page's data, so a change in between is reported by the stream.
         if unroutable is not None:
             count = unroutable()
-            context.setdefault("unroutable_total", "?" if count is None else count)
-        context.setdefault("updateid", "")
-        context.setdefault("now", datetime.now(UTC))
-        context["viewer"] = viewer
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
+            context["unroutable_total"] = "?" if count is None else count
+        params = _params(request)
+        return templates.TemplateResponse(request, name, {
+            "updateid": "", "live": live, "viewer": viewer, "now": datetime.now(UTC),
+            "rejected_total": queries.list_rejected(db, page_size=1, projects=viewer.projects).total,
+            "query": lambda **changes: _query({**params, **changes}), **context}, status_code=status_code)
 
     # --- HTML pages -------------------------------------------------------------------------
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False, name="list_page")
     def list_page(request: Request, viewer: Reader, db: Db) -> HTMLResponse:
         live = queries.live_state(db)
-        raw = {k: v for k, v in request.query_params.items() if v.strip()}
         error = ""
         try:
-            filters = UpdateFilters.model_validate(raw)
+            filters = UpdateFilters.model_validate(_params(request))
         except ValidationError as exc:
             error = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             filters = UpdateFilters()
         result = queries.list_updates(db, filters, viewer.projects)
         per_day = charts.updates_per_day(trends.updates_per_day(db, filters, viewer.projects))
-        return page(request, "list.html", db, viewer, 400 if error else 200, view="list", live=live, result=result,
-                    per_day=per_day, outcomes=trends.OUTCOMES,
-                    filters=filters, facets=queries.facets(db, viewer.projects), error=error, statuses=STATUSES,
-                    query=lambda **changes: _query({**raw, **changes}))
+        return page(request, "list.html", db, viewer, live, 400 if error else 200, view="list", result=result,
+                    per_day=per_day, outcomes=trends.OUTCOMES, filters=filters,
+                    facets=queries.facets(db, viewer.projects), error=error, statuses=STATUSES)
 
     @app.get("/updates/{updateid}", response_class=HTMLResponse, include_in_schema=False, name="update_page")
     def update_page(request: Request, updateid: str, viewer: Reader, db: Db,
                     servers_offset: Annotated[int, Query(ge=0)] = 0,
                     ips_offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
         live = queries.live_state(db)
-        detail = queries.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
-                                       servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
-                                       ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"],
-                                       projects=viewer.projects)
-        if detail is None:
-            return page(request, "not_found.html", db, viewer, 404, view="update", live=live, updateid=updateid)
-        raw = {k: v for k, v in request.query_params.items() if v.strip()}
-        unit = detail.progress.unit if detail.progress else "servers"
-        spread = trends.finish_bins(db, updateid, unit, detail.started_at)
+        u = detail.update_detail(db, updateid, events_limit=PAGE_SIZES["events"],
+                                  servers_offset=servers_offset, servers_limit=PAGE_SIZES["servers"],
+                                  ips_offset=ips_offset, ips_limit=PAGE_SIZES["ips"],
+                                  projects=viewer.projects)
+        if u is None:
+            return page(request, "not_found.html", db, viewer, live, 404, view="update", updateid=updateid)
+        unit = u.progress.unit if u.progress else "servers"
+        spread = trends.finish_bins(db, updateid, unit, u.started_at)
         what = "CDN dirs" if unit == "cdn_dirs" else "IPs"
-        return page(request, "update.html", db, viewer, view="update", live=live, u=detail, updateid=updateid,
+        return page(request, "update.html", db, viewer, live, view="update", u=u, updateid=updateid,
                     finish_chart=charts.finish_times(spread, what), finish_what=what,
-                    slowest=spread.slowest if spread else [],
-                    sizes=PAGE_SIZES, query=lambda **changes: _query({**raw, **changes}))
+                    slowest=spread.slowest if spread else [], sizes=PAGE_SIZES)
 
     @app.get("/rejected", response_class=HTMLResponse, include_in_schema=False, name="rejected_page")
     def rejected_page(request: Request, viewer: Reader, db: Db,
                       page_no: Annotated[int, Query(alias="page", ge=1)] = 1) -> HTMLResponse:
         live = queries.live_state(db)
         result = queries.list_rejected(db, page=page_no, projects=viewer.projects)
-        return page(request, "rejected.html", db, viewer, view="rejected", live=live, result=result)
+        return page(request, "rejected.html", db, viewer, live, view="rejected", result=result)
 
     # --- JSON twins ---------------------------------------------------------------------------
 
@@ -336,27 +291,24 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
         first raw events in log order (``events_limit``, default 20, ``events_total``), and its
         rejected events. The default pages are a screenful each (a raw event is ≈ 2 KiB): an update
         of 10,000 servers answers in a few ms; ask for more, or page, with the limits and offsets."""
-        def detail(s: Session) -> Response | None:
-            found = queries.update_detail_json(s, updateid, events_limit=events_limit, servers_offset=servers_offset,
-                                               servers_limit=servers_limit, ips_offset=ips_offset,
-                                               ips_limit=ips_limit, projects=viewer.projects)
-            return None if found is None else Response(found, media_type="application/json")
-
-        response = await read(detail)
-        if response is None:
+        found = await read(partial(detail.update_detail_json, updateid=updateid, events_limit=events_limit,
+                                   servers_offset=servers_offset, servers_limit=servers_limit,
+                                   ips_offset=ips_offset, ips_limit=ips_limit, projects=viewer.projects))
+        if found is None:
             raise HTTPException(status_code=404, detail=f"no update {updateid!r}")
-        return response
+        return Response(found, media_type="application/json")
 
     @app.get("/api/rejected", response_model=RejectedPage, tags=["rejected"])
-    def api_rejected(viewer: Reader, db: Db, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
-                     page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
+    async def api_rejected(viewer: Reader, page_no: Annotated[int, Query(alias="page", ge=1)] = 1,
+                           page_size: Annotated[int, Query(ge=1, le=500)] = 50) -> Response:
         """Messages the projection parked (malformed, unknown, invalid, or out of tries), with the reason."""
-        return _json(queries.list_rejected(db, page=page_no, page_size=page_size, projects=viewer.projects))
+        return await read_json(partial(queries.list_rejected, page=page_no, page_size=page_size,
+                                       projects=viewer.projects))
 
     @app.get("/api/state", response_model=LiveState, tags=["live"])
-    def api_state(_viewer: Reader, db: Db) -> Response:
+    async def api_state(_viewer: Reader) -> Response:
         """The log's last position, the projection's change counter and the last rejection's id."""
-        return _json(queries.live_state(db))
+        return await read_json(queries.live_state)
 
     @app.get("/api/stream", response_class=EventSourceResponse, tags=["live"])
     async def api_stream(
@@ -404,10 +356,6 @@ def create_app(database_url: str, *, access: DashboardConfig, session_secret: by
     return app
 
 
-def _json(model: BaseModel) -> Response:
-    return Response(model.model_dump_json(), media_type="application/json")
-
-
 def _resume_state(last_event_id: str | None, position: int | None, version: int | None,
                   rejected: int | None) -> LiveState | None:
     """The state a client already has: from ``Last-Event-ID`` on a reconnect, else from the query."""
@@ -418,6 +366,11 @@ def _resume_state(last_event_id: str | None, position: int | None, version: int 
     if position is not None and version is not None and rejected is not None:
         return LiveState(position=position, version=version, rejected=rejected)
     return None
+
+
+def _params(request: Request) -> dict[str, str]:
+    """The request's query parameters that are not blank."""
+    return {k: v for k, v in request.query_params.items() if v.strip()}
 
 
 def _query(params: dict[str, Any]) -> str:

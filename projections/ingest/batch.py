@@ -55,10 +55,6 @@ class Outcome:
     position: int | None = None
     error: Exception | None = None
 
-    @property
-    def changed(self) -> bool:
-        return self.status in ("appended", "applied_late")
-
 
 _Item = tuple[Envelope, Event, str]  # an event, and the broker-verified user it was delivered from
 
@@ -89,23 +85,25 @@ def ingest_batch(
 
 
 def _ingest(engine: Engine, items: Sequence[_Item], clock: Callable[[], datetime]) -> list[Outcome]:
-    if len(items) > 1:
-        return _transaction(engine, items, clock, fold=True)
     try:
         return _transaction(engine, items, clock, fold=True)
-    except Exception as exc:  # the database refused what the event made of the view: log it unapplied
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    except Exception as exc:  # one event: the database refused what it made of the view: log it unapplied
+        if len(items) > 1 or _connection_lost(exc):
             raise
         logger.warning("projection: %s could not be applied: %r", items[0][0].id, exc)
         error = exc
     try:
         return [_unapplied(outcome, error) for outcome in _transaction(engine, items, clock, fold=False)]
     except Exception as exc:
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        if _connection_lost(exc):
             raise
         envelope = items[0][0]
         logger.warning("projection: could not log %s %s: %r", envelope.type, envelope.id, exc)
         return [Outcome(envelope.id, "failed", None, exc)]
+
+
+def _connection_lost(exc: Exception) -> bool:
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def _unapplied(outcome: Outcome, error: Exception) -> Outcome:
@@ -172,7 +170,7 @@ def _transaction(engine: Engine, items: Sequence[_Item], clock: Callable[[], dat
             connection.execute(insert(AppliedEvent), [
                 {"event_id": envelope.id, "position": position, "updateid": envelope.updateid}
                 for _, envelope, _, position in to_fold])
-        if any(o.changed for o in outcomes):
+        if any(o.status in ("appended", "applied_late") for o in outcomes):  # what the live stream watches
             head.version += 1
         event_log.store_head(session, head)
     return outcomes

@@ -68,21 +68,13 @@ def encode_batch(bodies: Sequence[bytes], publishers: Sequence[str] | None = Non
 
 def decode_batch(payload: bytes) -> tuple[list[bytes], list[str]]:
     """The bodies of a batch request and their publishers (:func:`encode_batch`)."""
-    (count,) = _LENGTH.unpack_from(payload, 0)
+    chunks: list[bytes] = []
     offset = _LENGTH.size
-    bodies: list[bytes] = []
-    publishers: list[str] = []
-    for _ in range(count):
-        for out in (bodies, publishers):
-            (size,) = _LENGTH.unpack_from(payload, offset)
-            offset += _LENGTH.size
-            chunk = payload[offset:offset + size]
-            offset += size
-            if out is bodies:
-                bodies.append(chunk)
-            else:
-                publishers.append(chunk.decode("utf-8", errors="replace"))
-    return bodies, publishers
+    for _ in range(2 * _LENGTH.unpack_from(payload, 0)[0]):  # a body, its publisher, the next body, ...
+        (size,) = _LENGTH.unpack_from(payload, offset)
+        offset += _LENGTH.size + size
+        chunks.append(payload[offset - size:offset])
+    return chunks[0::2], [user.decode("utf-8", errors="replace") for user in chunks[1::2]]
 
 
 def _frame(payload: bytes) -> bytes:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -22,27 +22,23 @@ from typing import IO, Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from projections.log.chain import LOG_COLUMNS, Chain, ChainRow
+from projections.log.chain import AT, Chain, ChainRow
 from projections.log.store import read_head, read_rows
-from projections.models import LoggedEvent, as_utc
+from projections.models import LoggedEvent
 
 FORMAT = "hotupdate.log.export"
 FORMAT_VERSION = 2  # 2: event lines carry the row's verified ``publisher`` (absent on rows logged before it)
 _READABLE_VERSIONS = (1, 2)
 _EVENT_FIELDS = ("position", "event_id", "type", "updateid", "project", "area", "received_at", "prev_hash", "hash",
                  "envelope")
+_EQUAL = ("project", "area", "updateid", "type")
+"""A :class:`LogFilter`'s fields that a row's column (and its envelope's field) must equal."""
 
 
 def parse_time(text: str) -> datetime:
     """An ISO 8601 instant; one without a zone is taken as UTC (the log and the dashboard keep UTC)."""
     value = datetime.fromisoformat(text.strip())
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    converted = as_utc(value)
-    assert converted is not None
-    return converted.astimezone(UTC).isoformat()
 
 
 # --- selecting rows -------------------------------------------------------------------
@@ -61,16 +57,13 @@ class LogFilter:
 
     @property
     def is_empty(self) -> bool:
-        return all(v is None for v in (self.project, self.area, self.updateid, self.type, self.since, self.until))
+        return self == LogFilter()
+
+    def _equal(self) -> dict[str, str]:
+        return {key: value for key in _EQUAL if (value := getattr(self, key)) is not None}
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        out: list[ColumnElement[bool]] = []
-        for column, value in (
-            (LoggedEvent.project, self.project), (LoggedEvent.area, self.area),
-            (LoggedEvent.updateid, self.updateid), (LoggedEvent.type, self.type),
-        ):
-            if value is not None:
-                out.append(column == value)
+        out = [getattr(LoggedEvent, key) == value for key, value in self._equal().items()]
         # SQLite keeps the UTC wall-clock as text: compare with UTC values only.
         if self.since is not None:
             out.append(LoggedEvent.received_at >= self.since.astimezone(UTC))
@@ -80,20 +73,14 @@ class LogFilter:
 
     def matches(self, fields: dict[str, Any], received_at: datetime) -> bool:
         """Whether a row with these envelope fields and received time belongs to the slice."""
-        for key, value in (("project", self.project), ("area", self.area), ("updateid", self.updateid),
-                           ("type", self.type)):
-            if value is not None and fields.get(key) != value:
-                return False
-        if self.since is not None and received_at < self.since:
-            return False
-        return not (self.until is not None and received_at >= self.until)
+        return (all(fields.get(key) == value for key, value in self._equal().items())
+                and (self.since is None or received_at >= self.since)
+                and (self.until is None or received_at < self.until))
 
     def to_json(self) -> dict[str, str | None]:
-        return {
-            "project": self.project, "area": self.area, "updateid": self.updateid, "type": self.type,
-            "since": self.since.astimezone(UTC).isoformat() if self.since else None,
-            "until": self.until.astimezone(UTC).isoformat() if self.until else None,
-        }
+        times = {key: None if (t := getattr(self, key)) is None else t.astimezone(UTC).isoformat()
+                 for key in ("since", "until")}
+        return {**{key: getattr(self, key) for key in _EQUAL}, **times}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> LogFilter:
@@ -110,11 +97,19 @@ class LogFilter:
         )
 
 
-def iter_rows(session: Session, selection: LogFilter, *, after: int = 0, up_to: int | None = None
-              ) -> Iterator[dict[str, Any]]:
-    """The selected log rows in position order, by column name (read in chunks: the log may be large)."""
-    for values in read_rows(session, after=after, up_to=up_to, where=selection.conditions()):
-        yield dict(zip(LOG_COLUMNS, values, strict=True))
+def selected(session: Session, selection: LogFilter) -> tuple[int, int | None, int | None, tuple[int, str]]:
+    """How many rows ``selection`` holds up to the log's head as read first, their first and last
+    positions, and that head.
+
+    Rows up to the head are committed and never change (the appender writes rows and head together),
+    so bounding every read by it gives one consistent slice while appends go on.
+    """
+    head = read_head(session)
+    count, first, last = session.execute(
+        select(func.count(), func.min(LoggedEvent.position), func.max(LoggedEvent.position))
+        .where(LoggedEvent.position <= head[0], *selection.conditions())
+    ).one()
+    return int(count), first, last, head
 
 
 # --- export -------------------------------------------------------------------------------
@@ -133,20 +128,14 @@ def export_log(
     session: Session, selection: LogFilter, out: IO[bytes], *, exported_at: datetime | None = None
 ) -> ExportSummary:
     """Write the selected rows, up to the log's head as read first, to ``out`` as JSON Lines."""
-    # Rows up to the head are committed and never change (the appender writes rows and head
-    # together), so bounding every read by it gives one consistent slice while appends go on.
-    head = read_head(session)
-    bounded = [LoggedEvent.position <= head[0], *selection.conditions()]
-    count, first, last = session.execute(
-        select(func.count(), func.min(LoggedEvent.position), func.max(LoggedEvent.position)).where(*bounded)
-    ).one()
+    count, first, last, head = selected(session, selection)
     header = {
         "kind": "header",
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "exported_at": (exported_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
         "filter": selection.to_json(),
-        "count": int(count),
+        "count": count,
         "first_position": first,
         "last_position": last,
         "log_head": {"position": head[0], "hash": head[1]},
@@ -160,11 +149,11 @@ def export_log(
 
     write(header)
     written = 0
-    for row in iter_rows(session, selection, up_to=head[0]):
-        line = {name: row[name] for name in _EVENT_FIELDS}
-        line["received_at"] = _iso(row["received_at"])
-        if row["publisher"] is not None:  # absent for a row logged before publishers were recorded
-            line["publisher"] = row["publisher"]
+    for row in read_rows(session, up_to=head[0], where=selection.conditions()):
+        line = {name: row[AT[name]] for name in _EVENT_FIELDS}
+        line["received_at"] = row[AT["received_at"]].astimezone(UTC).isoformat()
+        if row[AT["publisher"]] is not None:  # absent for a row logged before publishers were recorded
+            line["publisher"] = row[AT["publisher"]]
         write(line)
         written += 1
     if written != count:  # only if someone changes committed rows under us
@@ -172,7 +161,7 @@ def export_log(
     body_sha256 = digest.hexdigest()
     trailer = {"kind": "trailer", "count": written, "sha256": body_sha256}
     out.write(json.dumps(trailer, separators=(",", ":")).encode("utf-8") + b"\n")
-    return ExportSummary(int(count), first, last, head, body_sha256)
+    return ExportSummary(count, first, last, head, body_sha256)
 
 
 # --- verifying an export ---------------------------------------------------------------------

@@ -10,15 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bus.contract.envelope import Envelope, EnvelopeError
 from bus.publisher import REPLAYED_HEADER
 from projections.log.chain import Chain, ChainRow
-from projections.log.export import LogFilter, iter_rows
-from projections.log.store import read_head
-from projections.models import LoggedEvent
+from projections.log.export import LogFilter, selected
+from projections.log.store import read_rows
 
 LOG_POSITION_HEADER = "x-hotupdate-log-position"
 """Set on a re-published event: its position in the log it came from."""
@@ -34,15 +33,6 @@ class Publisher(Protocol):
     def publish(self, envelope: Envelope, *, headers: dict[str, Any] | None = None) -> Envelope: ...
 
 
-def count_selected(session: Session, selection: LogFilter) -> tuple[int, int]:
-    """(rows selected up to the head, the head's position)."""
-    head = read_head(session)[0]
-    count = session.execute(
-        select(func.count()).select_from(LoggedEvent).where(LoggedEvent.position <= head, *selection.conditions())
-    ).scalar_one()
-    return int(count), head
-
-
 def publish_slice(engine: Engine, publisher: Publisher, selection: LogFilter, *,
                   progress: Callable[[int, int], None] | None = None) -> int:
     """Re-publish the selected events in log order, marked as replayed; returns how many were published.
@@ -51,11 +41,11 @@ def publish_slice(engine: Engine, publisher: Publisher, selection: LogFilter, *,
     stored bytes, so what is published is exactly what was logged (same id, same bytes).
     """
     with Session(engine) as session:
-        total, head = count_selected(session, selection)
+        total, _, _, (head, _) = selected(session, selection)
         done = 0
         if progress:
             progress(0, total)
-        for position, envelope in _verified_envelopes(iter_rows(session, selection, up_to=head)):
+        for position, envelope in _verified_envelopes(read_rows(session, up_to=head, where=selection.conditions())):
             publisher.publish(envelope, headers={REPLAYED_HEADER: True, LOG_POSITION_HEADER: position})
             done += 1
             if progress:
@@ -63,14 +53,15 @@ def publish_slice(engine: Engine, publisher: Publisher, selection: LogFilter, *,
     return done
 
 
-def _verified_envelopes(rows: Iterator[dict[str, Any]]) -> Iterator[tuple[int, Envelope]]:
+def _verified_envelopes(rows: Iterator[tuple[Any, ...]]) -> Iterator[tuple[int, Envelope]]:
     chain = Chain()
-    for row in rows:
-        position = row["position"]
-        problem = chain.follow(ChainRow(*(row[n] for n in ChainRow.__dataclass_fields__)), gaps=True)
+    for values in rows:
+        row = ChainRow.of(values)
+        position = row.position
+        problem = chain.follow(row, gaps=True)
         if problem:
             raise RepublishError(f"position {position} does not verify ({problem}); nothing after it was published")
-        stored = row["envelope"].encode("utf-8")
+        stored = row.envelope.encode("utf-8")
         try:
             envelope = Envelope.from_bytes(stored)
         except EnvelopeError as exc:

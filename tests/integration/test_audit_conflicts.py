@@ -25,7 +25,7 @@ from bus.redelivery import REASON_HEADER
 from bus.topology import ServiceQueue, Topology, binding, declare_all
 from cli.main import main as hotupdate
 from domain.db import make_engine
-from projections import queries
+from projections import detail, queries
 from projections.models import LoggedEvent
 from projections.service import SERVICE, build_service, run
 from tests.broker_users import broker_users, publish_as
@@ -89,9 +89,9 @@ async def test_the_projection_records_the_publisher_and_parks_a_conflicting_id_a
             logged = session.query(LoggedEvent).filter(LoggedEvent.event_id == request.id).one()
             assert logged.publisher == user  # the first, real one stands, with who published it
             assert '"requested_by":"alice"' in logged.envelope
-            detail = queries.update_detail(session, request.updateid)
-            assert detail is not None and [e.publisher for e in detail.events] == [user]
-            assert detail.rejected and detail.rejected[0].conflict
+            found = detail.update_detail(session, request.updateid)
+            assert found is not None and [e.publisher for e in found.events] == [user]
+            assert found.rejected and found.rejected[0].conflict
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

@@ -99,12 +99,12 @@ def test_duplicated_and_reordered_deliveries_change_neither_the_views_nor_the_si
                                        service="projection_shuffled")
 
         async def start() -> None:
-            view.ingestor.start()
+            view.start()
             await consumer.start()
 
         async def stop() -> None:
             await consumer.stop(timeout=10)
-            await view.ingestor.close()
+            await view.close()
             view.engine.dispose()
 
         try:

@@ -211,10 +211,10 @@ def _build(config: HotupdateConfig, world: World) -> tuple[dict[str, ConsumerSer
     }
 
     async def open_view() -> None:
-        view.ingestor.start()  # needs the running loop
+        view.start()  # needs the running loop
 
     async def close_view() -> None:
-        await view.ingestor.close()
+        await view.close()
         view.engine.dispose()
 
     return services, open_view, close_view

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from bus.contract.events import UpdateCompleted, UpdateRequested, UpdateStarted
 from bus.contract.registry import make_envelope
 from bus.handling import child_envelope
-from projections import queries
+from projections import detail, queries
 from projections.dashboard import create_app
 from projections.dashboard.app import PAGE_SIZES
 from projections.ingest import ingest_batch
@@ -68,12 +68,12 @@ def engine(request, tmp_path):
     eng.dispose()
 
 
-def _servers(detail) -> list[tuple]:
-    return [(s.ip, s.server, s.reported, s.ok, s.not_run) for s in detail.server_list]
+def _servers(d) -> list[tuple]:
+    return [(s.ip, s.server, s.reported, s.ok, s.not_run) for s in d.server_list]
 
 
-def _ips(detail) -> list[tuple]:
-    return [(i.ip, i.reported, i.ok, i.not_run) for i in detail.ip_list]
+def _ips(d) -> list[tuple]:
+    return [(i.ip, i.reported, i.ok, i.not_run) for i in d.ip_list]
 
 
 def _paged(engine, size: int, field: str) -> list[tuple]:
@@ -81,10 +81,10 @@ def _paged(engine, size: int, field: str) -> list[tuple]:
     with Session(engine) as s:
         while True:
             if field == "servers":
-                d = queries.update_detail(s, UPDATEID, servers_offset=len(rows), servers_limit=size)
+                d = detail.update_detail(s, UPDATEID, servers_offset=len(rows), servers_limit=size)
                 page, total = _servers(d), d.servers_total
             else:
-                d = queries.update_detail(s, UPDATEID, ips_offset=len(rows), ips_limit=size)
+                d = detail.update_detail(s, UPDATEID, ips_offset=len(rows), ips_limit=size)
                 page, total = _ips(d), d.ips_total
             assert len(page) == min(size, total - len(rows))
             rows += page
@@ -98,9 +98,12 @@ def _rank(reported, ok, not_run) -> int:
 
 def test_server_and_ip_pages_follow_the_full_failed_first_sort(engine):
     with Session(engine) as s:
-        whole = queries.update_detail(s, UPDATEID)  # no limits: every row, sorted in Python
+        whole = detail.update_detail(s, UPDATEID)  # no limits: every row
     servers, ips = _servers(whole), _ips(whole)
     assert len(servers) == IPS * len(SERVER_NAMES) and len(ips) == IPS
+    # the full sort, in Python (code-point order of IP and name)
+    assert servers == sorted(servers, key=lambda r: (_rank(r[2], r[3], r[4]), r[0], r[1]))
+    assert ips == sorted(ips, key=lambda r: (0 if r[2] is False else _rank(r[1], r[2], r[3]), r[0]))
     assert sorted({_rank(r, ok, nr) for _, _, r, ok, nr in servers}) == [0, 1, 2, 3]  # every rank is there
     assert [(ip, name) for ip, name, *_ in servers[:2]] == [("10.0.0.1", "a_1"), ("10.0.0.10", "Z_1")]
     for size in (1, 7, 100, 1000):
@@ -120,8 +123,9 @@ def test_rows_outside_the_views_usual_states_still_page_in_the_same_order(engine
     with engine.begin() as conn:
         conn.execute(insert(ServerRow), [{"expected": True, **row} for row in extra])
     with Session(engine) as s:
-        servers = _servers(queries.update_detail(s, UPDATEID))
+        servers = _servers(detail.update_detail(s, UPDATEID))
     assert {"odd_reported", "odd_silent", "odd_never_ran"} <= {name for _, name, *_ in servers}
+    assert servers == sorted(servers, key=lambda r: (_rank(r[2], r[3], r[4]), r[0], r[1]))
     for size in (1, 13, 1000):
         assert _paged(engine, size, "servers") == servers
 
@@ -137,7 +141,7 @@ def _plans(engine, **limits) -> list[str]:
     event.listen(engine, "before_cursor_execute", capture)
     try:
         with Session(engine) as s:
-            queries.update_detail(s, UPDATEID, **limits)
+            detail.update_detail(s, UPDATEID, **limits)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
     assert statements
@@ -192,7 +196,7 @@ async def test_the_update_page_shows_a_page_of_servers_and_ips_and_links_to_the_
     monkeypatch.setitem(PAGE_SIZES, "servers", 50)
     monkeypatch.setitem(PAGE_SIZES, "ips", 25)
     with Session(engine) as s:
-        whole = queries.update_detail(s, UPDATEID)
+        whole = detail.update_detail(s, UPDATEID)
     app = create_app(engine.url.render_as_string(hide_password=False), access=dashboard_access())
     servers: list[tuple[str, str]] = []
     ips: list[str] = []
@@ -228,7 +232,7 @@ async def test_the_json_detail_is_the_detail_model_with_the_stored_envelopes_as_
     finally:
         app.state.engine.dispose()
     with Session(engine) as s:
-        expected = queries.update_detail(s, UPDATEID, events_limit=30, servers_limit=100, ips_limit=50)
+        expected = detail.update_detail(s, UPDATEID, events_limit=30, servers_limit=100, ips_limit=50)
         stored = s.execute(select(LoggedEvent.envelope).where(LoggedEvent.updateid == UPDATEID)
                            .order_by(LoggedEvent.position).limit(30)).scalars().all()
     assert response.headers["content-type"] == "application/json"

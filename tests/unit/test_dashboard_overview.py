@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from projections import queries, trends
 from projections.dashboard import charts, create_app
-from projections.dashboard.lang import lang_attribute, mark_chinese
+from projections.dashboard.render import lang_attribute, mark_chinese
 from projections.ingest import ingest_batch, record_rejection
 from projections.schemas import UpdateFilters
 from tests.projection_support import (

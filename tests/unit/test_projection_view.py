@@ -352,7 +352,7 @@ def test_a_retry_is_linked_to_the_update_it_was_made_from(engine):
     ingest_batch(engine, [*flow, item(retry)])
     u = _update(engine, "retry-1")
     assert (u.parent_updateid, u.relation, u.servers_expected) == (parent, "retry_failed", 1)
-    from projections.queries import update_detail
+    from projections.detail import update_detail
 
     with Session(engine) as s:
         detail = update_detail(s, parent)

@@ -27,7 +27,7 @@ from demo.run import wait_consumers
 from demo.world import SERVERS
 from domain.db import make_engine
 from projections import log as event_log
-from projections.queries import update_detail_json
+from projections.detail import update_detail_json
 from projections.rebuild import rebuild
 from tests.rabbit_cluster import RabbitCluster
 from tests.system import (
