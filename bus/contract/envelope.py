@@ -61,6 +61,9 @@ def _type_has_version(value: str) -> str:
 # are carried, not refused. Names: lowercase letters and digits (the CloudEvents rule; its 20-character
 # advice is not enforced). Values: the JSON forms of the CloudEvents types (String, Boolean, Integer).
 EXTENSION_NAME_PATTERN = r"^[a-z0-9]{1,64}$"
+# The declared attributes of each envelope class: the validator below runs on every envelope
+# decoded, and pydantic's model_fields is a computed class property (≈ 1 µs a look, 14 looks).
+_FIELDS: dict[type[BaseModel], frozenset[str]] = {}
 _EXTENSION_NAME = re.compile(EXTENSION_NAME_PATTERN)
 EXTENSION_VALUE_MAX_LENGTH = 4096
 # Extensions a child event inherits from its cause: W3C trace context (the CloudEvents distributed
@@ -161,7 +164,8 @@ class Envelope(BaseModel):
     def _extensions(cls, raw: Any) -> Any:
         if not isinstance(raw, dict):
             return raw
-        extensions = [name for name in raw if name not in cls.model_fields]
+        fields = _FIELDS.get(cls) or _FIELDS.setdefault(cls, frozenset(cls.model_fields))  # once per class
+        extensions = [name for name in raw if name not in fields]
         if not extensions:
             return raw
         out = dict(raw)
