@@ -41,10 +41,13 @@ class TargetNotEmpty(RebuildError):
 def target_engine(url: str) -> Engine:
     """The target's engine; on SQLite, set up for building a file from scratch (see :func:`settle`).
 
-    Its rollback journal is kept in memory (no write-ahead log: each page is written once, not to
-    the log and then again into the file) and nothing is synced to disk until the end. A rolled
-    back window is still rolled back; a rebuild killed mid-way (``kill -9``, a crash) can leave the
-    target unusable: rebuild again into a new file.
+    It keeps a rollback journal (no write-ahead log: each page is written once, not to the log and
+    then again into the file) in a file beside it, not in memory: the journal holds the pages a
+    window changes, up to one per insert into each index with random keys (the log's event ids and
+    hashes), and in memory that grew a rebuild's RSS with the log (275 MiB at 200,000 events, 361 at
+    1,000,000; BENCHMARKS.md §4a). Nothing is synced to disk until the end (the journal's pages
+    mostly stay in the OS page cache). A rolled back window is still rolled back; a rebuild killed
+    mid-way (``kill -9``, a crash) can leave the target unusable: rebuild again into a new file.
     """
     engine = make_engine(url)
     if engine.dialect.name == "sqlite":
@@ -53,7 +56,7 @@ def target_engine(url: str) -> Engine:
         def _building(dbapi_conn: Any, _record: Any) -> None:  # after make_engine's own pragmas
             cursor = dbapi_conn.cursor()
             try:
-                cursor.execute("PRAGMA journal_mode=MEMORY")
+                cursor.execute("PRAGMA journal_mode=TRUNCATE")
             except sqlite3.OperationalError:  # another connection has the file open: keep the write-ahead log
                 log.info("rebuild: the target is open elsewhere; it keeps its write-ahead log")
             cursor.execute("PRAGMA synchronous=OFF")
