@@ -124,8 +124,9 @@ class _Folder:
 
 def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: int, size: int, spool: str,
            out: Any, stop: Any, committed: Any) -> None:
-    """The reader process: send ("window", file of a pickled :class:`Folded`), ("failed", :class:`FoldFailed`)
-    or ("broken", (position, reason)), then ("done", peak RSS in KiB) or ("error", (reason, traceback))."""
+    """The reader process: send ("window", file of a pickled :class:`Folded`) for each window, then ("failed",
+    (:class:`FoldFailed`, peak RSS)), ("broken", (position, reason, peak RSS)) or ("done", peak RSS), peak RSS
+    in KiB; or ("error", (reason, traceback))."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
 
     def send(message: tuple[str, Any]) -> bool:
@@ -151,7 +152,7 @@ def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: in
                         try:
                             folded = fold_window(folder.memory, window, folder.loader(window[0][_POSITION]))
                         except (view.ReducerFailed, Broken) as failed:  # the parent narrows it down to the event
-                            send(("failed", FoldFailed(window, f"{type(failed).__name__}: {failed}")))
+                            send(("failed", (FoldFailed(window, f"{type(failed).__name__}: {failed}"), _peak())))
                             return
                         path = Path(spool) / f"window-{number:08d}.pickle"
                         path.write_bytes(pickle.dumps(folded, protocol=pickle.HIGHEST_PROTOCOL))
@@ -159,16 +160,20 @@ def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: in
                             return
                         folder.sent += 1
                 except Broken as broken:
-                    send(("broken", (broken.position, broken.reason)))
+                    send(("broken", (broken.position, broken.reason, _peak())))
                     return
         finally:
             source.dispose()
             target.dispose()
-        send(("done", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        send(("done", _peak()))
     except InterruptedError:  # the parent stopped us while we waited for it
         return
     except BaseException as exc:  # whatever it is, the parent must hear of it
         send(("error", (f"{type(exc).__name__}: {exc}", traceback.format_exc())))
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _spool_parent() -> str | None:
@@ -225,10 +230,12 @@ class ReaderProcess:
                 path.unlink()
                 yield pickle.loads(data)  # noqa: S301 - our own child's pickles
             elif kind == "failed":
-                yield payload
+                failed, self.peak_rss_kib = payload
+                yield failed
                 return
             elif kind == "broken":
-                yield Broken(*payload)
+                position, reason, self.peak_rss_kib = payload
+                yield Broken(position, reason)
                 return
             elif kind == "done":
                 self.peak_rss_kib = payload

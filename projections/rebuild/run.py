@@ -149,27 +149,31 @@ class _Rebuild:
         while result.last_position < self.end:
             with ReaderProcess(source_url, target_url, after=result.last_position, prev_hash=result.last_hash,
                                end=self.end, size=self.window) as reader:
-                for message in reader:
-                    if isinstance(message, Broken):
-                        raise SourceLogBroken(message.position, message.reason, result.events)
-                    if isinstance(message, FoldFailed):
-                        log.info("rebuild: %s; narrowing that window down here", message.reason)
-                        rows = message.rows
-                        break
-                    try:
-                        self._commit(message)
-                    except Exception as exc:
-                        log.info("rebuild: the target refused a window (%r); narrowing it down here", exc)
-                        rows = list(message.rows)
-                        break
-                    reader.committed()
-                else:
-                    result.reader_peak_rss_kib = max(result.reader_peak_rss_kib, reader.peak_rss_kib)
-                    log.info("rebuild: waited %.1f s for the reader process", reader.waited)
-                    return result
+                rows = self._write_from(reader)
+            result.reader_peak_rss_kib = max(result.reader_peak_rss_kib, reader.peak_rss_kib)
+            log.info("rebuild: waited %.1f s for the reader process", reader.waited)
+            if rows is None:
+                break
             self.memory = view.MemoryRows()  # the reader's rows are gone: read back from the target
             self._narrowed(rows)
         return result
+
+    def _write_from(self, reader: ReaderProcess) -> Sequence[tuple[Any, ...]] | None:
+        """Write the reader's windows; the rows of a window it could not fold or the target refused (None: it
+        went to the end)."""
+        for message in reader:
+            if isinstance(message, Broken):
+                raise SourceLogBroken(message.position, message.reason, self.result.events)
+            if isinstance(message, FoldFailed):
+                log.info("rebuild: %s; narrowing that window down here", message.reason)
+                return message.rows
+            try:
+                self._commit(message)
+            except Exception as exc:
+                log.info("rebuild: the target refused a window (%r); narrowing it down here", exc)
+                return message.rows
+            reader.committed()
+        return None
 
     def _started(self) -> None:
         if self.progress:
