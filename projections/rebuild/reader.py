@@ -122,8 +122,8 @@ class _Folder:
             view.load(connection, memory, seen)
 
 
-def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: int, size: int, spool: str,
-           out: Any, stop: Any, committed: Any) -> None:
+def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: int, size: int, send_rows: bool,
+           spool: str, out: Any, stop: Any, committed: Any) -> None:
     """The reader process: send ("window", file of a pickled :class:`Folded`) for each window, then ("failed",
     (:class:`FoldFailed`, peak RSS)), ("broken", (position, reason, peak RSS)) or ("done", peak RSS), peak RSS
     in KiB; or ("error", (reason, traceback))."""
@@ -154,6 +154,8 @@ def _serve(source_url: str, target_url: str, after: int, prev_hash: str, end: in
                         except (view.ReducerFailed, Broken) as failed:  # the parent narrows it down to the event
                             send(("failed", (FoldFailed(window, f"{type(failed).__name__}: {failed}"), _peak())))
                             return
+                        if not send_rows:  # the parent copies them from the source by SQL
+                            folded.rows = None
                         path = Path(spool) / f"window-{number:08d}.pickle"
                         path.write_bytes(pickle.dumps(folded, protocol=pickle.HIGHEST_PROTOCOL))
                         if not send(("window", str(path))):
@@ -186,6 +188,7 @@ def _spool_parent() -> str | None:
 class ReaderProcess:
     """Reads, walks, decodes and folds the source's log after ``after`` (whose hash is ``prev_hash``) up to
     ``end``, in windows of ``size``, in a process of its own; use as a context manager (stopped on leaving).
+    ``send_rows`` False: the windows come without their log rows (the parent copies them by SQL).
 
     Iterating gives :data:`Message` s; call :meth:`committed` after writing each window. A reader that
     fails or dies raises :class:`ReaderError` (not a hang). ``peak_rss_kib``: the reader's peak resident
@@ -193,7 +196,7 @@ class ReaderProcess:
     """
 
     def __init__(self, source_url: str, target_url: str, *, after: int, prev_hash: str, end: int, size: int,
-                 ahead: int = 2) -> None:
+                 send_rows: bool = True, ahead: int = 2) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: the parent holds database connections
         self._queue: Any = context.Queue(maxsize=ahead)  # windows folded ahead of the parent: bounds the spool
         self._stop = context.Event()
@@ -201,8 +204,8 @@ class ReaderProcess:
         self._spool = tempfile.TemporaryDirectory(prefix="hotupdate-rebuild-", dir=_spool_parent())
         self.process = context.Process(
             target=_serve,
-            args=(source_url, target_url, after, prev_hash, end, size, self._spool.name, self._queue, self._stop,
-                  self._committed),
+            args=(source_url, target_url, after, prev_hash, end, size, send_rows, self._spool.name, self._queue,
+                  self._stop, self._committed),
             name="hotupdate-rebuild-reader", daemon=True,
         )
         self.windows = 0

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from domain.db import make_engine, upgrade
@@ -42,6 +42,7 @@ from projections.rebuild.target import (
     rebuild_end,
     same_database,
     settle,
+    source_attached,
     target_engine,
 )
 from projections.rebuild.window import Broken, Folded, Unapplied, fold_window, windows, write_window
@@ -58,8 +59,7 @@ READER_FROM = 50_000
 Progress = Callable[[int, int], None]
 """Called with (events done, events in all) as a rebuild goes on."""
 
-_POSITION, _HASH, _PREV = AT["position"], AT["hash"], AT["prev_hash"]
-_ID, _TYPE, _UPDATEID = AT["event_id"], AT["type"], AT["updateid"]
+_POSITION, _ID, _TYPE, _UPDATEID = AT["position"], AT["event_id"], AT["type"], AT["updateid"]
 
 __all__ = ["READER_FROM", "WINDOW", "Progress", "RebuildResult", "SourceLogBroken", "Unapplied", "rebuild"]
 
@@ -108,8 +108,7 @@ def rebuild(source_url: str, target_url: str, *, until_position: int | None = No
         prepare_target(target, force=force)
         with Session(source) as session:
             end = rebuild_end(session, until_position=until_position, until_time=until_time)
-            stored = source.dialect.name == target.dialect.name == "sqlite"
-            job = _Rebuild(session, target, stored, end, window, progress)
+            job = _Rebuild(session, source, target, end, window, progress)
             if reader if reader is not None else end >= READER_FROM:
                 return job.with_reader(source_url, target_url)
             return job.in_process()
@@ -122,9 +121,10 @@ def rebuild(source_url: str, target_url: str, *, until_position: int | None = No
 
 
 class _Rebuild:
-    def __init__(self, source: Session, target: Engine, stored: bool, end: int, window: int,
+    def __init__(self, source: Session, source_engine: Engine, target: Engine, end: int, window: int,
                  progress: Progress | None) -> None:
-        self.source, self.target, self.stored, self.end, self.window = source, target, stored, end, window
+        self.source, self.source_engine, self.target, self.end, self.window = source, source_engine, target, end, window
+        self.stored = source_engine.dialect.name == target.dialect.name == "sqlite"
         self.progress = progress
         self.memory = view.MemoryRows()
         self.result = RebuildResult()
@@ -143,22 +143,25 @@ class _Rebuild:
 
     def with_reader(self, source_url: str, target_url: str) -> RebuildResult:
         """Read, walk and fold in a reader process, write here; a window it cannot fold is narrowed here, and
-        a new reader goes on after it."""
-        self._started()
+        a new reader goes on after it. SQLite to SQLite, the log rows are copied by SQL from the source
+        attached here: they need not pass through the reader's pickles."""
         result = self.result
-        while result.last_position < self.end:
-            with ReaderProcess(source_url, target_url, after=result.last_position, prev_hash=result.last_hash,
-                               end=self.end, size=self.window) as reader:
-                rows = self._write_from(reader)
-            result.reader_peak_rss_kib = max(result.reader_peak_rss_kib, reader.peak_rss_kib)
-            log.info("rebuild: waited %.1f s for the reader process", reader.waited)
-            if rows is None:
-                break
-            self.memory = view.MemoryRows()  # the reader's rows are gone: read back from the target
-            self._narrowed(rows)
+        self._started()
+        with self.target.connect() as connection, source_attached(connection, self.source_engine,
+                                                                  self.target) as by_sql:
+            while result.last_position < self.end:
+                with ReaderProcess(source_url, target_url, after=result.last_position, prev_hash=result.last_hash,
+                                   end=self.end, size=self.window, send_rows=not by_sql) as reader:
+                    rows = self._write_from(reader, connection)
+                result.reader_peak_rss_kib = max(result.reader_peak_rss_kib, reader.peak_rss_kib)
+                log.info("rebuild: waited %.1f s for the reader process", reader.waited)
+                if rows is None:
+                    break
+                self.memory = view.MemoryRows()  # the reader's rows are gone: read back from the target
+                self._narrowed(rows)
         return result
 
-    def _write_from(self, reader: ReaderProcess) -> Sequence[tuple[Any, ...]] | None:
+    def _write_from(self, reader: ReaderProcess, connection: Connection) -> Sequence[tuple[Any, ...]] | None:
         """Write the reader's windows; the rows of a window it could not fold or the target refused (None: it
         went to the end)."""
         for message in reader:
@@ -168,12 +171,18 @@ class _Rebuild:
                 log.info("rebuild: %s; narrowing that window down here", message.reason)
                 return message.rows
             try:
-                self._commit(message)
+                self._commit(message, connection)
             except Exception as exc:
                 log.info("rebuild: the target refused a window (%r); narrowing it down here", exc)
-                return message.rows
+                return message.rows if message.rows is not None else self._read_again(message)
             reader.committed()
         return None
+
+    def _read_again(self, folded: Folded) -> list[tuple[Any, ...]]:
+        """The rows of a window the reader walked and sent without them, read and walked again."""
+        rows = event_log.read_rows(self.source, after=folded.first - 1, up_to=folded.last, stored=self.stored)
+        return [row for window in windows(rows, Chain(folded.first - 1, folded.prev_hash), folded.events,
+                                          folded.last) for row in window]
 
     def _started(self) -> None:
         if self.progress:
@@ -198,8 +207,8 @@ class _Rebuild:
             if len(rows) > 1 or isinstance(exc, Broken):
                 raise
             row = rows[0]
-            self._commit(Folded(rows, unapplied=[Unapplied(row[_POSITION], row[_ID], row[_TYPE],
-                                                           f"{type(exc).__name__}: {exc}")]))
+            self._commit(Folded.of(rows, [Unapplied(row[_POSITION], row[_ID], row[_TYPE],
+                                                    f"{type(exc).__name__}: {exc}")]))
         return [None]
 
     def _fold(self, rows: Sequence[tuple[Any, ...]]) -> Folded:
@@ -217,24 +226,23 @@ class _Rebuild:
             row = rows[0]
             memory.updates.pop(row[_UPDATEID], None)  # half-folded: read it back when next touched
             memory.touched = {}
-            return Folded(rows, unapplied=[Unapplied(row[_POSITION], row[_ID], row[_TYPE],
-                                                     f"{type(failed.error).__name__}: {failed.error}")])
+            return Folded.of(rows, [Unapplied(row[_POSITION], row[_ID], row[_TYPE],
+                                              f"{type(failed.error).__name__}: {failed.error}")])
 
-    def _commit(self, folded: Folded) -> None:
-        """Write ``folded`` and advance the target's head, in one transaction."""
-        rows = folded.rows
-        with Session(self.target) as session, session.begin():
+    def _commit(self, folded: Folded, connection: Connection | None = None) -> None:
+        """Write ``folded`` and advance the target's head, in one transaction (on ``connection`` if given)."""
+        with Session(connection or self.target) as session, session.begin():
             head = event_log.lock_head(session)
-            if (head.position + 1, head.hash) != (rows[0][_POSITION], rows[0][_PREV]):
-                raise ValueError(f"the window from {rows[0][_POSITION]} does not follow the target's head")
+            if (head.position + 1, head.hash) != (folded.first, folded.prev_hash):
+                raise ValueError(f"the window from {folded.first} does not follow the target's head")
             write_window(session.connection(), folded, stored=self.stored)
-            head.position, head.hash = rows[-1][_POSITION], rows[-1][_HASH]
+            head.position, head.hash = folded.last, folded.last_hash
             head.version += 1
             event_log.store_head(session, head)
         result = self.result
-        result.events += len(rows)
+        result.events += folded.events
         result.applied += len(folded.applied)
         result.unapplied.extend(folded.unapplied)
-        result.last_position, result.last_hash = rows[-1][_POSITION], rows[-1][_HASH]
+        result.last_position, result.last_hash = folded.last, folded.last_hash
         if self.progress:
             self.progress(result.events, self.end)

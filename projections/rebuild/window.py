@@ -23,10 +23,11 @@ from projections import log as event_log
 from projections import view
 from projections.log import AT, Chain, ChainRow
 from projections.models import AppliedEvent, LoggedEvent, UpdateRow
+from projections.rebuild.target import SOURCE_SCHEMA
 from projections.view.bulk_insert import insert_rows
 from projections.view.rows import Changes
 
-_POSITION, _HASH = AT["position"], AT["hash"]
+_POSITION, _HASH, _PREV = AT["position"], AT["hash"], AT["prev_hash"]
 _ID, _TYPE, _UPDATEID, _ENVELOPE = AT["event_id"], AT["type"], AT["updateid"], AT["envelope"]
 
 Load = Callable[[view.MemoryRows, Iterable[str]], None]
@@ -55,15 +56,31 @@ class Broken(Exception):
 
 @dataclass
 class Folded:
-    """A window folded: the log rows to copy, the applied events' rows, what the view rows became.
+    """A window folded: where it lies in the log, its rows to copy, the applied events' rows, what the view
+    rows became.
 
-    Plain values only (tuples, dicts, datetimes): a reader process hands it to the writer pickled.
+    Plain values only (tuples, dicts, datetimes): a reader process hands it to the writer pickled, without
+    the log rows where the writer copies them from the source by SQL (``rows`` None: :func:`write_window`).
     """
 
-    rows: Sequence[tuple[Any, ...]]
+    first: int
+    prev_hash: str
+    last: int
+    last_hash: str
+    rows: Sequence[tuple[Any, ...]] | None
     applied: list[tuple[str, int, str]] = field(default_factory=list)
     unapplied: list[Unapplied] = field(default_factory=list)
     changes: Changes = field(default_factory=Changes)
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[Any, ...]], unapplied: list[Unapplied] | None = None) -> Folded:
+        """``rows`` (checked: they chain on), nothing folded yet (or each of them left ``unapplied``)."""
+        return cls(rows[0][_POSITION], rows[0][_PREV], rows[-1][_POSITION], rows[-1][_HASH], rows,
+                   unapplied=unapplied or [])
+
+    @property
+    def events(self) -> int:
+        return self.last - self.first + 1
 
 
 def windows(rows: Iterable[tuple[Any, ...]], chain: Chain, size: int, end: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -95,7 +112,7 @@ def fold_window(memory: view.MemoryRows, rows: Sequence[tuple[Any, ...]], load: 
     ``memory`` keeps only the window's updates still in progress: they are likely in the next window too;
     the rest are let go (read back if touched again), so what is held is bounded by the window.
     """
-    folded = Folded(rows)
+    folded = Folded.of(rows)
     load(memory, dict.fromkeys(row[_UPDATEID] for row in rows))
     view.fold(memory, _events(rows, folded))
     touched = list(memory.touched)
@@ -105,11 +122,29 @@ def fold_window(memory: view.MemoryRows, rows: Sequence[tuple[Any, ...]], load: 
 
 
 def write_window(connection: Connection, folded: Folded, *, stored: bool) -> None:
-    """Copy the window's log rows (``stored``: in the target's stored form already), record the applied
-    events and write the view rows, in the caller's transaction."""
-    insert_rows(connection, LoggedEvent.__table__, folded.rows, stored=stored)
+    """Copy the window's log rows (``stored``: in the target's stored form already; none given: from the
+    source attached to ``connection``, :func:`projections.rebuild.target.source_attached`), record the
+    applied events and write the view rows, in the caller's transaction."""
+    if folded.rows is None:
+        copied = connection.exec_driver_sql(_copy_statement(), (folded.first, folded.last)).rowcount
+        last_hash = connection.exec_driver_sql(_HASH_AT, (folded.last,)).scalar()
+        if (copied, last_hash) != (folded.events, folded.last_hash):  # the source changed since it was walked
+            raise ValueError(f"the source's rows {folded.first}–{folded.last} are not those the reader walked")
+    else:
+        insert_rows(connection, LoggedEvent.__table__, folded.rows, stored=stored)
     insert_rows(connection, AppliedEvent.__table__, folded.applied)
     view.write(connection, folded.changes)
+
+
+_LOG: Any = LoggedEvent.__table__
+_HASH_AT = f"SELECT hash FROM main.{_LOG.name} WHERE position = ?"  # noqa: S608 - the table's own name
+
+
+def _copy_statement() -> str:
+    """INSERT INTO the target's log SELECT the attached source's rows between two positions, verbatim."""
+    listed = ", ".join(f'"{c.name}"' for c in _LOG.columns)
+    return (f"INSERT INTO main.{_LOG.name} ({listed}) SELECT {listed} FROM {SOURCE_SCHEMA}.{_LOG.name} "  # noqa: S608
+            "WHERE position BETWEEN ? AND ? ORDER BY position")
 
 
 def _events(rows: Sequence[tuple[Any, ...]], folded: Folded) -> Iterator[tuple[Envelope, Event]]:

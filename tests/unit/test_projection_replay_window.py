@@ -63,3 +63,4 @@ def test_a_replayed_sqlite_file_is_left_with_its_write_ahead_log_like_every_othe
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert connection.execute("SELECT count(*) FROM projection_updates").fetchone() == (1,)
+    assert not (tmp_path / "replayed.db-journal").exists()  # the rollback journal kept while building is gone
