@@ -109,7 +109,7 @@ def rebuild(source_url: str, target_url: str, *, until_position: int | None = No
         with Session(source) as session:
             end = rebuild_end(session, until_position=until_position, until_time=until_time)
             job = _Rebuild(session, source, target, end, window, progress)
-            if reader if reader is not None else end >= READER_FROM:
+            if end >= READER_FROM if reader is None else reader:
                 return job.with_reader(source_url, target_url)
             return job.in_process()
     finally:
