@@ -6,15 +6,17 @@ name the same database.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, literal, select
+from sqlalchemy import Connection, Engine, delete, func, literal, select
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -41,10 +43,14 @@ class TargetNotEmpty(RebuildError):
 def target_engine(url: str) -> Engine:
     """The target's engine; on SQLite, set up for building a file from scratch (see :func:`settle`).
 
-    Its rollback journal is kept in memory (no write-ahead log: each page is written once, not to
-    the log and then again into the file) and nothing is synced to disk until the end. A rolled
-    back window is still rolled back; a rebuild killed mid-way (``kill -9``, a crash) can leave the
-    target unusable: rebuild again into a new file.
+    It keeps a rollback journal (no write-ahead log: each page is written once, not to the log and
+    then again into the file) in a file beside it, not in memory: the journal holds the pages a
+    window changes, up to one per insert into each index with random keys (the log's event ids and
+    hashes, the applied events' ids), and in memory that grew a rebuild's RSS with the log (263 to
+    391 MiB over 1,000,000 events; BENCHMARKS.md §4a). The file is kept between windows, its header
+    zeroed (PERSIST: truncating and growing it again each window cost twice the system time), and
+    nothing is synced to disk until the end. A rolled back window is still rolled back; a rebuild
+    killed mid-way (``kill -9``, a crash) can leave the target unusable: rebuild again into a new file.
     """
     engine = make_engine(url)
     if engine.dialect.name == "sqlite":
@@ -53,7 +59,7 @@ def target_engine(url: str) -> Engine:
         def _building(dbapi_conn: Any, _record: Any) -> None:  # after make_engine's own pragmas
             cursor = dbapi_conn.cursor()
             try:
-                cursor.execute("PRAGMA journal_mode=MEMORY")
+                cursor.execute("PRAGMA journal_mode=PERSIST")
             except sqlite3.OperationalError:  # another connection has the file open: keep the write-ahead log
                 log.info("rebuild: the target is open elsewhere; it keeps its write-ahead log")
             cursor.execute("PRAGMA synchronous=OFF")
@@ -66,13 +72,37 @@ def target_engine(url: str) -> Engine:
     return engine
 
 
+SOURCE_SCHEMA = "rebuild_source"
+"""Where :func:`source_attached` attaches a SQLite source to the target's connection."""
+
+
+@contextlib.contextmanager
+def source_attached(connection: Connection, source: Engine, target: Engine) -> Iterator[bool]:
+    """The SQLite source file attached to the target's SQLite ``connection`` as :data:`SOURCE_SCHEMA` (then
+    detached); whether it is (not unless both are SQLite files): then log rows are copied by SQL."""
+    path = source.url.database
+    if not (source.dialect.name == target.dialect.name == "sqlite") or not path or path == ":memory:":
+        yield False
+        return
+    connection.exec_driver_sql(f"ATTACH DATABASE ? AS {SOURCE_SCHEMA}", (path,))
+    connection.commit()
+    try:
+        yield True
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql(f"DETACH DATABASE {SOURCE_SCHEMA}")
+        connection.commit()
+
+
 def settle(target: Engine) -> None:
     """Leave a SQLite target as every other connection expects it (write-ahead log), synced to disk."""
     if target.dialect.name != "sqlite":
         return
     with target.connect() as connection:
         connection.exec_driver_sql("PRAGMA synchronous=FULL")
-        connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+        if connection.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":  # (it is, if open elsewhere)
+            connection.exec_driver_sql("PRAGMA journal_mode=DELETE")  # the journal file kept while building goes
+            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
         connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     target.dispose()
     path = target.url.database

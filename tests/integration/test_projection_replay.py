@@ -44,6 +44,7 @@ def batches():
     return history()
 
 
+@pytest.mark.parametrize("reader", [False, True], ids=["one process", "reader process"])
 @pytest.mark.parametrize(
     ("source_kind", "target_kind"),
     [
@@ -52,13 +53,15 @@ def batches():
         pytest.param("sqlite", "postgres", marks=pytest.mark.postgres),
     ],
 )
-def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind):
+def test_a_replay_equals_the_live_projection_field_for_field(request, tmp_path, batches, source_kind, target_kind,
+                                                            reader):
+    """With a reader process, SQLite to SQLite the log rows are copied by SQL; else they travel with the windows."""
     source_url = _url(source_kind, request, tmp_path, "live.db")
     target_url = _url(target_kind, request, tmp_path, "replayed.db")
     live = migrated_engine(source_url)
     ingest_history(live, batches)
 
-    result = rebuild(source_url, target_url, window=7)
+    result = rebuild(source_url, target_url, window=7, reader=reader)
 
     target = migrated_engine(target_url)
     live_log = log_of(live)

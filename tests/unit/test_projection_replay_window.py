@@ -51,7 +51,8 @@ def test_counts_stage_and_status_replayed_in_memory_equal_the_live_ones(tmp_path
 
 
 def test_a_replayed_sqlite_file_is_left_with_its_write_ahead_log_like_every_other(tmp_path):
-    """The file is built with its journal in memory; afterwards it is an ordinary projection database."""
+    """The file is built with its journal unsynced and no write-ahead log; afterwards it is an ordinary projection
+    database."""
     source_url = f"sqlite:///{tmp_path / 'live.db'}"
     ingest_batch(migrated_engine(source_url), hot_server_flow())
     target = tmp_path / "replayed.db"
@@ -62,3 +63,4 @@ def test_a_replayed_sqlite_file_is_left_with_its_write_ahead_log_like_every_othe
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert connection.execute("SELECT count(*) FROM projection_updates").fetchone() == (1,)
+    assert not (tmp_path / "replayed.db-journal").exists()  # the rollback journal kept while building is gone
