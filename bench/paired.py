@@ -52,7 +52,7 @@ from bench.projection_events import stream
 from bus.contract.envelope import Envelope
 from bus.topology import Topology
 
-async def routed_preload(url, queue, payloads):
+async def routed_preload(url, queue, payloads, **_routed_already):
     # each event on its own routing key, through the events exchange, as a publisher sends it (the runtime
     # parks an envelope that arrives on another key; bench.projection's preload sends to the queue itself)
     connection = await aio_pika.connect(url)
