@@ -46,6 +46,17 @@ from domain.db import Base, make_engine, upgrade
 UNFINISHED: tuple[UpdateStatus, ...] = ("running", "interrupted")
 
 
+def _add_first(session: Session, row: Base) -> bool:
+    """Insert ``row`` and commit; False when a row with its key is already there (the first record wins)."""
+    session.add(row)
+    try:
+        session.commit()
+        return True
+    except IntegrityError:
+        session.rollback()
+        return False
+
+
 class StateTables:
     """The executor's SQL tables (SQLite file by default, PostgreSQL in production), called synchronously.
 
@@ -154,14 +165,10 @@ class StateTables:
     def record_batch(self, update_id: str, batch: BatchRecord) -> BatchRecord:
         """Record a finished batch; the first record wins and is returned."""
         with Session(self._engine) as session:
-            session.add(ExecutorBatch(update_id=update_id, batch=batch.batch, ok_count=batch.ok_count,
-                                      failed_count=batch.failed_count, next=batch.next,
-                                      finished_at=batch.finished_at))
-            try:
-                session.commit()
+            if _add_first(session, ExecutorBatch(update_id=update_id, batch=batch.batch, ok_count=batch.ok_count,
+                                                 failed_count=batch.failed_count, next=batch.next,
+                                                 finished_at=batch.finished_at)):
                 return batch
-            except IntegrityError:
-                session.rollback()
             row = session.get(ExecutorBatch, (update_id, batch.batch))
             assert row is not None
             return batch_record(row)
@@ -176,12 +183,8 @@ class StateTables:
         with Session(self._engine) as session:
             if session.get(ExecutorUpdate, update_id) is None:
                 return False
-            session.add(ExecutorConfirm(update_id=update_id, batch=batch, confirmed_by=confirmed_by,
-                                        confirmed_at=now()))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+            _add_first(session, ExecutorConfirm(update_id=update_id, batch=batch, confirmed_by=confirmed_by,
+                                                confirmed_at=now()))
             return True
 
     def confirmed(self, update_id: str, batch: int) -> bool:
@@ -193,13 +196,9 @@ class StateTables:
         with Session(self._engine) as session:
             if session.get(ExecutorUpdate, update_id) is None:
                 return False
-            session.add(ExecutorVerdict(update_id=update_id, batch=verdict.batch, verdict=verdict.verdict,
-                                        reason=verdict.reason, link=verdict.link, analysed_by=verdict.analysed_by,
-                                        received_at=verdict.received_at))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+            _add_first(session, ExecutorVerdict(update_id=update_id, batch=verdict.batch, verdict=verdict.verdict,
+                                                reason=verdict.reason, link=verdict.link,
+                                                analysed_by=verdict.analysed_by, received_at=verdict.received_at))
             return True
 
     def verdict(self, update_id: str, batch: int) -> VerdictRecord | None:
@@ -213,12 +212,8 @@ class StateTables:
     def record_abort(self, update_id: str, requested_by: str, reason: str) -> None:
         """Record an abort request (the first one wins), known or not yet known update alike."""
         with Session(self._engine) as session:
-            session.add(ExecutorAbort(update_id=update_id, requested_by=requested_by, reason=reason,
-                                      requested_at=now()))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+            _add_first(session, ExecutorAbort(update_id=update_id, requested_by=requested_by, reason=reason,
+                                              requested_at=now()))
 
     def abort_of(self, update_id: str) -> AbortRecord | None:
         with Session(self._engine) as session:
@@ -231,15 +226,11 @@ class StateTables:
         """Record a server's result; the first record wins (a server is never re-run once recorded)."""
         group, ip, server = key
         with Session(self._engine) as session:
-            session.add(ExecutorServerResult(
+            _add_first(session, ExecutorServerResult(
                 update_id=update_id, group=group, ip=ip, server=server,
                 update_status=outcome.update.status, update_data=outcome.update.data,
                 erl_status=outcome.erl.status, erl_data=outcome.erl.data, recorded_at=now(),
             ))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
 
     def record_servers(self, rows: list[dict[str, object]]) -> None:
         """Record many servers' results in one transaction; a row already recorded is kept (first wins)."""
@@ -285,12 +276,8 @@ class StateTables:
     def record_cdn(self, update_id: str, key: CdnKey, result: ServerResult) -> None:
         """Record a CDN dir's result; the first record wins."""
         with Session(self._engine) as session:
-            session.add(ExecutorCdnResult(update_id=update_id, cdn_root_url=key[0], cdn_dir=key[1],
-                                          status=result.status, data=result.data, recorded_at=now()))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
+            _add_first(session, ExecutorCdnResult(update_id=update_id, cdn_root_url=key[0], cdn_dir=key[1],
+                                                  status=result.status, data=result.data, recorded_at=now()))
 
     def cdn_results(self, update_id: str) -> dict[CdnKey, ServerResult]:
         with Session(self._engine) as session:
