@@ -26,9 +26,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -156,25 +158,45 @@ def _event_attributes(envelope: Envelope, service: str) -> dict[str, str]:
             "hotupdate.update_id": envelope.updateid, "hotupdate.service": service}
 
 
-@contextmanager
-def handling(envelope: Envelope, service: str) -> Iterator[None]:
-    """Run a handler inside a consumer span continuing the envelope's trace (nothing when tracing is off)."""
-    tracer = _STATE.tracer
-    if tracer is None:
-        yield
-        return
-    if _STATE.drops_unsampled_parents and _unsampled(envelope):
-        token = _UNSAMPLED.set(True)  # no span: the events emitted carry the envelope's context on
-        try:
-            yield
-        finally:
-            _UNSAMPLED.reset(token)
-        return
-    with tracer.start_as_current_span(
-        f"{envelope.event_name} process", context=_context_of(envelope), kind=trace.SpanKind.CONSUMER,
-        attributes=_event_attributes(envelope, service),
-    ):
-        yield
+class handling:  # lower case: used as ``with tracing.handling(envelope, service):``, as span() is
+    """Run a handler inside a consumer span continuing the envelope's trace (nothing when tracing is off).
+
+    A class and not a generator, and the SDK's span started, attached and ended here rather than
+    through ``start_as_current_span``: this runs once per event, and the two generator context
+    managers that call stacks (``start_as_current_span`` in ``use_span``) cost about as much as the
+    span's attributes on these VMs (BENCHMARKS.md, section 1b). The span's own ``__exit__`` records
+    a handler's exception and marks the span as failed, as ``use_span`` would.
+    """
+
+    __slots__ = ("_attached", "_envelope", "_flag", "_service", "_span")
+
+    def __init__(self, envelope: Envelope, service: str) -> None:
+        self._envelope = envelope
+        self._service = service
+        self._span: trace.Span | None = None
+        self._attached: contextvars.Token[otel_context.Context] | None = None
+        self._flag: contextvars.Token[bool] | None = None
+
+    def __enter__(self) -> None:
+        tracer = _STATE.tracer
+        if tracer is None:
+            return
+        envelope = self._envelope
+        if _STATE.drops_unsampled_parents and _unsampled(envelope):
+            self._flag = _UNSAMPLED.set(True)  # no span: the events emitted carry the envelope's context on
+            return
+        self._span = span = tracer.start_span(
+            f"{envelope.event_name} process", context=_context_of(envelope), kind=trace.SpanKind.CONSUMER,
+            attributes=_event_attributes(envelope, self._service))
+        self._attached = otel_context.attach(trace.set_span_in_context(span))
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._span is not None and self._attached is not None:
+            otel_context.detach(self._attached)
+            self._span.__exit__(exc_type, exc, tb)  # records the exception, if any, and ends the span
+        elif self._flag is not None:
+            _UNSAMPLED.reset(self._flag)
 
 
 @contextmanager
@@ -228,6 +250,21 @@ def current_extensions() -> dict[str, str]:
     if _STATE.tracer is None:
         return {}
     return _injected()
+
+
+def sampled_trace_headers() -> dict[str, str]:
+    """A new trace's W3C ``traceparent`` header, marked sampled.
+
+    A request that carries it is traced whole, whatever ``telemetry.traces_sample_ratio`` says: the
+    CMDB's server span continues it and the parent-based sampler of every later hop follows its
+    flag. So the ratio can stay low for the background picture while an operator asks for the one
+    update to follow (``hotupdate update … --trace``). Built with the API only: no SDK in a client.
+    """
+    span_context = trace.SpanContext(trace_id=secrets.randbits(128) or 1, span_id=secrets.randbits(64) or 1,
+                                     is_remote=False, trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(trace.NonRecordingSpan(span_context)))
+    return carrier
 
 
 class TracingMiddleware:

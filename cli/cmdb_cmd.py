@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     client.add_argument("--url", default=None, help=f"CMDB URL (default: $HOTUPDATE_CMDB_URL or {DEFAULT_CMDB_URL})")
     client.add_argument("--token", default=None, help="operator token (default: $HOTUPDATE_TOKEN)")
     client.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP request")
+    client.add_argument("--trace", action="store_true",
+                        help="trace this request and what it starts whatever the sampling ratio (a sampled "
+                        "traceparent header); prints the trace id on stderr")
     update = subparsers.add_parser("update", help="start, push and follow hot updates through the CMDB")
     update_sub = update.add_subparsers(dest="update_command", required=True)
 
@@ -241,6 +244,11 @@ def _client(args: argparse.Namespace) -> httpx.Client:
     url = args.url or os.environ.get("HOTUPDATE_CMDB_URL") or DEFAULT_CMDB_URL
     token = args.token or os.environ.get("HOTUPDATE_TOKEN") or ""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if args.trace:
+        from bus.tracing import sampled_trace_headers
+
+        headers.update(sampled_trace_headers())
+        print(f"trace {headers['traceparent'].split('-')[1]}", file=sys.stderr)
     return httpx.Client(base_url=url, headers=headers, timeout=args.timeout)
 
 

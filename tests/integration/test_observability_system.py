@@ -2,17 +2,20 @@
 
 Each component serves /metrics (consumers on telemetry.listen_ports, the CMDB and the dashboard
 on their own apps); the counters move as the update did. Each exports its spans over OTLP/HTTP
-to a small collector this test runs on loopback; the update's push is one trace across the
-CMDB, file_push, the ops executor and the projection.
+to a small collector this test runs on loopback. Nothing is sampled on its own (ratio 0): the
+operator asks for the push to be traced (``hotupdate update push --trace``), and it is one trace
+across the CMDB, file_push, the ops executor and the projection, while the pull left no span.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,6 +29,7 @@ from tests.system import BUMP, FINAL, erlang_commands, running_system
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.erlang, pytest.mark.rsync, pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[2]
 IPS = sum(len(ips) for ips in SERVERS.values())
 GAME_SERVERS = sum(len(servers) for ips in SERVERS.values() for servers in ips.values())
 
@@ -98,7 +102,7 @@ def test_metrics_move_with_a_real_update_and_its_trace_spans_four_processes(
 
     def configure(config: dict[str, Any]) -> None:
         commands(config)
-        config["telemetry"] = {"listen_ports": ports, "traces_endpoint": collector.url, "traces_sample_ratio": 1}
+        config["telemetry"] = {"listen_ports": ports, "traces_endpoint": collector.url, "traces_sample_ratio": 0}
 
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")  # the children export their spans every 0.2 s
     with running_system(tmp_path / "world", amqp_url, configure) as system:
@@ -112,7 +116,11 @@ def test_metrics_move_with_a_real_update_and_its_trace_spans_four_processes(
 
         update_id = system.post_update()
         assert system.wait_state(update_id, {"pulled"} | FINAL)["state"] == "pulled"
-        system.push(update_id)
+        pushed = subprocess.run([sys.executable, "-m", "cli.main", "update", "push", update_id, "--trace",
+                                 "--url", cmdb, "--token", system.world.token],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert pushed.returncode == 0, pushed.stderr
+        (asked,) = [line.split()[1] for line in pushed.stderr.splitlines() if line.startswith("trace ")]
         assert system.wait_state(update_id, FINAL, timeout=120)["state"] == "failed"  # qq_4 fails on purpose
         system.wait_logged(update_id, "hotupdate.update.completed.v2")
         after = {name: scrape(url + "/metrics") for name, url in [*urls.items(), ("cmdb", cmdb)]}
@@ -146,29 +154,24 @@ def test_metrics_move_with_a_real_update_and_its_trace_spans_four_processes(
         board = scrape(dashboard + "/metrics")
         assert value(board, "hotupdate_projection_newest_event_timestamp_seconds") > time.time() - 600
 
-        # One trace: the push request at the CMDB, file_push, the CMDB's process manager, the ops
-        # executor, the projection (a batch span is a child of its first event's trace).
-        def push_trace() -> set[str]:
-            by_trace: dict[str, set[str]] = defaultdict(set)
-            for span in list(collector.spans):
-                by_trace[span["trace"]].add(span["service"])
-            executor = [s["trace"] for s in collector.spans if s["service"] == "ops_executor.ops1"
-                        and s["attributes"].get("hotupdate.update_id") == update_id]
-            return by_trace[executor[0]] if executor else set()
+        # One trace, the one the operator asked for: the push request at the CMDB, file_push, the
+        # CMDB's process manager, the ops executor, the projection (a batch span is a child of its
+        # first event's trace).
+        def services_in(trace: str) -> set[str]:
+            return {s["service"] for s in list(collector.spans) if s["trace"] == trace}
 
         four = {"cmdb", "file_push.recv1", "ops_executor.ops1", "projection"}
-        system.wait_until(lambda: four <= push_trace(), "the push's trace across four processes", timeout=30)
+        system.wait_until(lambda: four <= services_in(asked), "the push's trace across four processes", timeout=30)
         executor_traces = {s["trace"] for s in collector.spans if s["service"] == "ops_executor.ops1"
                            and s["attributes"].get("hotupdate.update_id") == update_id}
+        assert executor_traces == {asked}
         # the trace starts at the operator's request: the CMDB's server span of POST …/push
-        assert any(s["service"] == "cmdb" and s["name"] == "HTTP POST" and s["trace"] in executor_traces
+        assert any(s["service"] == "cmdb" and s["name"] == "HTTP POST" and s["trace"] == asked
                    and s["attributes"].get("url.path", "").endswith("/push") for s in collector.spans)
-        commands = [s for s in collector.spans if s["name"] == "remote command" and s["trace"] in executor_traces]
+        commands = [s for s in collector.spans if s["name"] == "remote command" and s["trace"] == asked]
         assert {s["attributes"]["server.address"] for s in commands} == {ip for ips in SERVERS.values() for ip in ips}
-        pulls = {s["trace"] for s in collector.spans if s["service"] == "file_pull.recv1"
-                 and s["attributes"].get("hotupdate.update_id") == update_id}
-        assert len(pulls) == 1
-        assert {s["service"] for s in collector.spans if s["trace"] in pulls} >= {"cmdb", "file_pull.recv1"}
+        # the pull (and every status poll) was not asked for and the ratio keeps nothing: no span of it anywhere
+        assert {s["trace"] for s in collector.spans} == {asked}
 
 
 def moved_projection(url: str, before: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:

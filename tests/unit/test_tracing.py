@@ -4,15 +4,18 @@ off loads no SDK; /metrics for loopback or the token."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from bus import tracing
 from bus.contract.envelope import Envelope
@@ -81,6 +84,18 @@ def test_a_handler_span_continues_the_envelope_and_its_children_carry_the_span(t
     assert Envelope.from_bytes(child.to_bytes()) == child  # an extension like any other on the wire
 
 
+def test_a_failing_handler_ends_its_span_as_an_error_and_leaves_the_context_as_it_found_it(traced) -> None:
+    exporter, _ = traced
+    with pytest.raises(ValueError, match="disk full"), tracing.handling(_request(traceparent=TRACEPARENT), "f.r1"):
+        raise ValueError("disk full")
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "ValueError: disk full"
+    assert [(e.name, e.attributes["exception.message"]) for e in span.events] == [("exception", "disk full")]
+    assert not trace.get_current_span().get_span_context().is_valid  # detached: the next event starts clean
+    assert _child(_request()).extensions == {}
+
+
 def test_a_chain_the_cmdb_starts_in_a_span_joins_its_trace_and_one_brought_keeps_its_own(traced) -> None:
     _, provider = traced
     with provider.get_tracer("test").start_as_current_span("POST /updates") as request_span:
@@ -118,6 +133,33 @@ def test_the_sampling_decision_is_made_where_the_trace_starts_and_followed_after
             child = _child(unsampled)
         assert exporter.get_finished_spans() == ()
         assert child.extensions == {"traceparent": UNSAMPLED, "tracestate": "vendor=abc"}
+    finally:
+        tracing.disable()
+
+
+def test_a_request_that_asks_to_be_traced_is_traced_whole_whatever_the_ratio() -> None:
+    started: list[Envelope] = []
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:  # the CMDB starting a chain
+        started.append(new_envelope(EVENT, source="hotupdate/cmdb", updateid="u-1", project="ssss", area="cn"))
+
+    def request(headers: dict[str, str]) -> None:
+        scope = {"type": "http", "method": "POST", "path": "/api/updates/u-1/push",
+                 "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+        asyncio.run(tracing.TracingMiddleware(app)(scope, None, None))
+
+    try:
+        exporter = _sampled_at(0.0)  # nothing is kept on its own
+        request({})
+        asked = tracing.sampled_trace_headers()
+        request(asked)
+        trace_id = asked["traceparent"].split("-")[1]
+        (span,) = exporter.get_finished_spans()  # the asking request's span only
+        assert format(span.context.trace_id, "032x") == trace_id
+        unasked, traced = (envelope.extensions["traceparent"].split("-") for envelope in started)
+        assert not int(unasked[3], 16) & 0x01  # not sampled (W3C trace-flags): no hop after records it either
+        assert traced[1:3] == [trace_id, f"{span.context.span_id:016x}"] and int(traced[3], 16) & 0x01
+        assert tracing.sampled_trace_headers()["traceparent"].split("-")[1] != trace_id  # a new trace each time
     finally:
         tracing.disable()
 
