@@ -17,7 +17,10 @@ import random
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 
 import aio_pika
 
@@ -33,6 +36,8 @@ from bus.topology import ServiceQueue, Topology, binding, declare_all
 from domain.config import TelemetryConfig
 
 BASE_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+T = TypeVar("T")
 
 
 def fresh_vhost() -> tuple[str, str]:
@@ -115,11 +120,8 @@ async def consume_floor(url: str, n: int, prefetch: int) -> float:
     return n / elapsed
 
 
-async def consume_runtime(url: str, n: int, prefetch: int, *, metrics: bool = True, sample_ratio: float | None = None,
-                          upstream: float | None = None, cpu_us: list[float] | None = None) -> float:
-    """Events/s through ConsumerService to a no-op handler; tracing on when ``sample_ratio`` is given.
-
-    ``upstream``: the events carry trace context, this share of it sampled (:func:`envelopes`)."""
+async def consume_runtime(url: str, n: int, prefetch: int) -> float:
+    """Events/s through ConsumerService (its metrics on, tracing off) to a no-op handler."""
     count = 0
     done = asyncio.Event()
 
@@ -131,16 +133,13 @@ async def consume_runtime(url: str, n: int, prefetch: int, *, metrics: bool = Tr
 
     spec = ServiceQueue(service="subject", bindings=(binding(PullRequested),))
     service = ConsumerService(amqp_url=url, queue=spec, handlers={PullRequested: handler},
-                              source="hotupdate/bench", prefetch=prefetch, metrics=metrics)
-    observability.switch(sample_ratio is not None, sample_ratio or 1.0)
+                              source="hotupdate/bench", prefetch=prefetch)
     await declare_all(url, Topology(), [spec])
-    await preload(url, Topology().queue("subject"), bodies(n, upstream), exchange=Topology().events_exchange)
-    cpu0, t0 = time.process_time(), time.perf_counter()
+    await preload(url, Topology().queue("subject"), bodies(n), exchange=Topology().events_exchange)
+    t0 = time.perf_counter()
     await service.start()
     await done.wait()
     elapsed = time.perf_counter() - t0
-    if cpu_us is not None:  # this process's CPU per event: steadier than the rate on a shared machine
-        cpu_us.append((time.process_time() - cpu0) * 1e6 / n)
     await service.stop()
     return n / elapsed
 
@@ -177,15 +176,16 @@ async def publish_subject(url: str, n: int, in_flight: int) -> float:
         return n / (time.perf_counter() - t0)
 
 
-async def one_round(fn: object, *args: int) -> float:
+async def one_round(fn: Callable[..., Awaitable[T]], *args: int) -> T:
     vhost, url = fresh_vhost()
     try:
-        return float(await fn(url, *args))  # type: ignore[operator]
+        return await fn(url, *args)
     finally:
         drop_vhost(vhost)
 
 
-async def paired(rounds: int, floor: object, subject: object, *args: int) -> tuple[float, float, list[float]]:
+async def paired(rounds: int, floor: Callable[..., Awaitable[float]], subject: Callable[..., Awaitable[float]],
+                 *args: int) -> tuple[float, float, list[float]]:
     """Best floor rate, best subject rate, and each round's subject/floor ratio.
 
     Rounds alternate floor and subject, so each ratio compares two runs taken moments apart:
@@ -245,15 +245,67 @@ async def main(n: int, rounds: int, prefetch: int, in_flight: int) -> Section:
     )
 
 
-# The observability cost: three variants of the consumer runtime, measured in the same rounds.
-# None: metrics and tracing off; a ratio: metrics on, tracing on with that parent-based sampling.
-Variant = float | None
+@dataclass
+class Halves:
+    """One interleaved run's wall seconds, CPU seconds (the whole process) and events, with observability off and on."""
+
+    wall: dict[bool, float] = field(default_factory=lambda: {False: 0.0, True: 0.0})
+    cpu: dict[bool, float] = field(default_factory=lambda: {False: 0.0, True: 0.0})
+    events: dict[bool, int] = field(default_factory=lambda: {False: 0, True: 0})
+
+    def rate_ratio(self) -> float:
+        """On's events/s over off's."""
+        return (self.events[True] / self.wall[True]) / (self.events[False] / self.wall[False])
+
+    def cpu_us(self, on: bool) -> float:
+        return self.cpu[on] * 1e6 / self.events[on]
 
 
-async def _consume_variant(url: str, n: int, prefetch: int, variant: Variant, upstream: float,
-                           cpu_us: list[float]) -> float:
-    return await consume_runtime(url, n, prefetch, metrics=variant is not None, sample_ratio=variant,
-                                 upstream=upstream, cpu_us=cpu_us)
+async def consume_interleaved(url: str, n: int, prefetch: int, sample_ratio: float, segment: int) -> Halves:
+    """One consumer run of ``n`` events whose metrics and tracing switch off and on every ``segment`` events.
+
+    Each on stretch sits between two off ones a fraction of a second away, so the VM's drift (a third
+    within an hour, a quarter from minute to minute) falls on both halves alike: separate runs per
+    variant gave rounds spread ±20 % around the ratio, interleaved ones ±3 %. The first segment
+    (connections and caches warming) is not counted. The events carry a traceparent, sampled for a
+    share ``sample_ratio`` of them, as an update's events do when its trace began in the CMDB.
+    """
+    count = 0
+    done = asyncio.Event()
+    halves = Halves()
+    on = False
+    mark: tuple[float, float] | None = None
+
+    def switch() -> None:
+        nonlocal on, mark
+        now = (time.perf_counter(), time.process_time())
+        if mark is not None:
+            halves.wall[on] += now[0] - mark[0]
+            halves.cpu[on] += now[1] - mark[1]
+            halves.events[on] += segment
+        on, mark = not on, now
+        service.metrics.enabled = on
+        observability.switch(on, sample_ratio)
+
+    async def handler(msg: object, emit: object) -> None:
+        nonlocal count
+        count += 1
+        if count % segment == 0:
+            switch()
+        if count == n:
+            done.set()
+
+    spec = ServiceQueue(service="subject", bindings=(binding(PullRequested),))
+    service = ConsumerService(amqp_url=url, queue=spec, handlers={PullRequested: handler},
+                              source="hotupdate/bench", prefetch=prefetch, metrics=False)
+    observability.switch(False)
+    await declare_all(url, Topology(), [spec])
+    await preload(url, Topology().queue("subject"), bodies(n, sample_ratio), exchange=Topology().events_exchange)
+    await service.start()
+    await done.wait()
+    await service.stop()
+    observability.switch(False)
+    return halves
 
 
 def observability_calls_us(sample_ratio: float, n: int = 20_000) -> float:
@@ -279,59 +331,48 @@ def observability_calls_us(sample_ratio: float, n: int = 20_000) -> float:
     return (on - off) * 1e6 / n
 
 
-async def observability_cost(n: int, rounds: int, prefetch: int, sample_ratio: float) -> Section:
-    """The consumer runtime with metrics and tracing off, on with ``sample_ratio``, and on tracing everything.
-
-    The three run in each round, their order rotated round by round, so each round's ratios
-    compare runs taken moments apart and no variant always runs first.
-    """
-    variants: list[Variant] = [None, sample_ratio, 1.0]
-    rates: dict[int, list[float]] = {i: [] for i in range(3)}
-    cpus: dict[int, list[float]] = {i: [] for i in range(3)}
+async def observability_cost(n: int, rounds: int, prefetch: int, sample_ratio: float, segment: int) -> Section:
+    """The consumer runtime with metrics and tracing on against off, interleaved within each run
+    (:func:`consume_interleaved`), at ``sample_ratio`` and with every trace kept."""
+    ratios = (sample_ratio, 1.0)
+    runs: dict[float, list[Halves]] = {ratio: [] for ratio in ratios}
     for number in range(rounds):
-        for i in [(number + k) % 3 for k in range(3)]:
-            upstream = variants[i] if variants[i] is not None else sample_ratio  # off: the sampled run's events
-            rates[i].append(await one_round(partial(_consume_variant, variant=variants[i], upstream=upstream,
-                                                    cpu_us=cpus[i]), n, prefetch))
+        for ratio in ratios if number % 2 == 0 else ratios[::-1]:
+            runs[ratio].append(await one_round(partial(consume_interleaved, sample_ratio=ratio, segment=segment),
+                                               n, prefetch))
     spans = observability.spans_exported()
-    calls = {ratio: observability_calls_us(ratio) for ratio in (sample_ratio, 1.0)}
-    cpu_off = _median(cpus[0])
+    calls = {ratio: observability_calls_us(ratio) for ratio in ratios}
 
-    def row(i: int, label: str) -> list[list[str]]:
-        ratios = [on / off for on, off in zip(rates[i], rates[0], strict=True)]
-        ratio, cpu = _median(ratios), _median(cpus[i])
-        ratio_of = variants[i] or 0.0
-        return [[f"consume + ack, {n} events, prefetch {prefetch}: {label}", f"{max(rates[0]):,.0f} ev/s",
-                 f"{max(rates[i]):,.0f} ev/s", f"{ratio:.2f}", f"{min(ratios):.2f}–{max(ratios):.2f}",
-                 "yes" if ratio >= 0.95 else "no"],
-                [f"CPU of the consumer's process per event (median of rounds): {label}", f"{cpu_off:,.0f} µs",
-                 f"{cpu:,.0f} µs", f"{cpu_off / cpu:.2f}",
-                 f"off {min(cpus[0]):,.0f}–{max(cpus[0]):,.0f} µs, on {min(cpus[i]):,.0f}–{max(cpus[i]):,.0f} µs",
-                 "yes" if cpu_off / cpu >= 0.95 else "no"],
-                [f"what 'on' adds per event, measured alone (counters, histogram, span, child context): {label}",
-                 "", f"{calls[ratio_of]:.1f} µs", f"{calls[ratio_of] / cpu_off:.3f} of the off CPU", "",
-                 "yes" if calls[ratio_of] / cpu_off <= 0.05 else "no"]]
+    def row(ratio: float, label: str) -> list[list[str]]:
+        rates = [halves.rate_ratio() for halves in runs[ratio]]
+        cpu_off = _median([halves.cpu_us(False) for halves in runs[ratio]])
+        cpu_on = _median([halves.cpu_us(True) for halves in runs[ratio]])
+        return [[f"consume + ack, {n:,} events a run, prefetch {prefetch}: {label}", f"{_median(rates):.3f}",
+                 f"{min(rates):.3f}–{max(rates):.3f}", "yes" if _median(rates) >= 0.95 else "no"],
+                [f"CPU of the consumer's process per event, off → on (medians): {label}",
+                 f"{cpu_off:,.0f} → {cpu_on:,.0f} µs ({cpu_off / cpu_on:.3f})", "", ""],
+                [f"what 'on' adds per event, measured alone in a loop: {label}",
+                 f"{calls[ratio]:.1f} µs ({calls[ratio] / cpu_off:.3f} of the off CPU)", "", ""]]
 
     return Section(
         name="bus-observability",
         title="1b. Bus: the cost of metrics and tracing in the consumer runtime",
         goal="with metrics and tracing on, ≥ 0.95 of the rate with them off",
-        table=[["measure", "off, best round", "on, best round", "ratio on/off (median of paired rounds)",
-                "spread of the rounds", "goal met"],
-               *row(1, f"traces sampled at {sample_ratio:g} (parent-based)"),
-               *row(2, "every trace kept (ratio 1)")],
-        notes=[f"{rounds} rounds, each running off, sampled and every-trace (order rotated by round) on fresh "
-               f"vhosts; {spans:,} spans were recorded and exported (to an exporter that drops them: "
-               "bench/observability.py), unsampled ones are never recorded",
-               "off: ConsumerService(metrics=False), no tracing set up; on: the counters and latency histogram "
-               "of bus/metrics.py, a consumer span per event (recording only when sampled) and its context "
-               "injected into what the handler emits",
-               "the events carry a traceparent as an update's events do (its trace started in the CMDB's request "
-               f"span), marked sampled for a share {sample_ratio:g} of them (ratio 1: all): the decision made "
-               "where the trace started, which each consumer follows; an unsampled event's handler runs without "
-               "a span and its children carry its traceparent on",
-               "the machine's 2 cores were shared with other engineers' work while this ran: the rounds' "
-               "spread is the machine's as much as the code's"],
+        table=[["measure", "on/off (median of runs)", "runs' spread", "goal met"],
+               *row(sample_ratio, f"traces sampled at {sample_ratio:g} (parent-based)"),
+               *row(1.0, "every trace kept (ratio 1)")],
+        notes=[f"{rounds} runs per variant on fresh vhosts, each switching metrics and tracing off and on every "
+               f"{segment} events (on ≈ half the events; the first {segment} not counted): on and off interleaved "
+               f"a fraction of a second apart, so the machine's drift falls on both; {spans:,} spans were recorded "
+               "and exported (to an exporter that drops them: bench/observability.py)",
+               "off: the runtime's counters disabled, no tracer; on: the counters and latency histogram of "
+               "bus/metrics.py, a consumer span per event (recorded when sampled, none when the traceparent "
+               "says unsampled) and its context for what the handler emits",
+               f"the events carry a traceparent marked sampled for a share {sample_ratio:g} of them (ratio 1: "
+               "all), the decision made where the trace started (the CMDB's request), followed by each consumer",
+               "the 'alone' row runs the same calls in a tight loop, their code and data hot in the caches; in the "
+               "consumer, between one event's span and the next, the broker client's code runs, and the same "
+               "calls cost about twice as much"],
     )
 
 
@@ -343,11 +384,14 @@ def cli() -> None:
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--observability", action="store_true",
                         help="measure metrics and tracing on against off instead (section bus-observability)")
+    parser.add_argument("--segment", type=int, default=500,
+                        help="--observability: events between switching metrics and tracing off and on")
     parser.add_argument("--sample-ratio", type=float, default=TelemetryConfig().traces_sample_ratio,
                         help="--observability: the sampled variant's ratio (default: the configuration's default)")
     args = parser.parse_args()
     if args.observability:
-        write(asyncio.run(observability_cost(args.events, args.rounds, args.prefetch, args.sample_ratio)))
+        write(asyncio.run(observability_cost(args.events, args.rounds, args.prefetch, args.sample_ratio,
+                                                  args.segment)))
         return
     write(asyncio.run(main(args.events, args.rounds, args.prefetch, args.in_flight)))
 

@@ -282,7 +282,8 @@ async def observability_cost(updates: int, prefetch: int, max_batch: int, rounds
                              sample_ratio: float) -> Section:
     """The projection service with metrics and tracing off, then on (``sample_ratio``), in paired rounds (SQLite)."""
     bodies = list(stream(updates))
-    offs, ons = [], []
+    offs: list[float] = []
+    ons: list[float] = []
     for _ in range(rounds):
         for on, rates in ((False, offs), (True, ons)):
             vhost, url = fresh_vhost()

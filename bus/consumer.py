@@ -117,9 +117,10 @@ class ConsumerService:
         self._acks = AckLedger()
         self.handled = 0
         self.batches = 0
-        self._metrics = ConsumerMetrics(queue.service, enabled=metrics)  # bus/metrics.py: the counters
+        # bus/metrics.py: the counters (public so a benchmark can switch them off and on mid-run)
+        self.metrics = ConsumerMetrics(queue.service, enabled=metrics)
         self._redelivery = Redelivery(spec=queue, topology=self._topology, publisher=self._publisher,
-                                      login=self._login, metrics=self._metrics, on_reject=on_reject)
+                                      login=self._login, metrics=self.metrics, on_reject=on_reject)
 
     @property
     def name(self) -> str:
@@ -242,11 +243,11 @@ class ConsumerService:
             envelope = Envelope.from_bytes(message.body)
             event = self._registry.decode(envelope)
         except EnvelopeError as exc:
-            self._metrics.consumed("malformed")
+            self.metrics.consumed("malformed")
             await self._redelivery.park(message, f"malformed: {exc}", attempt)
             return False
         event_name = envelope.event_name
-        self._metrics.consumed(event_name)
+        self.metrics.consumed(event_name)
         publisher, routing_key = self._redelivery.origin(message)
         if envelope.routing_key != routing_key:
             await self._redelivery.park(
@@ -281,18 +282,18 @@ class ConsumerService:
             with tracing.handling(envelope, self.name):  # emitted events carry this span's trace context
                 await handler(incoming, emitter)
         except Reject as exc:
-            self._metrics.failed(event_name, time.perf_counter() - began)
+            self.metrics.failed(event_name, time.perf_counter() - began)
             await self._redelivery.park(message, rejected_reason(exc), attempt, event_name)
             return False
         except Exception as exc:
-            self._metrics.failed(event_name, time.perf_counter() - began)
+            self.metrics.failed(event_name, time.perf_counter() - began)
             await self._redelivery.retry_or_park(message, envelope, exc, attempt)
             return False
         if self._processed is not None:
             await self._processed.amark_envelope(envelope, incoming.publisher)
         await message.ack()
         self.handled += 1
-        self._metrics.handled(event_name, time.perf_counter() - began)
+        self.metrics.handled(event_name, time.perf_counter() - began)
         log.info(
             "handled %s id=%s update=%s emitted=%d service=%s",
             envelope.type, envelope.id, envelope.updateid, len(emitter.emitted), self.name,
@@ -310,7 +311,7 @@ class ConsumerService:
         except Exception as exc:  # the batch as a whole failed: every event of it is retried
             results = [exc] * len(batch)
         self.batches += 1
-        if self._metrics.enabled:
+        if self.metrics.enabled:
             BATCH_SECONDS.labels(service=self.name).observe(time.perf_counter() - began)
         done: list[Delivery] = []
         for delivery, result in zip(batch, results, strict=True):
@@ -340,7 +341,7 @@ class ConsumerService:
         # After the retries and parks, which a multiple ack must not cover.
         await self._acks.ack_all([d.message for d in done], self.name)
         self.handled += len(done)
-        self._metrics.handled_batch([d.incoming.envelope.event_name for d in done])
+        self.metrics.handled_batch([d.incoming.envelope.event_name for d in done])
         log.info("service %s: batch of %d handled, %d to retry or park", self.name, len(batch),
                  len(batch) - len(done))
 
