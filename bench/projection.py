@@ -284,8 +284,9 @@ async def observability_cost(updates: int, prefetch: int, max_batch: int, rounds
     bodies = list(stream(updates))
     offs: list[float] = []
     ons: list[float] = []
-    for _ in range(rounds):
-        for on, rates in ((False, offs), (True, ons)):
+    for number in range(rounds):
+        pair = ((False, offs), (True, ons))
+        for on, rates in pair if number % 2 == 0 else pair[::-1]:  # neither always runs first
             vhost, url = fresh_vhost()
             try:
                 with database("sqlite") as db:
@@ -304,9 +305,9 @@ async def observability_cost(updates: int, prefetch: int, max_batch: int, rounds
                [f"sqlite: projection service from the broker, {len(bodies):,} events", f"{max(offs):,.0f} ev/s",
                 f"{max(ons):,.0f} ev/s", f"{ratio:.2f}", f"{ratios[0]:.2f}–{ratios[-1]:.2f}",
                 "yes" if ratio >= 0.95 else "no"]],
-        notes=[f"{rounds} rounds, each off then on, fresh vhost and database each; prefetch {prefetch}, batches of "
-               f"up to {max_batch}; {observability.spans_exported():,} spans made and exported (to an exporter that "
-               "drops them: bench/observability.py)",
+        notes=[f"{rounds} rounds, each off and on (which runs first alternates), fresh vhost and database each; "
+               f"prefetch {prefetch}, batches of up to {max_batch}; {observability.spans_exported():,} spans made and "
+               "exported (to an exporter that drops them: bench/observability.py)",
                "off: ConsumerService(metrics=False), no tracing; on: the runtime's counters, a batch histogram, "
                f"the lag gauge, and one span per batch linked to its events' traces, sampled at {sample_ratio:g}",
                "the machine's 2 cores were shared with other engineers' work while this ran"],
