@@ -309,8 +309,7 @@ async def observability_cost(updates: int, prefetch: int, max_batch: int, rounds
                f"prefetch {prefetch}, batches of up to {max_batch}; {observability.spans_exported():,} spans made and "
                "exported (to an exporter that drops them: bench/observability.py)",
                "off: ConsumerService(metrics=False), no tracing; on: the runtime's counters, a batch histogram, "
-               f"the lag gauge, and one span per batch linked to its events' traces, sampled at {sample_ratio:g}",
-               "the machine's 2 cores were shared with other engineers' work while this ran"],
+               f"the lag gauge, and one span per batch linked to its events' traces, sampled at {sample_ratio:g}"],
     )
 
 
